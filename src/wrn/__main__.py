@@ -1,0 +1,5 @@
+import sys
+
+from wrn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,11 @@
+"""`wrn sweep`: PLACEHOLDER until its owner writes it."""
+
+HELP = "(not written yet)"
+
+
+def add_arguments(parser):
+    pass
+
+
+def run(args):
+    raise NotImplementedError("wrn sweep")

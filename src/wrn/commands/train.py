@@ -1,0 +1,11 @@
+"""`wrn train`: PLACEHOLDER until its owner writes it."""
+
+HELP = "(not written yet)"
+
+
+def add_arguments(parser):
+    pass
+
+
+def run(args):
+    raise NotImplementedError("wrn train")

@@ -1,0 +1,8 @@
+"""Model families; importing this package registers every builder."""
+
+from wrn.models.registry import create_model, list_models, register_model
+
+# Importing the family modules registers their builders.
+from wrn.models import wide_resnet, resnet, imagenet  # noqa: E402,F401
+
+__all__ = ["create_model", "list_models", "register_model"]

@@ -1,0 +1,65 @@
+"""Model registry: ``@register_model`` builders, ``create_model(name, **kwargs)``, ``list_models()``.
+
+Names are a family prefix and its numbers, e.g. ``wrn-28-10``: a builder registered for the pattern
+``wrn-{depth}-{width}`` receives ``depth`` and ``width`` as ints. Every model made here remembers how
+it was made (``model.model_args``) so that a checkpoint can rebuild it without a config.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from typing import Callable
+
+import torch.nn as nn
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+# Canonical names shown by list_models(); a pattern entry lists its common instances.
+_LISTED: list[str] = []
+
+
+def _pattern_regex(pattern: str) -> re.Pattern:
+    return re.compile("^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>\\d+)", re.escape(pattern)) + "$")
+
+
+def register_model(pattern: str, examples: tuple[str, ...] = ()):
+    """Register a builder under ``pattern`` (``{field}`` parts are ints passed as keywords)."""
+
+    def wrap(fn):
+        if pattern in _BUILDERS:
+            raise ValueError(f"model {pattern!r} is registered twice")
+        _BUILDERS[pattern] = fn
+        _LISTED.extend(examples or (pattern,))
+        return fn
+
+    return wrap
+
+
+def _resolve(name: str):
+    for pattern, fn in _BUILDERS.items():
+        m = _pattern_regex(pattern).match(name)
+        if m:
+            return fn, {k: int(v) for k, v in m.groupdict().items()}
+    return None, None
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model: ``create_model("wrn-28-10", num_classes=10, dropout=0.3)``."""
+    fn, fields = _resolve(name)
+    if fn is None:
+        close = difflib.get_close_matches(name, _LISTED, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else "see `wrn info --list`"
+        raise ValueError(f"unknown model {name!r}: {hint}")
+    model = fn(**fields, **kwargs)
+    model.model_args = {"name": name, **kwargs}
+    return model
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered names (with pattern families shown by their usual members), glob-filtered."""
+    return sorted(n for n in dict.fromkeys(_LISTED) if fnmatch.fnmatch(n, pattern))
+
+
+def is_model(name: str) -> bool:
+    return _resolve(name)[0] is not None
