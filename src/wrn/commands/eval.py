@@ -1,11 +1,74 @@
-"""`wrn eval`: PLACEHOLDER until its owner writes it."""
+"""`wrn eval`: accuracy of a checkpoint on a dataset split (rebuilds the model from the checkpoint)."""
 
-HELP = "(not written yet)"
+from __future__ import annotations
+
+import argparse
+import json
 
 
-def add_arguments(parser):
-    pass
+HELP = "evaluate a checkpoint: wrn eval RUN_DIR|CHECKPOINT --data PATH|NAME [--split test|val]"
 
 
-def run(args):
-    raise NotImplementedError("wrn eval")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a run directory or its checkpoint/ directory")
+    parser.add_argument("--data", metavar="PATH|NAME", help="dataset name or local copy (default: the run's own)")
+    parser.add_argument("--split", choices=("test", "val"), default="test")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), help="default: the run's own")
+    parser.add_argument("--batch-size", type=int, help="default: the run's train.eval_batch_size")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def evaluate_checkpoint(checkpoint: str, *, data: str | None = None, split: str = "test", device: str = "auto",
+                        precision: str | None = None, batch_size: int | None = None) -> dict:
+    """Rebuild the model from the checkpoint and evaluate it the way training did (same
+    normalisation statistics, split, precision and batch size)."""
+    import torch
+
+    from wrn.commands.train import data_overrides
+    from wrn.data.augment import Augment
+    from wrn.data.loader import DeviceLoader
+    from wrn.errors import UserError
+    from wrn.train import accel
+    from wrn.train.checkpoint import find_checkpoint, load_checkpoint
+    from wrn.train.config import config_from_dict, set_value
+    from wrn.train.engine import Run, evaluate, load_splits
+
+    ckpt = find_checkpoint(checkpoint)
+    model, state = load_checkpoint(ckpt)
+    cfg = config_from_dict(state["config"])
+    for text in data_overrides(data):
+        key, _, value = text.partition("=")
+        set_value(cfg, key, value)
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size {batch_size} must be >= 1")
+    dev = accel.resolve_device(device)
+    precision = precision or cfg.accel.precision
+    cfg.accel.precision = precision
+    splits = load_splits(cfg)
+    if not len(splits[split]):
+        raise UserError(f"--split {split}: the run has no {split} images (data.val_size=0): use --split test")
+    norm = state.get("normalize") or {"mean": [0.0] * 3, "std": [1.0] * 3}
+    augment = Augment(norm["mean"], norm["std"], crop_padding=0, flip=False)
+    model = accel.prepare_model(model, dev, cfg.accel.channels_last)
+    loader = DeviceLoader(splits[split], batch_size or cfg.train.eval_batch_size, device=dev, shuffle=False,
+                          drop_last=False)
+    run = Run(cfg=cfg, out_dir=ckpt, device=dev, model=model, optimizer=None, train_step=None,
+              eval_step=accel.make_eval_step(model, precision=precision, device=dev), schedule=None,
+              augment=augment, loaders={split: loader}, log=None)
+    loss, acc = evaluate(run, split)
+    model.eval()
+    return {"checkpoint": str(ckpt), "split": split, "images": len(splits[split]), "accuracy": acc, "loss": loss,
+            "step": state.get("step"), "model": state["model_args"]["name"], "precision": precision,
+            "device": str(dev)}
+
+
+def run(args: argparse.Namespace) -> int:
+    result = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, device=args.device,
+                                 precision=args.precision, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['model']} {result['split']} accuracy {100 * result['accuracy']:.2f}% "
+              f"({result['images']} images, loss {result['loss']:.4f})")
+    return 0

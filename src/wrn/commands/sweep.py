@@ -1,11 +1,84 @@
-"""`wrn sweep`: PLACEHOLDER until its owner writes it."""
+"""`wrn sweep TABLE`: run one of the paper's tables (plan, train each run x seeds, resume, skip)."""
 
-HELP = "(not written yet)"
+from __future__ import annotations
+
+import argparse
+
+HELP = "run one of the paper's tables: plan (--dry-run), train every run x seeds, resume, skip finished"
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _allow_intermixed(parser)
+    parser.add_argument("table", nargs="?", help="table name (see --list), e.g. block-types")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides for every run, e.g. accel.precision=bf16")
+    parser.add_argument("--list", action="store_true", help="list the paper's tables and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the runs with params (next to the paper's) and estimated cost; train nothing")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per run (the paper: median of 5)")
+    parser.add_argument("--out", default="runs", help="root of the run directories (default: runs)")
+    parser.add_argument("--data", default=None,
+                        help="dataset path or name for every run (default: each run's dataset by name)")
+    parser.add_argument("--dataset", default=None,
+                        help="only the runs on this dataset (cifar10, cifar100, svhn)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="REDUCED budget: train E epochs, lr milestones scaled to keep their fractions")
+    parser.add_argument("--subset", type=int, default=0, help="REDUCED budget: first K training images")
+    parser.add_argument("--model-scale", type=float, default=1.0,
+                        help="REDUCED budget: multiply each WRN's width k (0.5: k=2 -> 1)")
+    parser.add_argument("--tflops", type=float, default=None,
+                        help="sustained training TFLOP/s assumed for the CPU time estimate")
 
 
-def run(args):
-    raise NotImplementedError("wrn sweep")
+def _allow_intermixed(parser: argparse.ArgumentParser) -> None:
+    """Let key=value overrides follow options (`wrn sweep T --epochs 3 a.b=1`): plain argparse
+    takes a command's positionals in one run only and rejects the later ones."""
+    plain = parser.parse_known_args
+    inside: list[bool] = []
+
+    def parse_known_args(args=None, namespace=None):
+        if inside:  # parse_known_intermixed_args calls parse_known_args itself
+            return plain(args, namespace)
+        inside.append(True)
+        try:
+            return parser.parse_known_intermixed_args(args, namespace)
+        finally:
+            inside.pop()
+
+    parser.parse_known_args = parse_known_args
+
+
+def run(args: argparse.Namespace) -> int:
+    from wrn.errors import UserError
+    from wrn.experiments import paper, sweep
+
+    if args.list:
+        for t in paper.tables().values():
+            print(f"{t.name:14s} {len(t.runs):2d} runs  {t.title}")
+        return 0
+    if not args.table:
+        raise UserError("no table given: e.g. `wrn sweep block-types --dry-run` (`wrn sweep --list` lists them)")
+    table = paper.get_table(args.table)
+    budget = sweep.Budget(epochs=args.epochs, subset=args.subset, model_scale=args.model_scale)
+    planned = sweep.plan(table, out=args.out, seeds=args.seeds, budget=budget, data=args.data,
+                         dataset=args.dataset, overrides=tuple(args.overrides))
+    print(sweep.format_plan(table, planned, budget, tflops=args.tflops or sweep.DEFAULT_CPU_TFLOPS))
+    if args.dry_run:
+        return 0
+    print()
+    sweep.write_manifest(table, planned, budget, _command(args))
+    outcome = sweep.execute(planned)
+    print(f"{table.name} [{budget.label}]: " + ", ".join(f"{len(v)} {k}" for k, v in outcome.items()))
+    print(f"report: wrn report {planned[0].run_dir.parent}")
+    return 1 if outcome["failed"] else 0
+
+
+def _command(args: argparse.Namespace) -> list[str]:
+    """The command line that reproduces this sweep (saved in sweep.json)."""
+    cmd = ["wrn", "sweep", args.table, "--seeds", str(args.seeds), "--out", args.out]
+    for flag, value in (("--data", args.data), ("--dataset", args.dataset), ("--epochs", args.epochs),
+                        ("--subset", args.subset or None),
+                        ("--model-scale", None if args.model_scale == 1.0 else args.model_scale)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    return cmd + list(args.overrides)

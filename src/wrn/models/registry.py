@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 import re
 from typing import Callable
 
@@ -44,6 +45,19 @@ def _resolve(name: str):
     return None, None
 
 
+def _check_kwargs(name: str, fn: Callable[..., nn.Module], fields: dict, kwargs: dict) -> None:
+    # A misspelt keyword would be a TypeError with a traceback; make it a ValueError with the fix.
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [p for p in params if p not in fields]
+    for key in kwargs:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"accepted: {', '.join(accepted)}"
+            raise ValueError(f"{name} has no argument {key!r}: {hint}")
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model: ``create_model("wrn-28-10", num_classes=10, dropout=0.3)``."""
     fn, fields = _resolve(name)
@@ -51,6 +65,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
         close = difflib.get_close_matches(name, _LISTED, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "see `wrn info --list`"
         raise ValueError(f"unknown model {name!r}: {hint}")
+    _check_kwargs(name, fn, fields, kwargs)
     model = fn(**fields, **kwargs)
     model.model_args = {"name": name, **kwargs}
     return model

@@ -1,0 +1,127 @@
+"""Fetch the official dataset files: checksummed, resumable, atomic, with a progress bar.
+
+A download goes to ``<file>.part`` (continued with an HTTP Range request when one is already
+there), is checked against the official md5, and only then renamed to ``<file>``. A file that
+exists under its final name has therefore passed its checksum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from wrn.errors import UserError
+
+
+@dataclass(frozen=True)
+class Remote:
+    filename: str
+    md5: str
+
+
+@dataclass(frozen=True)
+class RemoteDataset:
+    base_url: str
+    files: tuple[Remote, ...]
+    folder: str  # under <cache>/downloads
+
+
+DATASETS: dict[str, RemoteDataset] = {
+    "cifar10": RemoteDataset(
+        "https://www.cs.toronto.edu/~kriz/",
+        (Remote("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),),
+        "cifar10",
+    ),
+    "cifar100": RemoteDataset(
+        "https://www.cs.toronto.edu/~kriz/",
+        (Remote("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),),
+        "cifar100",
+    ),
+    "svhn": RemoteDataset(
+        "http://ufldl.stanford.edu/housenumbers/",
+        (
+            Remote("train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d8373"),
+            Remote("test_32x32.mat", "eb5a983be6a315427106f1b164d9cef3"),
+            Remote("extra_32x32.mat", "a93ce644f1a588dc4d68dda5feec44a7"),
+        ),
+        "svhn",
+    ),
+}
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, md5: str, *, quiet: bool | None = None, timeout: float = 30.0) -> Path:
+    """Download ``url`` to ``dest`` unless it is there; resume a ``.part``; verify the md5."""
+    if dest.is_file():
+        return dest
+    from tqdm import tqdm
+
+    quiet = not sys.stderr.isatty() if quiet is None else quiet
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        try:
+            response = urllib.request.urlopen(request, timeout=timeout)
+        except urllib.error.HTTPError as e:
+            if e.code != 416 or not have:  # 416: the .part already holds the whole file
+                raise
+            response = None
+        if response is not None:
+            with response:
+                if have and response.status != 206:
+                    have = 0  # the server ignored the Range header: start over
+                length = response.headers.get("Content-Length")
+                total = have + int(length) if length else None
+                with open(part, "ab" if have else "wb") as f, tqdm(
+                    total=total, initial=have, unit="B", unit_scale=True, desc=dest.name, disable=quiet
+                ) as bar:
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        f.write(block)
+                        bar.update(len(block))
+                    f.flush()
+                    os.fsync(f.fileno())
+                if total is not None and part.stat().st_size < total:
+                    raise urllib.error.URLError(f"connection closed after {part.stat().st_size} of {total} bytes")
+    except urllib.error.HTTPError as e:
+        raise UserError(f"download of {url} failed (HTTP {e.code} {e.reason}): check the URL/mirror, or pass a local copy with --data PATH") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise UserError(
+            f"cannot download {url} ({reason}); the partial file is kept for a resume: offline? pass a local path with --data PATH"
+        ) from None
+    got = md5sum(part)
+    if got != md5:
+        part.unlink()
+        raise UserError(f"{dest}: checksum mismatch (md5 {got}, expected {md5}): the download was corrupted; run again to re-download")
+    os.replace(part, dest)
+    return dest
+
+
+def fetch_dataset(name: str, root: Path, *, mirror: str | None = None, quiet: bool | None = None) -> Path:
+    """Download dataset ``name`` into ``root/downloads`` (once); the path to read it from.
+
+    ``mirror`` (or ``$WRN_DATA_MIRROR``) replaces the official base URL: files are fetched as
+    ``<mirror>/<official file name>``.
+    """
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} or a path")
+    spec = DATASETS[name]
+    base = mirror or os.environ.get("WRN_DATA_MIRROR") or spec.base_url
+    folder = root / "downloads" / spec.folder
+    paths = [download(base.rstrip("/") + "/" + f.filename, folder / f.filename, f.md5, quiet=quiet) for f in spec.files]
+    return paths[0] if len(paths) == 1 else folder

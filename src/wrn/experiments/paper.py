@@ -1,0 +1,206 @@
+"""The paper's experiments as data: the runs each table needs and the numbers the paper reports.
+
+Source: Zagoruyko & Komodakis, "Wide Residual Networks" (BMVC 2016, arXiv 1605.07146 v4), as
+summarised in PAPER.md. Errors are test error in percent (median of 5 runs for CIFAR, at the end
+of training), params in millions, time in seconds per training epoch (block-types table only).
+Nothing here builds a model or trains; `wrn.experiments.sweep` turns a table into runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wrn.errors import UserError
+
+# Recipe (preset) per dataset: the paper trains CIFAR and SVHN differently (PAPER.md).
+RECIPE = {"cifar10": "paper-cifar", "cifar100": "paper-cifar", "svhn": "paper-svhn"}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10}
+SHORT = {"cifar10": "c10", "cifar100": "c100", "svhn": "svhn"}
+# The paper's dropout rate: 0.3 on CIFAR, 0.4 on SVHN.
+DROPOUT = {"cifar10": 0.3, "cifar100": 0.3, "svhn": 0.4}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One network of a table trained on one dataset, with what the paper reports for it."""
+
+    label: str  # how the paper's table names the row, e.g. "B(1,3,1)"
+    model: str  # registry name, e.g. "wrn-40-2"
+    dataset: str  # cifar10 | cifar100 | svhn
+    model_kwargs: dict = field(default_factory=dict)  # block, blocks_per_group, dropout
+    paper_error: float | None = None  # test error %, None where the paper has no number
+    paper_params_m: float | None = None
+    paper_time_s: float | None = None  # s per epoch (block types) ...
+    paper_rel_time: float | None = None  # ... or time relative to the table's reference net
+
+    @property
+    def recipe(self) -> str:
+        return RECIPE[self.dataset]
+
+    @property
+    def id(self) -> str:
+        """Stable, path-safe name, e.g. ``c10_wrn-40-2_b1-3-1`` (run directories use it)."""
+        parts = [SHORT[self.dataset], self.model]
+        if "block" in self.model_kwargs:
+            parts.append("b" + "-".join(str(k) for k in self.model_kwargs["block"]))
+        if "blocks_per_group" in self.model_kwargs:
+            parts.append(f"n{self.model_kwargs['blocks_per_group']}")
+        if self.model_kwargs.get("dropout"):
+            parts.append(f"drop{self.model_kwargs['dropout']}")
+        return "_".join(parts)
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str  # CLI name, e.g. "block-types"
+    title: str
+    claim: str  # the paper's conclusion the table supports, checked by the report
+    runs: tuple[Run, ...]
+    notes: str = ""
+
+    def datasets(self) -> list[str]:
+        return list(dict.fromkeys(r.dataset for r in self.runs))
+
+
+def _block_types() -> Table:
+    # (label, depth, block, params M, time s/epoch, C10 error)
+    rows = [
+        ("B(1,3,1)", 40, (1, 3, 1), 1.4, 85.8, 6.06),
+        ("B(3,1)", 40, (3, 1), 1.2, 67.5, 5.78),
+        ("B(1,3)", 40, (1, 3), 1.3, 72.2, 6.42),
+        ("B(3,1,1)", 40, (3, 1, 1), 1.3, 82.2, 5.86),
+        ("B(3,3)", 28, (3, 3), 1.5, 67.5, 5.73),
+        ("B(3,1,3)", 22, (3, 1, 3), 1.1, 59.9, 5.78),
+    ]
+    runs = tuple(
+        Run(label, f"wrn-{depth}-2", "cifar10", {"block": block}, err, params, time)
+        for label, depth, block, params, time, err in rows
+    )
+    return Table(
+        "block-types",
+        "Block types, WRN-n-2 (k=2), CIFAR-10 (paper Table 2)",
+        "Block types with two or three convolutions of comparable size reach similar error; "
+        "B(3,3) is best by a small margin and B(1,3) is worst.",
+        runs,
+        notes="depth keeps N = (n-4)/6 blocks per group whatever the block (PAPER.md); "
+        "time = one training epoch on the paper's GPU.",
+    )
+
+
+def _deepening() -> Table:
+    # 40 conv layers and 2.2M params each: N = 36 / (3 l) blocks per group.
+    rows = [(1, 12, 6.69), (2, 6, 5.43), (3, 4, 5.65), (4, 3, 5.93)]
+    runs = tuple(
+        Run(f"l={l} B({','.join(['3'] * l)})", "wrn-40-2", "cifar10",
+            {"block": (3,) * l, "blocks_per_group": n}, err, 2.2)
+        for l, n, err in rows
+    )
+    return Table(
+        "deepening",
+        "Deepening factor l, WRN-40-2 (2.2M params), CIFAR-10 (paper Table 3)",
+        "l = 2 (B(3,3)) is best; l = 1 is clearly worst and l = 3, 4 are slightly worse than l = 2.",
+        runs,
+    )
+
+
+def _depth_width() -> Table:
+    # (depth, k, params M, C10, C100)
+    rows = [
+        (40, 1, 0.6, 6.85, 30.89), (40, 2, 2.2, 5.33, 26.04), (40, 4, 8.9, 4.97, 22.89),
+        (40, 8, 35.7, 4.66, None), (28, 10, 36.5, 4.17, 20.50), (28, 12, 52.5, 4.33, 20.43),
+        (22, 8, 17.2, 4.38, 21.22), (22, 10, 26.8, 4.44, 20.75), (16, 8, 11.0, 4.81, 22.07),
+        (16, 10, 17.1, 4.56, 21.59),
+    ]
+    runs = []
+    for dataset, col in (("cifar10", 3), ("cifar100", 4)):
+        for row in rows:
+            if row[col] is not None:
+                runs.append(Run(f"WRN-{row[0]}-{row[1]}", f"wrn-{row[0]}-{row[1]}", dataset, {},
+                                row[col], row[2]))
+    return Table(
+        "depth-width",
+        "Depth x width, B(3,3), CIFAR-10 / CIFAR-100 (paper Table 4)",
+        "Widening helps at every depth up to ~36M params; WRN-28-10 is best on CIFAR-10, and a "
+        "16-layer WRN-16-8 beats the thinner, deeper WRN-40-2/40-4.",
+        tuple(runs),
+    )
+
+
+def _dropout() -> Table:
+    # (depth, k, params M, {dataset: (error without, error with dropout)})
+    rows = [
+        (16, 4, 2.7, {"cifar10": (5.02, 5.24), "cifar100": (24.03, 23.91), "svhn": (1.85, 1.64)}),
+        (28, 10, 36.5, {"cifar10": (4.00, 3.89), "cifar100": (19.25, 18.85)}),
+        (52, 1, 0.8, {"cifar10": (6.43, 6.28), "cifar100": (29.89, 29.78), "svhn": (2.08, 1.70)}),
+    ]
+    runs = []
+    for dataset in ("cifar10", "cifar100", "svhn"):
+        for depth, k, params, errors in rows:
+            if dataset not in errors:
+                continue
+            plain, dropped = errors[dataset]
+            name = f"wrn-{depth}-{k}"
+            runs.append(Run(f"WRN-{depth}-{k}", name, dataset, {}, plain, params))
+            runs.append(Run(f"WRN-{depth}-{k} +dropout", name, dataset,
+                            {"dropout": DROPOUT[dataset]}, dropped, params))
+    return Table(
+        "dropout",
+        "Dropout in residual blocks, CIFAR-10 / CIFAR-100 / SVHN (paper Table 6)",
+        "Dropout between the convolutions helps most nets on every dataset (the exception: "
+        "WRN-16-4 on CIFAR-10), most clearly on SVHN.",
+        tuple(runs),
+        notes="dropout 0.3 on CIFAR, 0.4 on SVHN; SVHN trains on train + extra.",
+    )
+
+
+def _thin_vs_wide() -> Table:
+    # (label, model, params M, C10, C100): mean/std preprocessing rows of the paper's Table 5.
+    rows = [
+        ("ResNet-110", "resnet-110", 1.7, 6.43, 25.16),
+        ("pre-act ResNet-164", "preact-resnet-164", 1.7, 5.46, 24.33),
+        ("pre-act ResNet-1001", "preact-resnet-1001", 10.2, 4.92, 22.71),
+        ("WRN-40-4", "wrn-40-4", 8.9, 4.53, 21.18),
+        ("WRN-16-8", "wrn-16-8", 11.0, 4.27, 20.43),
+        ("WRN-28-10", "wrn-28-10", 36.5, 4.00, 19.25),
+    ]
+    runs = tuple(
+        Run(label, model, dataset, {}, row_err, params)
+        for dataset, col in (("cifar10", 0), ("cifar100", 1))
+        for label, model, params, *errs in rows
+        for row_err in [errs[col]]
+    )
+    return Table(
+        "thin-vs-wide",
+        "Thin vs wide residual networks, CIFAR-10 / CIFAR-100 (paper Table 5)",
+        "Every WRN beats the thin ResNets; WRN-40-4 (8.9M) beats pre-act ResNet-1001 (10.2M) and "
+        "WRN-16-8 (16 layers) beats the 1000-layer net.",
+        runs,
+    )
+
+
+def _speed() -> Table:
+    runs = (
+        Run("WRN-40-4", "wrn-40-4", "cifar10", {}, 4.53, 8.9, paper_rel_time=1.0),
+        Run("pre-act ResNet-1001", "preact-resnet-1001", "cifar10", {}, 4.92, 10.2, paper_rel_time=8.0),
+    )
+    return Table(
+        "speed",
+        "Training speed: WRN-40-4 vs pre-act ResNet-1001, CIFAR-10 (paper Sec. 3, Fig. 4)",
+        "WRN-40-4 trains about 8x faster than pre-act ResNet-1001 at similar (better) accuracy.",
+        runs,
+        notes="the paper times forward+backward per minibatch on a GPU; relative time = time / "
+        "WRN-40-4's time.",
+    )
+
+
+def tables() -> dict[str, Table]:
+    """Every table by CLI name (built fresh: callers may not mutate shared state)."""
+    return {t.name: t for t in (_block_types(), _deepening(), _depth_width(), _dropout(),
+                                _thin_vs_wide(), _speed())}
+
+
+def get_table(name: str) -> Table:
+    all_tables = tables()
+    if name not in all_tables:
+        raise UserError(f"unknown table {name!r}: choose one of {', '.join(all_tables)} (wrn sweep --list)")
+    return all_tables[name]

@@ -1,0 +1,426 @@
+"""Plan, launch and resume the runs of one of the paper's tables.
+
+A table (``wrn.experiments.paper``) becomes one run per (network, seed) under
+
+    OUT/<table>/<budget>/<run id>-seed<n>/      (a run directory of ``engine.fit``)
+    OUT/<table>/<budget>/sweep.json             (the plan: what each directory is)
+    OUT/<table>/<budget>/logs/<run>.txt         (the run's console output)
+
+where <budget> is ``full`` for the paper's recipe, or e.g. ``reduced-e4-sub10000-k0.5`` when a
+budget knob is set, so a reduced run can never pass for the paper's. Each run is a subprocess
+(``python -m wrn.experiments.sweep RUN_DIR ...``) calling ``engine.fit``: a crash or an
+out-of-memory in one run does not take the sweep down. Finished runs (summary.json with
+``finished``) are skipped; runs with a checkpoint resume from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from wrn.errors import UserError
+from wrn.experiments.paper import NUM_CLASSES, Run, Table
+
+# Training images per dataset after the default validation split is carved out (estimates only).
+TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "svhn": 604_388}
+# A training step costs ~3x the forward pass (forward + backward for activations and weights).
+TRAIN_FLOPS_PER_FORWARD = 3
+# Throughput assumptions for the cost estimate, in sustained training TFLOP/s.
+# H100: the data README's reference run (WRN-16-8, 3.1 GFLOP forward, 45k images x 200 epochs in
+# 409 s, bf16) sustains ~200 TFLOP/s. CPU: what the reduced reproduction measured on this 2-core
+# machine in bf16 + channels_last (see results/README.md); override with --tflops.
+H100_TFLOPS = 200.0
+DEFAULT_CPU_TFLOPS = 0.1
+# Overrides that would change the budget behind the label's back: use the flags instead.
+BUDGET_KEYS = {"train.epochs": "--epochs", "data.subset": "--subset", "model.name": "--model-scale"}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The knobs that shrink a table so it fits a CPU; all unset = the paper's budget."""
+
+    epochs: int | None = None  # None = the recipe's (200 for CIFAR); lr milestones scale with it
+    subset: int = 0  # first K training images; 0 = all
+    model_scale: float = 1.0  # width k -> max(1, round(k * scale)) for WRNs
+
+    def __post_init__(self):
+        if self.epochs is not None and self.epochs < 1:
+            raise UserError(f"--epochs {self.epochs} must be >= 1: e.g. --epochs 4")
+        if self.subset < 0:
+            raise UserError(f"--subset {self.subset} must be >= 0 (0 = all images)")
+        if not 0 < self.model_scale <= 1:
+            raise UserError(f"--model-scale {self.model_scale} must be in (0, 1]: e.g. 0.5 halves k")
+
+    @property
+    def full(self) -> bool:
+        return self.epochs is None and self.subset == 0 and self.model_scale == 1.0
+
+    @property
+    def label(self) -> str:
+        if self.full:
+            return "full"
+        parts = ["reduced"]
+        if self.epochs is not None:
+            parts.append(f"e{self.epochs}")
+        if self.subset:
+            parts.append(f"sub{self.subset}")
+        if self.model_scale != 1.0:
+            parts.append(f"k{self.model_scale:g}")
+        return "-".join(parts)
+
+    def describe(self) -> str:
+        if self.full:
+            return "FULL paper budget (recipe epochs, all training images, the paper's widths)"
+        parts = []
+        if self.epochs is not None:
+            parts.append(f"{self.epochs} epochs (lr milestones scaled)")
+        if self.subset:
+            parts.append(f"first {self.subset} training images")
+        if self.model_scale != 1.0:
+            parts.append(f"width k x {self.model_scale:g}")
+        return "REDUCED budget, not the paper's: " + ", ".join(parts)
+
+
+def scale_model(name: str, scale: float) -> str:
+    """``wrn-40-2`` at scale 0.5 -> ``wrn-40-1``; nets without a width k are kept as they are."""
+    m = re.fullmatch(r"wrn-(\d+)-(\d+)", name)
+    if scale == 1.0 or not m:
+        return name
+    return f"wrn-{m.group(1)}-{max(1, round(int(m.group(2)) * scale))}"
+
+
+def scale_milestones(milestones: list[int], recipe_epochs: int, epochs: int) -> list[int]:
+    """Keep the lr drops at the same fractions of training (60/120/160 of 200 -> 2/4/5 of 6).
+
+    Drops that would land in the same epoch are pushed one epoch later while there is room
+    (each drop must stay a distinct epoch); those that still collide are merged, so a very
+    short run has fewer drops - the dry-run prints the drops it will use.
+    """
+    scaled: list[int] = []
+    for m in milestones:
+        e = max(1, round(m * epochs / recipe_epochs))
+        if scaled and e <= scaled[-1]:
+            e = scaled[-1] + 1
+        if e < epochs:  # a drop at (or after) the last epoch would change nothing
+            scaled.append(e)
+    return scaled
+
+
+@dataclass
+class PlannedRun:
+    table: str
+    run: Run
+    seed: int
+    model: str  # after --model-scale
+    preset: str
+    overrides: list[str]
+    run_dir: Path
+    epochs: int
+    milestones: list[int]
+    train_images: int
+    params: int | None = None
+    forward_flops: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def train_flops(self) -> int | None:
+        if self.forward_flops is None:
+            return None
+        return TRAIN_FLOPS_PER_FORWARD * self.forward_flops * self.train_images * self.epochs
+
+    def status(self) -> str:
+        """finished | resumable | new (what a sweep will do with this run)."""
+        summary = self.run_dir / "summary.json"
+        if summary.is_file():
+            try:
+                if json.loads(summary.read_text()).get("finished"):
+                    return "finished"
+            except (OSError, json.JSONDecodeError):
+                pass
+        if (self.run_dir / "checkpoint" / "state.json").is_file():
+            return "resumable"
+        return "new"
+
+
+def _recipe_schedule(preset: str, overrides: list[str]) -> tuple[int, list[int], int]:
+    """(epochs, lr milestones, val_size) of the recipe with the user's overrides applied."""
+    from wrn.train.config import load_config
+
+    cfg = load_config(preset=preset, overrides=overrides)
+    return cfg.train.epochs, list(cfg.optim.milestones), cfg.data.val_size
+
+
+def plan(
+    table: Table,
+    *,
+    out: str | Path,
+    seeds: int = 1,
+    budget: Budget = Budget(),
+    data: str | None = None,
+    dataset: str | None = None,
+    overrides: tuple[str, ...] = (),
+    count: bool = True,
+) -> list[PlannedRun]:
+    """Every (run, seed) of ``table`` with its run directory, config overrides and cost."""
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds} must be >= 1")
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if "=" not in o:
+            raise UserError(f"override {o!r} is not key=value: e.g. accel.precision=bf16")
+        if key in BUDGET_KEYS:
+            raise UserError(f"override {key} would change the budget unlabelled: use {BUDGET_KEYS[key]}")
+    runs = [r for r in table.runs if dataset is None or r.dataset == dataset]
+    if not runs:
+        raise UserError(f"table {table.name} has no runs on {dataset!r}: choose one of {', '.join(table.datasets())}")
+    if data is not None and len({r.dataset for r in runs}) > 1:
+        raise UserError(
+            f"--data {data} would feed every dataset of table {table.name} "
+            f"({', '.join(table.datasets())}): pick one with --dataset"
+        )
+    base = Path(out) / table.name / budget.label
+    schedules: dict[str, tuple[int, list[int], int]] = {}
+    planned = []
+    for run in runs:
+        if run.recipe not in schedules:
+            schedules[run.recipe] = _recipe_schedule(run.recipe, list(overrides))
+        recipe_epochs, recipe_milestones, val_size = schedules[run.recipe]
+        epochs = budget.epochs or recipe_epochs
+        milestones = scale_milestones(recipe_milestones, recipe_epochs, epochs)
+        model = scale_model(run.model, budget.model_scale)
+        train_images = TRAIN_IMAGES[run.dataset] - val_size
+        if budget.subset:
+            train_images = min(budget.subset, train_images)
+        for seed in range(seeds):
+            ov = [f"model.name={model}", f"data.name={run.dataset}", f"train.seed={seed}"]
+            if data is not None:
+                ov.append(f"data.path={data}")
+            # Dropout only where the table asks for it: the recipe's default (0.3) is the
+            # dropout table's setting, not the other tables'.
+            ov.append(f"model.dropout={run.model_kwargs.get('dropout', 0.0)}")
+            for key, value in run.model_kwargs.items():
+                if key == "dropout":
+                    continue
+                if isinstance(value, (tuple, list)):
+                    value = ",".join(str(v) for v in value)
+                ov.append(f"model.{key}={value}")
+            if budget.epochs is not None:
+                ov += [f"train.epochs={epochs}", "optim.milestones=" + ",".join(map(str, milestones))]
+            if budget.subset:
+                ov.append(f"data.subset={budget.subset}")
+            ov += list(overrides)
+            planned.append(PlannedRun(table.name, run, seed, model, run.recipe, ov,
+                                      base / f"{run.id}-seed{seed}", epochs, milestones, train_images))
+    if count:
+        _count(planned)
+    return planned
+
+
+def _count(planned: list[PlannedRun]) -> None:
+    """Params and forward FLOPs of each distinct network, built on the meta device (no memory)."""
+    import torch
+
+    from wrn.models import create_model
+
+    cache: dict[str, tuple[int, int | None]] = {}
+    for p in planned:
+        kwargs = {"num_classes": NUM_CLASSES[p.run.dataset], **p.run.model_kwargs}
+        key = json.dumps([p.model, kwargs], sort_keys=True)
+        if key not in cache:
+            with torch.device("meta"):
+                model = create_model(p.model, **kwargs)
+            params = sum(t.numel() for t in model.parameters())
+            cache[key] = (params, _forward_flops(model, p.model, kwargs))
+        p.params, p.forward_flops = cache[key]
+
+
+def _forward_flops(meta_model, name: str, kwargs: dict) -> int | None:
+    try:
+        from wrn.models.flops import forward_flops
+    except ImportError:
+        return None
+    try:
+        return int(forward_flops(meta_model, input_size=32))
+    except Exception:  # noqa: BLE001 - a counter that needs real tensors: count on a CPU copy
+        from wrn.models import create_model
+
+        return int(forward_flops(create_model(name, **kwargs), input_size=32))
+
+
+# --- printing -------------------------------------------------------------------------------
+
+
+def _fmt_params(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1e6:.3f}M"
+
+
+def _fmt_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def format_plan(table: Table, planned: list[PlannedRun], budget: Budget, *, tflops: float) -> str:
+    """The dry-run listing: one line per network (seeds folded), with params next to the paper's."""
+    seeds = sorted({p.seed for p in planned})
+    first = [p for p in planned if p.seed == seeds[0]]
+    lines = [
+        f"{table.name}: {table.title}",
+        f"paper's claim: {table.claim}",
+        f"budget: {budget.describe()}",
+        f"seeds: {len(seeds)}   runs: {len(planned)}   out: {planned[0].run_dir.parent}",
+        f"cost: train FLOPs = {TRAIN_FLOPS_PER_FORWARD} x forward FLOPs x images x epochs; time at "
+        f"{tflops:g} TFLOP/s sustained (this CPU, --tflops) and at {H100_TFLOPS:g} TFLOP/s (one H100, bf16; "
+        "a lower bound for small nets, which do not fill the GPU)",
+        "",
+    ]
+    header = ["run", "dataset", "model", "block", "N", "epochs", "images", "params", "paper",
+              "fwd GFLOP", "train PFLOP", "CPU time", "H100 time", "status"]
+    rows = []
+    total_flops = 0
+    for p in first:
+        flops = p.train_flops
+        total_flops += (flops or 0) * len(seeds)
+        block = p.run.model_kwargs.get("block")
+        rows.append([
+            p.run.label, p.run.dataset, p.model,
+            ",".join(map(str, block)) if block else ("3,3" if p.model.startswith("wrn-") else "-"),
+            str(p.run.model_kwargs.get("blocks_per_group", "-")),
+            str(p.epochs), str(p.train_images), _fmt_params(p.params),
+            f"{p.run.paper_params_m:g}M" if p.run.paper_params_m else "-",
+            "?" if p.forward_flops is None else f"{p.forward_flops / 1e9:.2f}",
+            "?" if flops is None else f"{flops / 1e15:.3f}",
+            "?" if flops is None else _fmt_duration(flops / (tflops * 1e12)),
+            "?" if flops is None else _fmt_duration(flops / (H100_TFLOPS * 1e12)),
+            "/".join(sorted({q.status() for q in planned if q.run is p.run})),
+        ])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    lines.append("")
+    lines.append(
+        f"total: {len(planned)} runs, {total_flops / 1e15:.3f} PFLOP: ~{_fmt_duration(total_flops / (tflops * 1e12))} "
+        f"on this CPU, ~{_fmt_duration(total_flops / (H100_TFLOPS * 1e12))} on one H100"
+    )
+    if planned and planned[0].epochs and first[0].milestones:
+        lines.append(f"lr drops at epochs {', '.join(map(str, first[0].milestones))} of {first[0].epochs}")
+    return "\n".join(lines)
+
+
+# --- running --------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_manifest(table: Table, planned: list[PlannedRun], budget: Budget, command: list[str]) -> Path:
+    """sweep.json beside the run directories: what each is, so `wrn report` needs no guessing."""
+    path = planned[0].run_dir.parent / "sweep.json"
+    manifest = {
+        "table": table.name,
+        "title": table.title,
+        "budget": {"label": budget.label, "full": budget.full, "description": budget.describe(),
+                   "epochs": budget.epochs, "subset": budget.subset, "model_scale": budget.model_scale},
+        "command": command,
+        "runs": [
+            {"dir": p.name, "id": p.run.id, "label": p.run.label, "seed": p.seed, "model": p.model,
+             "paper_model": p.run.model, "dataset": p.run.dataset, "model_kwargs": p.run.model_kwargs,
+             "preset": p.preset, "overrides": p.overrides, "epochs": p.epochs, "milestones": p.milestones,
+             "params": p.params, "forward_flops": p.forward_flops}
+            for p in planned
+        ],
+    }
+    _atomic_write(path, json.dumps(manifest, indent=1, default=list) + "\n")
+    return path
+
+
+# A runner trains one planned run (resume=True: continue from its checkpoint) and returns the
+# process exit status; tests substitute a fake one.
+Runner = Callable[[PlannedRun, bool], int]
+
+
+def subprocess_runner(p: PlannedRun, resume: bool) -> int:
+    log = p.run_dir.parent / "logs" / f"{p.name}.txt"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "wrn.experiments.sweep", str(p.run_dir), p.preset]
+    if resume:
+        cmd.append("--resume")
+    cmd += ["--", *p.overrides]
+    with open(log, "a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+
+
+def execute(planned: list[PlannedRun], *, runner: Runner = subprocess_runner,
+            echo: Callable[[str], None] = print) -> dict[str, list[str]]:
+    """Train every run that is not finished; resume those with a checkpoint. Returns names by outcome."""
+    outcome: dict[str, list[str]] = {"skipped": [], "trained": [], "resumed": [], "failed": []}
+    for i, p in enumerate(planned, 1):
+        head = f"[{i}/{len(planned)}] {p.name}"
+        status = p.status()
+        if status == "finished":
+            echo(f"{head}: finished already, skipped")
+            outcome["skipped"].append(p.name)
+            continue
+        resume = status == "resumable"
+        echo(f"{head}: {'resuming from its checkpoint' if resume else 'training'} ({p.model}, {p.epochs} epochs)")
+        start = time.time()
+        rc = runner(p, resume)
+        if rc != 0 or p.status() != "finished":
+            echo(f"{head}: FAILED (exit {rc}); see {p.run_dir.parent / 'logs' / (p.name + '.txt')}")
+            outcome["failed"].append(p.name)
+            continue
+        summary = json.loads((p.run_dir / "summary.json").read_text())
+        echo(f"{head}: done in {_fmt_duration(time.time() - start)}, "
+             f"final test error {100 * (1 - summary['test_acc']):.2f}%")
+        outcome["resumed" if resume else "trained"].append(p.name)
+    return outcome
+
+
+def _child(argv: list[str]) -> int:
+    """Subprocess entry: ``python -m wrn.experiments.sweep RUN_DIR PRESET [--resume] -- OVERRIDES``."""
+    if "--" in argv:
+        i = argv.index("--")
+        argv, overrides = argv[:i], argv[i + 1:]
+    else:
+        overrides = []
+    resume = "--resume" in argv
+    run_dir, preset = [a for a in argv if a != "--resume"][:2]
+    from wrn.train.config import load_config
+    from wrn.train.engine import fit
+
+    cfg = load_config(preset=preset, overrides=overrides)
+    fit(cfg, run_dir, resume=resume)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1:]))

@@ -1,0 +1,256 @@
+"""Checkpoints without pickle: safetensors for tensors, JSON for everything else.
+
+    RUN/checkpoint/model.safetensors       the model's state_dict
+    RUN/checkpoint/optimizer.safetensors   optimizer tensors (momentum buffers), keyed state.<i>.<name>
+    RUN/checkpoint/optimizer.json          the rest of the optimizer state (param groups)
+    RUN/checkpoint/state.json              epoch, step, config, model_args, RNG, metrics, file sizes
+
+A checkpoint is written into a fresh directory (each file fsynced, state.json last), then swapped
+in by two renames: ``checkpoint`` -> ``.checkpoint.old``, new -> ``checkpoint``. A kill at any
+moment leaves at least one complete checkpoint, and ``find_checkpoint`` takes the newest complete
+one. state.json carries ``model_args``, so ``load_checkpoint`` rebuilds the model without a config.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from wrn.errors import UserError
+
+CHECKPOINT = "checkpoint"
+OLD = ".checkpoint.old"
+KEPT = "checkpoints"  # every N epochs: RUN/checkpoints/epoch-0010/
+FORMAT = 1
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write(path: Path, data: bytes) -> int:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return len(data)
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model under DDP (``.module``) or torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def rng_state() -> dict[str, Any]:
+    b64 = lambda t: base64.b64encode(t.cpu().numpy().tobytes()).decode()  # noqa: E731
+    state = {"torch": b64(torch.get_rng_state())}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [b64(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    def tensor(s):
+        return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+
+    if "torch" in state:
+        torch.set_rng_state(tensor(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        states = [tensor(s) for s in state["cuda"]]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+
+
+def _optimizer_parts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    rest: dict[str, dict[str, Any]] = {}
+    for idx, entry in sd["state"].items():
+        rest[str(idx)] = {}
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{idx}.{name}"] = value
+            else:
+                rest[str(idx)][name] = value
+    return _cpu(tensors), {"state": rest, "param_groups": sd["param_groups"]}
+
+
+def save_checkpoint(run_dir: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                    state: dict[str, Any]) -> Path:
+    """Write a complete checkpoint for ``run_dir`` and swap it in atomically; returns its path."""
+    run_dir = Path(run_dir)
+    tmp = run_dir / f".checkpoint.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    files = {"model.safetensors": _write(tmp / "model.safetensors", st_save(_cpu(unwrap(model).state_dict())))}
+    if optimizer is not None:
+        tensors, rest = _optimizer_parts(optimizer)
+        files["optimizer.safetensors"] = _write(tmp / "optimizer.safetensors", st_save(tensors))
+        files["optimizer.json"] = _write(tmp / "optimizer.json", json.dumps(rest).encode())
+    state = {"format": FORMAT, **state, "rng": rng_state(), "files": files}
+    _write(tmp / "state.json", (json.dumps(state, indent=1) + "\n").encode())  # last: marks it complete
+    _fsync_dir(tmp)
+
+    final, old = run_dir / CHECKPOINT, run_dir / OLD
+    if final.exists():
+        if old.exists():  # a stale one from a kill after the last swap
+            shutil.rmtree(old)
+        os.rename(final, old)
+    os.rename(tmp, final)
+    _fsync_dir(run_dir)
+    if old.exists():
+        shutil.rmtree(old)
+    return final
+
+
+def keep_copy(run_dir: Path, epoch: int) -> Path:
+    """Hard-link (or copy) the current checkpoint to RUN/checkpoints/epoch-NNNN (train.keep_every)."""
+    src = Path(run_dir) / CHECKPOINT
+    dst = Path(run_dir) / KEPT / f"epoch-{epoch:04d}"
+    tmp = dst.with_name(dst.name + ".tmp")
+    for d in (tmp, dst):
+        if d.exists():
+            shutil.rmtree(d)
+    tmp.mkdir(parents=True)
+    for f in src.iterdir():
+        try:
+            os.link(f, tmp / f.name)
+        except OSError:
+            shutil.copy2(f, tmp / f.name)
+    os.rename(tmp, dst)
+    return dst
+
+
+def read_state(ckpt_dir: Path) -> dict[str, Any] | None:
+    """state.json of a complete checkpoint directory, or None when it is missing or cut short."""
+    try:
+        state = json.loads((Path(ckpt_dir) / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or not isinstance(state.get("files"), dict):
+        return None
+    for name, size in state["files"].items():
+        try:
+            if (Path(ckpt_dir) / name).stat().st_size != size:
+                return None
+        except OSError:
+            return None
+    return state
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """The newest complete checkpoint under ``path`` (a run dir or a checkpoint dir)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint {str(path)!r} does not exist: give a run directory or its checkpoint/")
+    if (path / "state.json").exists() or path.name in (CHECKPOINT, OLD):
+        if read_state(path) is not None:
+            return path
+        run_dir = path.parent if path.name in (CHECKPOINT, OLD) else None
+    else:
+        run_dir = path
+    if run_dir is not None:
+        candidates = [run_dir / CHECKPOINT, run_dir / OLD]
+        for i, c in enumerate(candidates):
+            if read_state(c) is not None:
+                if i > 0:
+                    print(f"wrn: warning: {run_dir / CHECKPOINT} is missing or incomplete; using the previous "
+                          f"complete checkpoint {c}", file=sys.stderr)
+                return c
+    raise UserError(f"no complete checkpoint in {str(path)!r}: the run wrote none yet (start it again without --resume)")
+
+
+def _check_shapes(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], what: str) -> None:
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
+    if missing or extra:
+        name = (missing or extra)[0]
+        problem = "is missing from the checkpoint" if missing else "is not in the model"
+        raise UserError(f"{what}: tensor {name!r} {problem}: the checkpoint belongs to a different model")
+    for k, v in expected.items():
+        if tuple(found[k].shape) != tuple(v.shape) or found[k].dtype != v.dtype:
+            raise UserError(f"{what}: tensor {k!r} is {found[k].dtype} {list(found[k].shape)} in the checkpoint "
+                            f"but {v.dtype} {list(v.shape)} in the model: the checkpoint belongs to a different model")
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return st_load(path.read_bytes())
+    except (SafetensorError, ValueError, OSError) as e:
+        raise UserError(f"{path} is not a readable safetensors file ({e}): the checkpoint is damaged") from None
+
+
+def load_weights(model: nn.Module, ckpt_dir: Path) -> None:
+    target = unwrap(model)
+    tensors = _read_tensors(Path(ckpt_dir) / "model.safetensors")
+    _check_shapes(target.state_dict(), tensors, str(Path(ckpt_dir) / "model.safetensors"))
+    target.load_state_dict(tensors)
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, ckpt_dir: Path) -> None:
+    tensors = _read_tensors(Path(ckpt_dir) / "optimizer.safetensors")
+    rest = json.loads((Path(ckpt_dir) / "optimizer.json").read_text())
+    state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in rest["state"].items()}
+    for key, value in tensors.items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
+
+
+def restore(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """Load weights, optimizer state and RNG state for a resume; returns state.json."""
+    state = read_state(ckpt_dir)
+    if state is None:
+        raise UserError(f"checkpoint {ckpt_dir} is incomplete: resume from another one")
+    load_weights(model, ckpt_dir)
+    if optimizer is not None and "optimizer.safetensors" in state["files"]:
+        load_optimizer(optimizer, ckpt_dir)
+    set_rng_state(state.get("rng", {}))
+    return state
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """``wrn.load_checkpoint(run_dir_or_checkpoint) -> (model, state)``: the model rebuilt from the
+    saved constructor arguments, weights loaded, in eval mode; state is the checkpoint's state.json."""
+    from wrn.models import create_model
+
+    ckpt = find_checkpoint(path)
+    state = read_state(ckpt)
+    args = dict(state.get("model_args") or {})
+    name = args.pop("name", None)
+    if not name:
+        raise UserError(f"{ckpt / 'state.json'} has no model_args: it was not written by wrn train")
+    if isinstance(args.get("block"), list):
+        args["block"] = tuple(args["block"])
+    model = create_model(name, **args)
+    load_weights(model, ckpt)
+    return model.to(device).eval(), state

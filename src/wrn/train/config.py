@@ -1,0 +1,415 @@
+"""Training configuration: a dataclass tree, YAML recipes, dotted overrides, validation.
+
+    cfg = load_config("paper-cifar", overrides=["train.epochs=10", "model.block=3,1,3"])
+
+A config is built in three layers - the dataclass defaults (which are the paper's CIFAR recipe),
+then a recipe (``--preset NAME`` from ``wrn/train/recipes/NAME.yaml`` or ``--config FILE``),
+then ``key=value`` overrides - and checked as a whole before any work starts. Every problem is a
+one-line ``UserError`` that names the key (and, for a misspelt key, the closest valid one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+
+from wrn.errors import UserError
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+SCHEDULES = ("step", "cosine", "onecycle")
+PRECISIONS = ("fp32", "bf16")
+NORMALIZATIONS = ("dataset", "paper", "none")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "wrn-28-10"
+    dropout: float = 0.3
+    # Kernel sizes of one residual block, e.g. (3, 3) = B(3,3); None = the model's own default.
+    block: Optional[tuple[int, ...]] = None
+    # None = N from the depth (PAPER.md naming); set it for the deepening-factor table.
+    blocks_per_group: Optional[int] = None
+    num_classes: int = 0  # 0 = the number of classes in the data
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar10"  # dataset name: downloaded into the cache when data.path is empty
+    path: Optional[str] = None  # a local copy (archive, folder, image folder); wins over name
+    val_size: int = 5000  # carved from train; picks nothing unless asked (honest test numbers)
+    subset: int = 0  # use only the first K training images (0 = all)
+    use_extra: bool = False  # SVHN: train + extra
+    augment: bool = True  # random crop from a 4-pixel reflect pad + horizontal flip
+    cutout: int = 0  # side of the cutout square in pixels (0 = off)
+    # dataset: mean/std of the training split; paper: the published CIFAR constants;
+    # none: pixels / 255 (the paper's SVHN preprocessing).
+    normalize: str = "dataset"
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 128  # global (all processes together)
+    eval_batch_size: int = 500
+    seed: int = 0
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = epoch ends only)
+    keep_every: int = 0  # also keep the checkpoint of every N-th epoch (0 = only the last)
+    skip_nonfinite: bool = False  # skip a batch whose loss/gradient is NaN/inf instead of stopping
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    wd_on_bn_bias: bool = True  # the paper decays every parameter, BN and biases included
+    schedule: str = "step"  # step | cosine | onecycle (linear warmup then linear decay to 0)
+    milestones: tuple[int, ...] = (60, 120, 160)  # epochs (schedule=step)
+    gamma: float = 0.2  # lr factor at each milestone
+    warmup_epochs: float = 0.0  # linear warmup from ~0 (may be fractional)
+    label_smoothing: float = 0.0
+    # Scale lr linearly with train.batch_size / base_batch_size (PAPER.md "Scaling"); wd is kept.
+    scale_with_batch: bool = False
+    base_batch_size: int = 128
+
+
+@dataclass
+class AccelConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16
+    compile: bool = False
+    channels_last: bool = False
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = 50  # a "step" line in log.jsonl every K steps
+    test_every_epoch: bool = False  # test accuracy per epoch, for learning curves only
+    quiet: bool = False  # no progress bar or epoch lines
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    accel: AccelConfig = field(default_factory=AccelConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain data (tuples as lists) for YAML/JSON."""
+        return {s: {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(getattr(self, s)).items()}
+                for s in _sections()}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def source(self) -> str:
+        """What ``load_dataset`` reads: the local path when given, else the dataset name."""
+        return self.data.path or self.data.name
+
+
+def _sections() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+def _section_types() -> dict[str, type]:
+    return {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
+
+
+def valid_keys() -> list[str]:
+    """Every dotted key, e.g. ``train.epochs``."""
+    return [f"{s}.{f.name}" for s, cls in _section_types().items() for f in dataclasses.fields(cls)]
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def _unknown_key(key: str) -> UserError:
+    close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
+    if not close:  # a right key in the wrong section, e.g. "train.lr"
+        tail = key.rsplit(".", 1)[-1]
+        close = [k for k in valid_keys() if k.rsplit(".", 1)[-1] == tail][:1]
+    hint = f"did you mean {close[0]!r}?" if close else "see the keys in `wrn train --help`"
+    return UserError(f"unknown config key {key!r}: {hint}")
+
+
+def _field_type(key: str):
+    section, _, name = key.partition(".")
+    types = _section_types()
+    if section not in types or not name:
+        raise _unknown_key(key)
+    hints = typing.get_type_hints(types[section])
+    if name not in hints:
+        raise _unknown_key(key)
+    return hints[name]
+
+
+# -- typed values ---------------------------------------------------------------------------
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def _coerce(key: str, value: Any, tp) -> Any:
+    """A YAML value or an override string -> the field's type, or a UserError naming the key."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(key, value, inner)
+    if value is None:
+        raise UserError(f"{key} may not be empty: give a value")
+    if origin is tuple:
+        if isinstance(value, str):
+            items = [i.strip() for i in value.strip().strip("()[]").split(",") if i.strip()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            items = [value]
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            raise UserError(f"{key}={value!r} is not a list: write it like {key}=3,1,3")
+        return tuple(_coerce(key, i, args[0]) for i in items)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise UserError(f"{key}={value!r} is not a boolean: use true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise UserError(f"{key}={value!r} is not an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                try:  # allow 1e3 style for step counts
+                    f = float(value)
+                    if f.is_integer():
+                        return int(f)
+                except ValueError:
+                    pass
+        raise UserError(f"{key}={value!r} is not an integer")
+    if tp is float:
+        if isinstance(value, bool):
+            raise UserError(f"{key}={value!r} is not a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise UserError(f"{key}={value!r} is not a number")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{key}={value!r} is not a string")
+    raise TypeError(f"config field {key} has an unsupported type {tp}")  # a bug here, not user input
+
+
+def set_value(cfg: Config, key: str, value: Any) -> None:
+    """Set a dotted key from a YAML value or an override string, typed and checked."""
+    tp = _field_type(key)
+    section, _, name = key.partition(".")
+    setattr(getattr(cfg, section), name, _coerce(key, value, tp))
+
+
+def _apply_mapping(cfg: Config, data: Any, origin: str) -> None:
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise UserError(f"{origin}: expected a mapping of sections (model, data, train, ...), got {type(data).__name__}")
+    for section, values in data.items():
+        if section == "preset":
+            continue
+        if section not in _sections():
+            close = difflib.get_close_matches(str(section), _sections(), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"sections are {', '.join(_sections())}"
+            raise UserError(f"{origin}: unknown config section {section!r}: {hint}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise UserError(f"{origin}: section {section!r} must be a mapping of key: value")
+        for name, value in values.items():
+            set_value(cfg, f"{section}.{name}", value)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"config file {str(path)!r} does not exist: check the path") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {str(path)!r} is a directory: give a .yaml file") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else "syntax error"
+        raise UserError(f"config file {str(path)!r} is not valid YAML ({first}): fix the file") from None
+
+
+def _preset_path(name: str) -> Path:
+    path = RECIPES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        close = difflib.get_close_matches(name, list_presets(), n=1, cutoff=0.4)
+        hint = f"did you mean {close[0]!r}?" if close else f"presets: {', '.join(list_presets())}"
+        raise UserError(f"unknown preset {name!r}: {hint}")
+    return path
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or "." not in key or any(c.isspace() for c in key):
+        raise UserError(f"override {text!r} is not section.key=value: write it like train.epochs=10")
+    return key, value
+
+
+def load_config(preset: str | None = None, config_file: str | Path | None = None,
+                overrides: Iterable[str] = ()) -> Config:
+    """Defaults <- preset or config file <- ``key=value`` overrides, then validated.
+
+    A config file may start from a preset with a top-level ``preset: NAME``.
+    """
+    if preset and config_file:
+        raise UserError("give either a preset or a config file, not both")
+    cfg = Config()
+    if preset:
+        _apply_mapping(cfg, _read_yaml(_preset_path(preset)), f"preset {preset!r}")
+    if config_file:
+        data = _read_yaml(Path(config_file))
+        if isinstance(data, dict) and data.get("preset"):
+            _apply_mapping(cfg, _read_yaml(_preset_path(str(data["preset"]))), f"preset {data['preset']!r}")
+        _apply_mapping(cfg, data, f"config file {str(config_file)!r}")
+    for text in overrides:
+        key, value = parse_override(text)
+        set_value(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a saved (resolved) config, e.g. from a checkpoint's state.json."""
+    cfg = Config()
+    _apply_mapping(cfg, data, "saved config")
+    return cfg
+
+
+# -- validation -------------------------------------------------------------------------------
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise UserError(f"{key}: {message}")
+
+
+def model_kwargs(cfg: Config, num_classes: int | None = None) -> dict[str, Any]:
+    """Constructor keywords for ``create_model``: only what the config sets, so that models
+    without a block or dropout argument (resnet-110, wide_resnet50_2) still build."""
+    kwargs: dict[str, Any] = {"num_classes": num_classes or cfg.model.num_classes or 10}
+    if cfg.model.dropout:
+        kwargs["dropout"] = cfg.model.dropout
+    if cfg.model.block is not None:
+        kwargs["block"] = list(cfg.model.block)
+    if cfg.model.blocks_per_group is not None:
+        kwargs["blocks_per_group"] = cfg.model.blocks_per_group
+    return kwargs
+
+
+def _check_model(cfg: Config) -> None:
+    """Build the model on the meta device (no memory, no compute): the constructor itself judges
+    depth/block/width, so the config accepts exactly what ``create_model`` accepts."""
+    import torch
+
+    from wrn.models import create_model
+
+    kwargs = model_kwargs(cfg)
+    try:
+        with torch.device("meta"):
+            create_model(cfg.model.name, **kwargs)
+    except TypeError as e:
+        bad = next((k for k in kwargs if f"'{k}'" in str(e)), None)
+        key = {"dropout": "model.dropout", "block": "model.block",
+               "blocks_per_group": "model.blocks_per_group"}.get(bad or "", "model.name")
+        raise UserError(f"{key}: model {cfg.model.name!r} does not take this setting ({e})") from None
+    except ValueError as e:
+        message = str(e).splitlines()[0] if str(e) else "invalid model settings"
+        key = "model.name" if "unknown model" in message else (
+            "model.block" if cfg.model.block is not None and "block" in message and "depth" not in message
+            else "model.name")
+        raise UserError(f"{key}: {message}") from None
+
+
+def validate(cfg: Config) -> None:
+    """Every value in range, before any work; raises a one-line UserError naming the key."""
+    m, d, t, o, a, lg = cfg.model, cfg.data, cfg.train, cfg.optim, cfg.accel, cfg.log
+    _check(bool(m.name.strip()), "model.name", "is empty: give a model, e.g. wrn-16-4")
+    _check(0.0 <= m.dropout < 1.0, "model.dropout", f"{m.dropout} is out of range: use 0 <= dropout < 1")
+    _check(m.block is None or (len(m.block) > 0 and all(k >= 1 and k % 2 == 1 for k in m.block)),
+           "model.block", f"{m.block} is not a tuple of odd kernel sizes: e.g. model.block=3,3 or 3,1,3")
+    _check(m.blocks_per_group is None or m.blocks_per_group >= 1, "model.blocks_per_group",
+           f"{m.blocks_per_group} must be >= 1 (or none to derive it from the depth)")
+    _check(m.num_classes >= 0, "model.num_classes", f"{m.num_classes} must be >= 0 (0 = from the data)")
+
+    _check(bool(d.name.strip()) or bool(d.path), "data.name", "is empty: give a dataset name or data.path")
+    _check(d.val_size >= 0, "data.val_size", f"{d.val_size} must be >= 0")
+    _check(d.subset >= 0, "data.subset", f"{d.subset} must be >= 0 (0 = all training images)")
+    _check(d.cutout >= 0, "data.cutout", f"{d.cutout} must be >= 0 (0 = off)")
+    _check(d.normalize in NORMALIZATIONS, "data.normalize",
+           f"unknown normalization {d.normalize!r}: use {' | '.join(NORMALIZATIONS)}")
+    if d.normalize == "paper":
+        _check(d.name in PAPER_STATS, "data.normalize",
+               f"'paper' constants exist only for {', '.join(PAPER_STATS)}: use dataset or none")
+
+    _check(t.epochs >= 1, "train.epochs", f"{t.epochs} must be >= 1")
+    _check(t.batch_size >= 1, "train.batch_size", f"{t.batch_size} must be >= 1")
+    _check(t.eval_batch_size >= 1, "train.eval_batch_size", f"{t.eval_batch_size} must be >= 1")
+    _check(t.seed >= 0, "train.seed", f"{t.seed} must be >= 0")
+    _check(t.checkpoint_every >= 0, "train.checkpoint_every", f"{t.checkpoint_every} must be >= 0 (0 = epoch ends only)")
+    _check(t.keep_every >= 0, "train.keep_every", f"{t.keep_every} must be >= 0 (0 = keep only the last)")
+
+    _check(math.isfinite(o.lr) and o.lr > 0, "optim.lr", f"{o.lr} must be a positive number")
+    _check(0.0 <= o.momentum < 1.0, "optim.momentum", f"{o.momentum} is out of range: use 0 <= momentum < 1")
+    _check(not (o.nesterov and o.momentum == 0), "optim.nesterov", "needs optim.momentum > 0")
+    _check(math.isfinite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", f"{o.weight_decay} must be >= 0")
+    _check(o.schedule in SCHEDULES, "optim.schedule", f"unknown schedule {o.schedule!r}: use {' | '.join(SCHEDULES)}")
+    _check(all(x >= 1 for x in o.milestones) and list(o.milestones) == sorted(set(o.milestones)),
+           "optim.milestones", f"{o.milestones} must be increasing positive epochs, e.g. 60,120,160")
+    _check(0.0 < o.gamma <= 1.0, "optim.gamma", f"{o.gamma} is out of range: use 0 < gamma <= 1")
+    _check(0.0 <= o.warmup_epochs < t.epochs, "optim.warmup_epochs",
+           f"{o.warmup_epochs} must be >= 0 and less than train.epochs ({t.epochs})")
+    _check(0.0 <= o.label_smoothing < 1.0, "optim.label_smoothing", f"{o.label_smoothing} is out of range: use 0 <= x < 1")
+    _check(o.base_batch_size >= 1, "optim.base_batch_size", f"{o.base_batch_size} must be >= 1")
+
+    dev = a.device
+    _check(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+           "accel.device", f"unknown device {dev!r}: use auto, cpu or cuda")
+    _check(a.precision in PRECISIONS, "accel.precision", f"unknown precision {a.precision!r}: use {' | '.join(PRECISIONS)}")
+    _check(lg.every_steps >= 1, "log.every_steps", f"{lg.every_steps} must be >= 1")
+    _check_model(cfg)
+
+
+# Published per-channel statistics (on the [0, 1] scale). CIFAR-10's true std is ~0.247, not the
+# 0.2023 seen in many repos (STYLE.md).
+PAPER_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}

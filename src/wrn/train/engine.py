@@ -1,0 +1,409 @@
+"""The training loop: plain functions ``train_one_epoch``, ``evaluate`` and ``fit``.
+
+    summary = fit(load_config("quick", overrides=["data.path=cifar10.tar.xz"]), "runs/q")
+
+Everything random is a pure function of (seed, global step): the data order comes from the
+loader's (seed, epoch) permutation, and before each step the augmentation generator and torch's
+global RNG (dropout, stochastic depth) are seeded from (seed, step, rank). So a run resumed from a
+mid-epoch checkpoint takes exactly the steps the uninterrupted run took, and ends with the same
+weights bit for bit on CPU. (RNG states are saved in the checkpoint too, for anything else.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from wrn.errors import UserError
+from wrn.train import accel, checkpoint, dist
+from wrn.train.config import PAPER_STATS, Config, config_from_dict, model_kwargs
+from wrn.train.log import RunLog, git_commit, truncate_log, write_atomic, write_json
+from wrn.train.optim import Schedule, build_optimizer, scaled, set_lr
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN/inf: the run stops, the last good checkpoint stays."""
+
+
+def step_seed(seed: int, step: int, rank: int, stream: int) -> int:
+    """A 63-bit seed for one (run seed, global step, rank, purpose): independent streams per step."""
+    digest = hashlib.blake2b(f"{seed}/{step}/{rank}/{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class SkipNonFinite:
+    """Optimizer wrapper for train.skip_nonfinite: no update from a batch with a NaN/inf gradient.
+
+    It checks the gradients on the host before each update (one sync per step), which is the
+    price of skipping; the default (stop on NaN) needs no per-step sync.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+        self.skipped = 0
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    def step(self) -> None:
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            self.skipped += 1
+            return
+        self.optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+
+@dataclass
+class EpochSums:
+    """Running sums on the device (no host sync per step)."""
+    loss: torch.Tensor
+    correct: torch.Tensor
+    count: int = 0
+    bad_step: torch.Tensor | None = None  # first step with a non-finite loss, -1 if none
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> "EpochSums":
+        return cls(torch.zeros((), device=device), torch.zeros((), dtype=torch.int64, device=device), 0,
+                   torch.full((), -1, dtype=torch.int64, device=device))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"loss": self.loss.item(), "correct": int(self.correct.item()), "count": self.count}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], device: torch.device) -> "EpochSums":
+        sums = cls.zeros(device)
+        sums.loss.fill_(data["loss"])
+        sums.correct.fill_(data["correct"])
+        sums.count = data["count"]
+        return sums
+
+
+@dataclass
+class Run:
+    """What ``fit`` builds once and the epoch functions use."""
+    cfg: Config
+    out_dir: Path
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    train_step: Callable
+    eval_step: Callable
+    schedule: Schedule
+    augment: Any
+    loaders: dict[str, Any]
+    log: RunLog
+    rank: int = 0
+    is_main: bool = True
+    generator: torch.Generator | None = None
+    skipper: SkipNonFinite | None = None
+    start_time: float = field(default_factory=time.perf_counter)
+    elapsed_before: float = 0.0  # seconds spent before a resume
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start_time
+
+
+def _check_finite(run: Run, sums: EpochSums) -> None:
+    bad = int(sums.bad_step.item())
+    if bad >= 0:
+        spe = len(run.loaders["train"])
+        where = run.out_dir / checkpoint.CHECKPOINT
+        kept = f"the last good checkpoint is kept in {where}" if where.exists() else "no checkpoint was written yet"
+        run.log.write({"kind": "error", "step": bad, "epoch": bad // spe, "error": "non-finite loss"})
+        raise NonFiniteLoss(f"loss became NaN/inf at step {bad} (epoch {bad // spe + 1}): training stopped and "
+                            f"{kept}; lower optim.lr, or set train.skip_nonfinite=true to skip such batches")
+
+
+def _save(run: Run, step: int, sums: EpochSums | None, metrics: dict[str, Any] | None, extra: dict[str, Any]) -> None:
+    if not run.is_main:
+        return
+    spe = len(run.loaders["train"])
+    state = {"epoch": step // spe, "step": step, "steps_per_epoch": spe, "config": run.cfg.to_dict(),
+             "model_args": checkpoint.unwrap(run.model).model_args, "partial": sums.to_json() if sums else None,
+             "metrics": metrics, "elapsed_s": run.elapsed(), **extra}
+    checkpoint.save_checkpoint(run.out_dir, model=run.model, optimizer=run.optimizer, state=state)
+
+
+def train_one_epoch(run: Run, epoch: int, start_step: int = 0, sums: EpochSums | None = None,
+                    extra_state: dict[str, Any] | None = None) -> EpochSums:
+    """Train ``epoch`` from batch ``start_step`` on; returns the epoch's running sums."""
+    cfg = run.cfg
+    loader = run.loaders["train"]
+    spe = len(loader)
+    sums = sums or EpochSums.zeros(run.device)
+    window = EpochSums.zeros(run.device)  # since the last "step" line
+    window_start = time.perf_counter()
+    run.model.train()
+    bar = run.log.progress(spe, start_step, f"epoch {epoch + 1}/{cfg.train.epochs}")
+    for i, (images, labels) in enumerate(loader.epoch(epoch, start_step), start=start_step):
+        step = epoch * spe + i  # the global step being taken
+        lr = run.schedule(step)
+        set_lr(run.optimizer, lr)
+        torch.manual_seed(step_seed(cfg.train.seed, step, run.rank, 0))  # dropout, drop-path
+        run.generator.manual_seed(step_seed(cfg.train.seed, step, run.rank, 1))  # crop, flip, cutout
+        x = run.augment(images, run.generator)  # [B, 3, H, W] float32, normalised
+        if cfg.accel.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss_sum, correct = run.train_step(x, labels)
+        finite = torch.isfinite(loss_sum)
+        for s in (sums, window):
+            s.loss += torch.where(finite, loss_sum, torch.zeros_like(loss_sum))
+            s.correct += correct
+            s.count += labels.numel()
+        if not cfg.train.skip_nonfinite:
+            sums.bad_step = torch.where(~finite & (sums.bad_step < 0), step, sums.bad_step)
+        done = step + 1
+        bar.update(1)
+        if done % cfg.log.every_steps == 0:
+            _check_finite(run, sums)
+            now = time.perf_counter()
+            loss = window.loss.item() / max(1, window.count)
+            record = {"kind": "step", "epoch": epoch, "step": done, "loss": loss, "lr": lr,
+                      "img_per_s": window.count / max(1e-9, now - window_start), "elapsed_s": run.elapsed()}
+            if run.skipper is not None:
+                record["skipped"] = run.skipper.skipped
+            run.log.write(record)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}")
+            window, window_start = EpochSums.zeros(run.device), now
+        every = cfg.train.checkpoint_every
+        # The epoch's last step is covered by the epoch-end checkpoint (written after evaluation).
+        if every and done % every == 0 and i + 1 < spe:
+            _check_finite(run, sums)
+            _save(run, done, sums, None, extra_state or {})
+    bar.close()
+    _check_finite(run, sums)
+    return sums
+
+
+@torch.no_grad()
+def evaluate(run: Run, split: str) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) on a split, without augmentation; one host sync at the end."""
+    loader = run.loaders[split]
+    run.model.eval()
+    loss = torch.zeros((), device=run.device, dtype=torch.float64)
+    correct = torch.zeros((), device=run.device, dtype=torch.int64)
+    n = 0
+    for images, labels in loader.epoch(0):
+        x = run.augment.normalize(images)
+        if run.cfg.accel.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = run.eval_step(x)
+        loss += F.cross_entropy(logits, labels, reduction="sum").double()
+        correct += (logits.argmax(1) == labels).sum()
+        n += labels.numel()
+    run.model.train()
+    if n == 0:
+        return float("nan"), float("nan")
+    return loss.item() / n, correct.item() / n
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+def _normalization(cfg: Config, train_split) -> tuple[list[float], list[float]]:
+    from wrn.data import channel_stats
+
+    if cfg.data.normalize == "none":  # pixels / 255 (the paper's SVHN)
+        return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    if cfg.data.normalize == "paper":
+        mean, std = PAPER_STATS[cfg.data.name]
+        return list(mean), list(std)
+    mean, std = channel_stats(train_split)
+    return [float(m) for m in mean], [float(s) for s in std]
+
+
+def load_splits(cfg: Config) -> dict[str, Any]:
+    """train / val / test ArrayDatasets for the config (the val split is carved from train)."""
+    if cfg.data.name == "imagenet" and not cfg.data.path:
+        raise UserError("data.name=imagenet needs a local copy: pass --data /path/to/imagenet")
+    if cfg.data.name == "imagenet":
+        # The streaming (DataLoader-worker) path for datasets too big for memory is not written yet.
+        raise UserError("ImageNet training needs the streaming data loader, which this version does not have "
+                        "yet: train CIFAR/SVHN recipes, or use wrn.models.create_model('wide_resnet50_2') directly")
+    from wrn.data import load_dataset, make_splits
+
+    datasets = load_dataset(cfg.source(), cache_dir=cfg.data.cache_dir)
+    if cfg.data.use_extra and "extra" not in datasets:
+        raise UserError(f"data.use_extra=true but {cfg.source()!r} has no 'extra' split: set data.use_extra=false")
+    return make_splits(datasets, val_size=cfg.data.val_size, subset=cfg.data.subset, seed=cfg.train.seed,
+                       use_extra=cfg.data.use_extra)
+
+
+# -- fit -------------------------------------------------------------------------------------------
+
+def _model_summary_args(model: nn.Module) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in checkpoint.unwrap(model).model_args.items()}
+
+
+def _epoch_means(out_dir: Path) -> tuple[float | None, float | None]:
+    times, rates = [], []
+    path = out_dir / "log.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if r.get("kind") == "epoch":
+                times.append(r["epoch_time_s"])
+                rates.append(r["img_per_s"])
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    return mean(times), mean(rates)
+
+
+def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Train per ``cfg`` into ``out_dir`` (config.yaml, log.jsonl, checkpoint/, summary.json).
+
+    With ``resume=True`` it continues from the newest complete checkpoint in ``out_dir`` (or starts
+    over there if the run was killed before its first checkpoint). Returns summary.json's content.
+    """
+    out_dir = Path(out_dir)
+    rank, world_size, _ = dist.world()
+    is_main = rank == 0
+    quiet = quiet or cfg.log.quiet
+
+    summary_path = out_dir / "summary.json"
+    if resume and summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("finished"):
+            if is_main and not quiet:
+                print(f"wrn: {out_dir} already finished (test accuracy {100 * summary['test_acc']:.2f}%)")
+            return summary
+
+    ckpt_dir = None
+    if resume:
+        try:
+            ckpt_dir = checkpoint.find_checkpoint(out_dir)
+        except UserError:
+            ckpt_dir = None  # killed before its first checkpoint: start over in the same directory
+    if cfg.train.batch_size % world_size:
+        raise UserError(f"train.batch_size: {cfg.train.batch_size} does not divide among {world_size} processes")
+
+    device = accel.resolve_device(cfg.accel.device)
+    splits = load_splits(cfg)
+    train_split = splits["train"]
+    classes = list(train_split.classes)
+    num_classes = cfg.model.num_classes or len(classes)
+    per_rank_batch = cfg.train.batch_size // world_size
+    if len(train_split) < cfg.train.batch_size:
+        raise UserError(f"train.batch_size: {cfg.train.batch_size} is larger than the training split "
+                        f"({len(train_split)} images): lower it")
+
+    mean, std = _normalization(cfg, train_split)
+    from wrn.data.augment import Augment
+    from wrn.data.loader import DeviceLoader
+    from wrn.models import create_model
+
+    augment = Augment(mean, std, crop_padding=4 if cfg.data.augment else 0, flip=cfg.data.augment,
+                      cutout=cfg.data.cutout)
+    loaders = {"train": DeviceLoader(train_split, per_rank_batch, device=device, shuffle=True, drop_last=True,
+                                     seed=cfg.train.seed, rank=rank, world_size=world_size),
+               "test": DeviceLoader(splits["test"], cfg.train.eval_batch_size, device=device, shuffle=False,
+                                    drop_last=False)}
+    if len(splits["val"]):
+        loaders["val"] = DeviceLoader(splits["val"], cfg.train.eval_batch_size, device=device, shuffle=False,
+                                      drop_last=False)
+    spe = len(loaders["train"])
+    total_steps = cfg.train.epochs * spe
+
+    torch.manual_seed(cfg.train.seed)  # the initial weights
+    model = create_model(cfg.model.name, **model_kwargs(cfg, num_classes))
+    model = accel.prepare_model(model, device, cfg.accel.channels_last)
+    hyper = scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs)
+    optimizer = build_optimizer(model, cfg.optim, hyper)
+    skipper = SkipNonFinite(optimizer) if cfg.train.skip_nonfinite else None
+
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(out_dir / "config.yaml", cfg.to_yaml().encode())
+    state: dict[str, Any] | None = None
+    if ckpt_dir is not None:
+        state = checkpoint.restore(ckpt_dir, model, optimizer)
+        if state["steps_per_epoch"] != spe:
+            raise UserError(f"{ckpt_dir}: the checkpoint has {state['steps_per_epoch']} steps per epoch but this "
+                            f"config gives {spe}: resume with the run's own data and train.batch_size")
+    start = state["step"] if state else 0
+    if is_main:
+        truncate_log(out_dir, start)
+    log = RunLog(out_dir, enabled=is_main, quiet=quiet)
+
+    do_compile, reason = accel.should_compile(cfg.accel.compile, total_steps - start, device)
+    train_step = accel.make_train_step(model, skipper or optimizer, precision=cfg.accel.precision, device=device,
+                                       compile=do_compile, label_smoothing=cfg.optim.label_smoothing)
+    eval_step = accel.make_eval_step(model, precision=cfg.accel.precision, device=device, compile=do_compile)
+    run = Run(cfg=cfg, out_dir=out_dir, device=device, model=model, optimizer=optimizer, train_step=train_step,
+              eval_step=eval_step, schedule=Schedule(cfg.optim, hyper, spe, cfg.train.epochs), augment=augment,
+              loaders=loaders, log=log, rank=rank, is_main=is_main,
+              generator=torch.Generator(device=device), skipper=skipper,
+              elapsed_before=state["elapsed_s"] if state else 0.0)
+    params = sum(p.numel() for p in model.parameters())
+    extra_state = {"normalize": {"mean": mean, "std": std}, "classes": classes}
+
+    log.write({"kind": "resume" if state else "start", "step": start, "device": str(device), "params": params,
+               "steps_per_epoch": spe, "total_steps": total_steps, "lr": hyper.lr,
+               "weight_decay": hyper.weight_decay, "warmup_epochs": hyper.warmup_epochs, "compile": do_compile,
+               "compile_reason": reason, "elapsed_s": run.elapsed()})
+    log.info(f"{cfg.model.name}: {params / 1e6:.2f}M params | {len(train_split)} train images, {spe} steps/epoch, "
+             f"{cfg.train.epochs} epochs | {device}, {cfg.accel.precision}"
+             f"{', channels_last' if cfg.accel.channels_last else ''} | {reason}"
+             + (f" | resumed at step {start}" if state else ""))
+
+    metrics: dict[str, Any] = (state or {}).get("metrics") or {}
+    sums = EpochSums.from_json(state["partial"], device) if state and state.get("partial") else None
+    try:
+        for epoch in range(start // spe, cfg.train.epochs):
+            epoch_start_step = start % spe if epoch == start // spe else 0
+            t0 = time.perf_counter()
+            sums = train_one_epoch(run, epoch, epoch_start_step, sums, extra_state)
+            count = sums.count
+            train_loss = sums.loss.item() / count
+            train_acc = sums.correct.item() / count
+            epoch_time = time.perf_counter() - t0  # train only; .item() above waited for the device
+            trained = (spe - epoch_start_step) * per_rank_batch * world_size
+            metrics = {"kind": "epoch", "epoch": epoch, "step": (epoch + 1) * spe,
+                       "lr": run.schedule((epoch + 1) * spe - 1), "train_loss": train_loss, "train_acc": train_acc,
+                       "val_loss": None, "val_acc": None}
+            if "val" in loaders:
+                metrics["val_loss"], metrics["val_acc"] = evaluate(run, "val")
+            if cfg.log.test_every_epoch:
+                _, metrics["test_acc"] = evaluate(run, "test")  # learning curves only; never used for choices
+            metrics.update(epoch_time_s=epoch_time, img_per_s=trained / max(epoch_time, 1e-9),
+                           elapsed_s=run.elapsed())
+            if skipper is not None:
+                metrics["skipped"] = skipper.skipped
+            log.write(metrics)
+            log.epoch_line(metrics, cfg.train.epochs)
+            _save(run, (epoch + 1) * spe, None, metrics, extra_state)
+            if is_main and cfg.train.keep_every and (epoch + 1) % cfg.train.keep_every == 0:
+                checkpoint.keep_copy(out_dir, epoch + 1)
+            sums = None
+
+        test_loss, test_acc = evaluate(run, "test")
+        epoch_time_s, img_per_s = _epoch_means(out_dir) if is_main else (None, None)
+        summary = {"model": cfg.model.name, "model_args": _model_summary_args(model), "dataset": cfg.data.name,
+                   "data_source": cfg.source(), "params": params, "epochs": cfg.train.epochs,
+                   "test_acc": test_acc, "test_loss": test_loss, "val_acc": metrics.get("val_acc"),
+                   "val_loss": metrics.get("val_loss"), "train_acc": metrics.get("train_acc"),
+                   "train_loss": metrics.get("train_loss"), "wall_time_s": run.elapsed(),
+                   "epoch_time_s": epoch_time_s, "img_per_s": img_per_s, "steps": total_steps,
+                   "device": str(device), "precision": cfg.accel.precision, "git_commit": git_commit(),
+                   "finished": True}
+        if is_main:
+            log.write({"kind": "end", "step": total_steps, "test_loss": test_loss, "test_acc": test_acc,
+                       "elapsed_s": run.elapsed()})
+            write_json(summary_path, summary)
+        log.info(f"test accuracy {100 * test_acc:.2f}% (final epoch) | wall time {run.elapsed():.0f}s | {out_dir}")
+        return summary
+    finally:
+        log.close()

@@ -1,0 +1,87 @@
+"""SGD with the paper's settings, learning-rate schedules, lr/wd scaling with the batch size.
+
+The schedule is a pure function of the global step, so a resumed run sets exactly the lr the
+uninterrupted run would have had: nothing about the schedule needs saving.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from wrn.train.config import OptimConfig
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """The lr, weight decay and warmup a run actually uses (after batch-size scaling)."""
+    lr: float
+    weight_decay: float
+    warmup_epochs: float
+
+
+def scaled(cfg: OptimConfig, batch_size: int, epochs: int) -> Hyper:
+    """PAPER.md "Scaling": lr grows linearly with the batch (Goyal et al. 2017), with warmup.
+
+    Weight decay is kept unchanged on purpose: what matters with BN is roughly lr x wd per
+    update, and with s times the batch there are s times fewer updates per epoch, so s x lr with
+    the same wd keeps the decay applied per epoch (lr x wd x steps) where the recipe had it. A
+    larger batch with no warmup asked for gets min(5, epochs / 10) epochs of it.
+    """
+    if not cfg.scale_with_batch or batch_size == cfg.base_batch_size:
+        return Hyper(cfg.lr, cfg.weight_decay, cfg.warmup_epochs)
+    factor = batch_size / cfg.base_batch_size
+    warmup = cfg.warmup_epochs
+    if factor > 1 and warmup == 0:
+        warmup = min(5.0, epochs / 10)
+    return Hyper(cfg.lr * factor, cfg.weight_decay, warmup)
+
+
+def param_groups(model: nn.Module, weight_decay: float, wd_on_bn_bias: bool) -> list[dict]:
+    """One group decaying everything (the paper), or BN weights and biases (1-d) without decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if wd_on_bn_bias:
+        return [{"params": params, "weight_decay": weight_decay}]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, hyper: Hyper) -> torch.optim.SGD:
+    return torch.optim.SGD(param_groups(model, hyper.weight_decay, cfg.wd_on_bn_bias), lr=hyper.lr,
+                           momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """lr as a function of the global step (0-based: the lr used for that step)."""
+    cfg: OptimConfig
+    hyper: Hyper
+    steps_per_epoch: int
+    epochs: int
+
+    def __call__(self, step: int) -> float:
+        base = self.hyper.lr
+        spe = self.steps_per_epoch
+        total = self.epochs * spe
+        warm = round(self.hyper.warmup_epochs * spe)
+        if step < warm:  # linear ramp ending at the base lr
+            return base * (step + 1) / warm
+        kind = self.cfg.schedule
+        if kind == "step":  # drops at epoch boundaries, as in the paper
+            epoch = step // spe
+            return base * self.cfg.gamma ** sum(epoch >= m for m in self.cfg.milestones)
+        progress = (step - warm) / max(1, total - warm)  # in [0, 1)
+        if kind == "cosine":
+            return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+        if kind == "onecycle":  # linear decay to zero after the warmup peak
+            return base * (1.0 - progress)
+        raise ValueError(f"unknown schedule {kind!r}")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,88 @@
+"""Batched augmentation against a per-image reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wrn.data.augment import Augment
+
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def batch(n=64, h=32, w=32, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8))
+
+
+def padded_crops(image_hwc: torch.Tensor, p: int) -> dict:
+    """Every (crop, flipped crop) of the reflect-padded image, per image, the slow way."""
+    h, w = image_hwc.shape[:2]
+    padded = F.pad(image_hwc.permute(2, 0, 1).float()[None], (p, p, p, p), mode="reflect")[0]
+    out = {}
+    for y in range(2 * p + 1):
+        for x in range(2 * p + 1):
+            crop = padded[:, y : y + h, x : x + w]
+            out[(y, x, False)] = crop
+            out[(y, x, True)] = crop.flip(-1)
+    return out
+
+
+def test_crops_are_true_crops_of_the_padded_image():
+    x = batch(48, 32, 28)
+    aug = Augment(MEAN, STD, crop_padding=4)
+    out = aug.crop_flip(x, torch.Generator().manual_seed(0)).permute(0, 3, 1, 2).float()
+    seen = set()
+    for i in range(len(x)):
+        matches = [k for k, crop in padded_crops(x[i], 4).items() if torch.equal(crop, out[i])]
+        assert matches, f"image {i} is not a crop of its padded self"
+        seen.add(matches[0][:2])
+    assert len(seen) > 20  # offsets vary per image
+
+
+def test_normalisation_and_layout():
+    x = batch(8)
+    aug = Augment(MEAN, STD, crop_padding=0, flip=False)
+    out = aug(x, torch.Generator().manual_seed(0))
+    assert out.dtype == torch.float32 and out.shape == (8, 3, 32, 32)
+    ref = (x.permute(0, 3, 1, 2).float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(aug.normalize(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_flip_rate_is_about_half():
+    # A left-right ramp image: a flip reverses it, whatever the crop.
+    ramp = torch.arange(32, dtype=torch.uint8).view(1, 1, 32, 1).expand(4000, 32, 32, 3).contiguous()
+    out = Augment((0, 0, 0), (1, 1, 1), crop_padding=0, flip=True).crop_flip(ramp, torch.Generator().manual_seed(1))
+    flipped = (out[:, 0, 0, 0] == 31).float().mean().item()
+    assert 0.45 < flipped < 0.55
+
+
+def test_same_seed_same_batch_different_seed_differs():
+    x = batch(32)
+    aug = Augment(MEAN, STD, cutout=8)
+    a = aug(x, torch.Generator().manual_seed(7))
+    b = aug(x, torch.Generator().manual_seed(7))
+    c = aug(x, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_cutout_zeroes_a_square_at_most_size_wide():
+    x = torch.full((200, 32, 32, 3), 255, dtype=torch.uint8)
+    out = Augment((0, 0, 0), (1, 1, 1), crop_padding=0, flip=False, cutout=8)(x, torch.Generator().manual_seed(0))
+    for i in range(len(out)):
+        hole = out[i, 0] == 0
+        assert torch.equal(hole, (out[i] == 0).all(0))  # all channels at once
+        rows, cols = hole.any(1).nonzero().flatten(), hole.any(0).nonzero().flatten()
+        assert 1 <= len(rows) <= 8 and 1 <= len(cols) <= 8
+        # a solid rectangle: exactly the rows x cols block is zero
+        assert hole.sum() == len(rows) * len(cols)
+        assert rows.max() - rows.min() + 1 == len(rows) and cols.max() - cols.min() + 1 == len(cols)
+    sizes = torch.stack([(out[i, 0] == 0).sum() for i in range(len(out))])
+    assert (sizes == 64).float().mean() > 0.3  # interior centres give the full 8x8 square
+
+
+def test_rejects_float_input():
+    with pytest.raises(ValueError, match="uint8"):
+        Augment(MEAN, STD)(torch.zeros(2, 32, 32, 3))

@@ -1,0 +1,125 @@
+"""`wrn report`: tables and plots from fixture run directories (no training here)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from wrn.cli import main
+from wrn.experiments import paper, report, sweep
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# Fixture errors (%) per block-types row, ordered (ties included) like the paper's, so tau = 1.
+FIXTURE_ERRORS = {"B(1,3,1)": 16.0, "B(3,1)": 13.0, "B(1,3)": 18.0, "B(3,1,1)": 15.0,
+                  "B(3,3)": 12.0, "B(3,1,3)": 13.0}
+
+
+def write_run(run_dir: Path, *, model: str, test_error: float, epochs: int = 3,
+              finished: bool = True, params: int = 1_000_000) -> None:
+    """A run directory as `engine.fit` leaves it: config.yaml, log.jsonl, summary.json."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(f"model:\n  name: {model}\ntrain:\n  epochs: {epochs}\n")
+    lines = []
+    for e in range(1, epochs + 1):
+        lr = 0.1 * 0.2 ** (e - 1)  # a drop after every epoch
+        acc = 1 - test_error / 100 - 0.1 * (epochs - e)
+        lines.append({"kind": "step", "epoch": e, "step": e * 10, "loss": 1.0, "lr": lr,
+                      "img_per_s": 100.0, "elapsed_s": e * 10.0})
+        lines.append({"kind": "epoch", "epoch": e, "step": e * 10, "lr": lr, "train_loss": 1.0,
+                      "train_acc": acc + 0.05, "val_loss": 1.0, "val_acc": acc - 0.01, "test_acc": acc,
+                      "epoch_time_s": 10.0, "img_per_s": 100.0, "elapsed_s": e * 10.0})
+    text = "\n".join(json.dumps(x) for x in lines) + "\n"
+    if not finished:
+        text += '{"kind": "epoch", "epo'  # a line cut short by a crash
+    (run_dir / "log.jsonl").write_text(text)
+    if finished:
+        (run_dir / "summary.json").write_text(json.dumps({
+            "model": model, "model_args": {"name": model}, "dataset": "cifar10", "params": params,
+            "epochs": epochs, "test_acc": 1 - test_error / 100, "test_loss": 0.5, "val_acc": 0.8,
+            "train_acc": 0.9, "wall_time_s": 10.0 * epochs, "epoch_time_s": 10.0, "img_per_s": 100.0,
+            "git_commit": "abc", "finished": True}))
+
+
+@pytest.fixture
+def block_types_runs(tmp_path) -> Path:
+    """Two seeds of every block-types net at a reduced budget (seed 1 is 2 points worse), plus
+    an unfinished third seed of B(3,3)."""
+    root = tmp_path / "runs"
+    table = paper.get_table("block-types")
+    budget_dir = root / "block-types" / "reduced-e3-k0.5"
+    for run in table.runs:
+        for seed, extra in ((0, 0.0), (1, 2.0)):
+            write_run(budget_dir / f"{run.id}-seed{seed}", model=run.model,
+                      test_error=FIXTURE_ERRORS[run.label] + extra)
+    write_run(budget_dir / f"{table.runs[4].id}-seed2", model="wrn-28-1", test_error=50, finished=False)
+    return root
+
+
+def test_report_tables_set_our_medians_beside_the_papers(block_types_runs, tmp_path):
+    path = report.write_report(block_types_runs, tmp_path / "out", plots=False)
+    text = path.read_text()
+    assert "REDUCED budget" in text and "reduced-e3-k0.5" in text
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+            for line in text.splitlines() if line.startswith("| B(")}
+    assert set(rows) == set(FIXTURE_ERRORS)
+    b131 = rows["B(1,3,1)"]
+    assert b131[3] == "17.00" and b131[4] == "16.00-18.00"  # median and spread of 16, 18
+    assert b131[6] == "6.06" and b131[9] == "1.000M" and b131[10] == "1.4M"
+    assert rows["B(3,3)"][2] == "2/3"  # the unfinished seed is counted, not averaged
+    assert rows["B(3,3)"][7] == "1" and rows["B(3,3)"][8] == "1"  # best in both
+    assert "Kendall tau = +1.00" in text and "Spearman rho = +1.00" in text
+    assert "Not finished" in text and "seed2" in text
+
+
+def test_runs_are_recognised_by_their_manifest(tmp_path):
+    table = paper.get_table("deepening")
+    budget = sweep.Budget(epochs=2)
+    planned = sweep.plan(table, out=tmp_path / "elsewhere", budget=budget, count=False)
+    sweep.write_manifest(table, planned, budget, ["wrn", "sweep", "deepening", "--epochs", "2"])
+    for p, err in zip(planned, (20.0, 10.0, 11.0, 12.0)):  # the paper's order: l=2 < 3 < 4 < 1
+        write_run(p.run_dir, model=p.model, test_error=err, epochs=2)
+    text = report.write_report(tmp_path / "elsewhere", plots=False).read_text()
+    assert "2 epochs (lr milestones scaled)" in text  # the manifest's budget description
+    assert "l=2 B(3,3)" in text and "Kendall tau = +1.00" in text
+
+
+def test_rank_correlations():
+    assert report.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1)
+    assert report.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1)
+    # One swapped pair out of six: tau = (5 - 1) / 6, rho = 1 - 6 * 2 / (4 * 15).
+    assert report.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    assert report.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert report.kendall_tau([1, 1], [1, 1]) is None  # undefined, not a crash
+
+
+def test_plots_are_written_and_embedded(block_types_runs, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    text = report.write_report(block_types_runs, out).read_text()
+    pngs = sorted((out / "plots").glob("*.png"))
+    kinds = {p.stem.rsplit("_", 1)[1] for p in pngs}
+    assert kinds == {"vs-paper", "curves", "error-vs-params", "error-vs-time"}
+    for png in pngs:
+        data = png.read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, png
+        assert f"](plots/{png.name})" in text
+    assert not list(out.rglob("*.part")) and len(list((out / "plots").iterdir())) == len(pngs)
+
+
+def test_without_matplotlib_the_tables_still_come_with_a_clear_note(block_types_runs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    text = report.write_report(block_types_runs, tmp_path / "out").read_text()
+    assert "matplotlib is not installed" in text and "pip install 'wrn[plot]'" in text
+    assert "| B(3,3) |" in text
+
+
+def test_cli_report(block_types_runs, tmp_path, capsys):
+    assert main(["report", str(block_types_runs), "--out", str(tmp_path / "o"), "--no-plots"]) == 0
+    assert (tmp_path / "o" / "REPORT.md").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["report", str(empty)]) == 2
+    assert "no sweep runs under" in capsys.readouterr().err

@@ -1,0 +1,161 @@
+"""`wrn sweep`: the paper's tables planned right, budget knobs applied and labelled, finished runs
+skipped and interrupted ones resumed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from wrn.cli import main
+from wrn.errors import UserError
+from wrn.experiments import paper, sweep
+from wrn.train.config import load_config
+
+# (label, model, params computed from the architecture, paper's params) - PAPER.md.
+BLOCK_TYPES = [
+    ("B(1,3,1)", "wrn-40-2", "1.429M", "1.4M"),
+    ("B(3,1)", "wrn-40-2", "1.211M", "1.2M"),
+    ("B(1,3)", "wrn-40-2", "1.297M", "1.3M"),
+    ("B(3,1,1)", "wrn-40-2", "1.343M", "1.3M"),
+    ("B(3,3)", "wrn-28-2", "1.468M", "1.5M"),
+    ("B(3,1,3)", "wrn-22-2", "1.145M", "1.1M"),
+]
+
+
+def test_block_types_dry_run_lists_six_nets_with_params_next_to_papers(tmp_path, capsys):
+    assert main(["sweep", "block-types", "--dry-run", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    for label, model, ours, theirs in BLOCK_TYPES:
+        row = next(line for line in lines if line.startswith(label + " "))
+        cells = row.split()
+        assert model in cells and ours in cells and theirs in cells, row
+        assert cells.index(ours) + 1 == cells.index(theirs), "our params sit next to the paper's"
+    assert "FULL paper budget" in out
+    assert "PFLOP" in out and "H100" in out  # the cost estimate
+    assert not any(tmp_path.iterdir()), "a dry run writes nothing"
+
+
+def test_deepening_keeps_40_layers_and_2_2m_params():
+    planned = sweep.plan(paper.get_table("deepening"), out="runs")
+    assert [p.run.model_kwargs["blocks_per_group"] for p in planned] == [12, 6, 4, 3]
+    assert [len(p.run.model_kwargs["block"]) for p in planned] == [1, 2, 3, 4]
+    assert [round(p.params / 1e6, 3) for p in planned] == [2.244] * 4
+
+
+def test_every_table_plans_and_its_runs_build(tmp_path):
+    for table in paper.tables().values():
+        for dataset in table.datasets():
+            planned = sweep.plan(table, out=tmp_path, dataset=dataset)
+            assert planned and all(p.params > 0 for p in planned)
+            # The overrides are valid config for the training engine.
+            load_config(preset=planned[0].preset, overrides=planned[0].overrides)
+
+
+def test_reduced_budget_is_applied_and_labelled(tmp_path, capsys):
+    budget = sweep.Budget(epochs=4, subset=1000, model_scale=0.5)
+    planned = sweep.plan(paper.get_table("block-types"), out=tmp_path, seeds=2, budget=budget,
+                         data="/data/cifar10.tar.xz", overrides=("accel.precision=bf16",))
+    assert len(planned) == 12
+    p = planned[0]
+    assert p.run_dir == tmp_path / "block-types" / "reduced-e4-sub1000-k0.5" / "c10_wrn-40-2_b1-3-1-seed0"
+    assert p.model == "wrn-40-1" and p.params < 0.5e6  # k = 2 x 0.5
+    cfg = load_config(preset=p.preset, overrides=p.overrides)
+    assert cfg.model.name == "wrn-40-1" and cfg.model.block == (1, 3, 1)
+    assert cfg.model.dropout == 0.0  # dropout only in the dropout table
+    assert cfg.train.epochs == 4 and cfg.optim.milestones == (1, 2, 3)  # 60/120/160 of 200
+    assert cfg.data.subset == 1000 and cfg.data.path == "/data/cifar10.tar.xz"
+    assert cfg.accel.precision == "bf16" and cfg.train.seed == 0
+    assert load_config(preset=p.preset, overrides=planned[1].overrides).train.seed == 1
+    assert p.train_images == 1000
+
+    assert main(["sweep", "block-types", "--dry-run", "--out", str(tmp_path), "--epochs", "4",
+                 "--subset", "1000", "--model-scale", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "REDUCED budget, not the paper's" in out and "reduced-e4-sub1000-k0.5" in out
+    assert "lr drops at epochs 1, 2, 3 of 4" in out
+
+
+@pytest.mark.parametrize("epochs, expected", [(200, [60, 120, 160]), (10, [3, 6, 8]), (4, [1, 2, 3]),
+                                               (3, [1, 2]), (1, [])])
+def test_milestones_scale_with_epochs(epochs, expected):
+    assert sweep.scale_milestones([60, 120, 160], 200, epochs) == expected
+
+
+def test_model_scale_divides_width_only():
+    assert sweep.scale_model("wrn-28-10", 0.5) == "wrn-28-5"
+    assert sweep.scale_model("wrn-40-1", 0.5) == "wrn-40-1"  # never below k = 1
+    assert sweep.scale_model("preact-resnet-1001", 0.5) == "preact-resnet-1001"
+
+
+def test_bad_input_is_one_line_with_the_fix(tmp_path, capsys):
+    with pytest.raises(UserError, match="block-types"):
+        paper.get_table("block-type")
+    with pytest.raises(UserError, match="--epochs"):
+        sweep.plan(paper.get_table("block-types"), out=tmp_path, overrides=("train.epochs=3",))
+    with pytest.raises(UserError, match="--dataset"):
+        sweep.plan(paper.get_table("depth-width"), out=tmp_path, data="/x.tar")
+    assert main(["sweep", "nope", "--dry-run"]) == 2
+    assert "unknown table 'nope'" in capsys.readouterr().err
+
+
+def test_list_names_every_table(capsys):
+    assert main(["sweep", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("block-types", "deepening", "depth-width", "dropout", "thin-vs-wide", "speed"):
+        assert name in out
+
+
+def _finish(p: sweep.PlannedRun, test_acc: float = 0.9) -> None:
+    p.run_dir.mkdir(parents=True, exist_ok=True)
+    (p.run_dir / "summary.json").write_text(json.dumps({"finished": True, "test_acc": test_acc}))
+
+
+def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path):
+    planned = sweep.plan(paper.get_table("block-types"), out=tmp_path, budget=sweep.Budget(epochs=2),
+                         count=False)
+    _finish(planned[0])
+    (planned[1].run_dir / "checkpoint").mkdir(parents=True)
+    (planned[1].run_dir / "checkpoint" / "state.json").write_text("{}")
+    # An unfinished summary (e.g. a crash after writing it) does not count as finished.
+    planned[2].run_dir.mkdir(parents=True)
+    (planned[2].run_dir / "summary.json").write_text(json.dumps({"finished": False}))
+
+    calls = []
+
+    def fake_runner(p, resume):
+        calls.append((p.name, resume))
+        _finish(p)
+        return 0
+
+    messages = []
+    outcome = sweep.execute(planned, runner=fake_runner, echo=messages.append)
+    assert outcome["skipped"] == [planned[0].name]
+    assert outcome["resumed"] == [planned[1].name]
+    assert len(outcome["trained"]) == 4 and not outcome["failed"]
+    assert calls[0] == (planned[1].name, True) and all(not r for _, r in calls[1:])
+    assert "finished already, skipped" in messages[0]
+
+    calls.clear()
+    outcome = sweep.execute(planned, runner=fake_runner, echo=messages.append)
+    assert calls == [] and len(outcome["skipped"]) == 6
+
+
+def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path):
+    planned = sweep.plan(paper.get_table("deepening"), out=tmp_path, count=False)
+    outcome = sweep.execute(planned, runner=lambda p, resume: 1 if p is planned[0] else (_finish(p), 0)[1],
+                            echo=lambda m: None)
+    assert outcome["failed"] == [planned[0].name] and len(outcome["trained"]) == 3
+
+
+def test_manifest_says_what_each_run_directory_is(tmp_path):
+    table = paper.get_table("block-types")
+    budget = sweep.Budget(epochs=3)
+    planned = sweep.plan(table, out=tmp_path, budget=budget, seeds=2)
+    path = sweep.write_manifest(table, planned, budget, ["wrn", "sweep", "block-types", "--epochs", "3"])
+    manifest = json.loads(path.read_text())
+    assert manifest["table"] == "block-types" and manifest["budget"]["label"] == "reduced-e3"
+    assert [r["dir"] for r in manifest["runs"]] == [p.name for p in planned]
+    assert manifest["runs"][8]["params"] == 1_467_610  # B(3,3) seed 0, WRN-28-2
