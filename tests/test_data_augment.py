@@ -86,3 +86,17 @@ def test_cutout_zeroes_a_square_at_most_size_wide():
 def test_rejects_float_input():
     with pytest.raises(ValueError, match="uint8"):
         Augment(MEAN, STD)(torch.zeros(2, 32, 32, 3))
+
+
+@pytest.mark.gpu
+def test_cuda_matches_the_cpu_semantics():
+    x = batch(64)
+    aug = Augment(MEAN, STD, cutout=8)
+    torch.testing.assert_close(aug.normalize(x.cuda()).cpu(), aug.normalize(x), atol=1e-5, rtol=1e-5)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    out = aug.crop_flip(x.cuda(), g).cpu().permute(0, 3, 1, 2).float()
+    for i in range(8):
+        assert any(torch.equal(c, out[i]) for c in padded_crops(x[i], 4).values())
+    a = aug(x.cuda(), torch.Generator(device="cuda").manual_seed(3))
+    b = aug(x.cuda(), torch.Generator(device="cuda").manual_seed(3))
+    assert a.device.type == "cuda" and torch.equal(a, b)

@@ -27,7 +27,7 @@ FAMILIES = {
         ("preact-resnet-11", {"bottleneck": True, "groups": 2, "se": True, "stochastic_depth": 0.5}),
     ],
     r"resnet50|wide_resnet50_2|wide_resnet101_2": [
-        (ImageNetResNet, {"layers": (1, 1, 1, 1), "width_per_group": 128, "num_classes": 5}),
+        (ImageNetResNet, {"layers": (1, 1, 1, 1), "width_per_group": 16, "num_classes": 5}),
     ],
 }
 CASES = [case for cases in FAMILIES.values() for case in cases]

@@ -23,10 +23,10 @@ def write_run(run_dir: Path, *, model: str, test_error: float, epochs: int = 3,
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(f"model:\n  name: {model}\ntrain:\n  epochs: {epochs}\n")
     lines = []
-    for e in range(1, epochs + 1):
-        lr = 0.1 * 0.2 ** (e - 1)  # a drop after every epoch
-        acc = 1 - test_error / 100 - 0.1 * (epochs - e)
-        lines.append({"kind": "step", "epoch": e, "step": e * 10, "loss": 1.0, "lr": lr,
+    for e in range(epochs):  # the engine counts epochs from 0
+        lr = 0.1 * 0.2 ** e  # a drop after every epoch
+        acc = 1 - test_error / 100 - 0.1 * (epochs - 1 - e)
+        lines.append({"kind": "step", "epoch": e, "step": e * 10 + 5, "loss": 1.0, "lr": lr,
                       "img_per_s": 100.0, "elapsed_s": e * 10.0})
         lines.append({"kind": "epoch", "epoch": e, "step": e * 10, "lr": lr, "train_loss": 1.0,
                       "train_acc": acc + 0.05, "val_loss": 1.0, "val_acc": acc - 0.01, "test_acc": acc,

@@ -45,6 +45,11 @@ def train_cmd(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
             *ARGS, f"data.cache_dir={cache}", *extra]
 
 
+# One thread: the bit-identity needs the same thread count in every process, and a single thread
+# keeps these runs fast on a shared 2-core machine (OpenMP threads spin when oversubscribed).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def last_step(run: Path) -> int:
     try:
         lines = (run / "log.jsonl").read_text().splitlines()
@@ -60,7 +65,7 @@ def setup(tmp_path_factory):
     data = write_image_folder(root / "data", 320, 64, 16)
     cache = root / "cache"
     ref = root / "reference"
-    subprocess.run(train_cmd(data, ref, cache), check=True, timeout=120)
+    subprocess.run(train_cmd(data, ref, cache), check=True, timeout=120, env=ENV)
     return root, data, cache, ref
 
 
@@ -78,7 +83,7 @@ def test_kill_and_resume_is_bit_identical(setup):
             target = rng.randrange(4, total - 8)
             cmd = train_cmd(data, run, cache) if kill == 0 and not run.exists() else \
                 [sys.executable, "-m", "wrn", "train", "--quiet", "--resume", str(run)]
-            proc = subprocess.Popen(cmd)
+            proc = subprocess.Popen(cmd, env=ENV)
             deadline = time.monotonic() + 90
             while proc.poll() is None and last_step(run) < target and time.monotonic() < deadline:
                 time.sleep(0.005)
@@ -86,7 +91,8 @@ def test_kill_and_resume_is_bit_identical(setup):
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         assert not (run / "summary.json").exists()
-        subprocess.run([sys.executable, "-m", "wrn", "train", "--quiet", "--resume", str(run)], check=True, timeout=120)
+        subprocess.run([sys.executable, "-m", "wrn", "train", "--quiet", "--resume", str(run)], check=True, timeout=120,
+                       env=ENV)
         resumed = load_file(run / "checkpoint" / "model.safetensors")
         assert resumed.keys() == reference.keys()
         for name, tensor in reference.items():
@@ -104,6 +110,6 @@ def test_resume_of_a_finished_run_changes_nothing(setup):
     root, data, cache, ref = setup
     before = (ref / "checkpoint" / "model.safetensors").read_bytes()
     out = subprocess.run([sys.executable, "-m", "wrn", "train", "--quiet", "--resume", str(ref)],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, env=ENV)
     assert out.returncode == 0
     assert (ref / "checkpoint" / "model.safetensors").read_bytes() == before

@@ -33,6 +33,7 @@ def test_block_types_dry_run_lists_six_nets_with_params_next_to_papers(tmp_path,
         cells = row.split()
         assert model in cells and ours in cells and theirs in cells, row
         assert cells.index(ours) + 1 == cells.index(theirs), "our params sit next to the paper's"
+    assert "params  paper params" in out
     assert "FULL paper budget" in out
     assert "PFLOP" in out and "H100" in out  # the cost estimate
     assert not any(tmp_path.iterdir()), "a dry run writes nothing"
@@ -66,7 +67,7 @@ def test_reduced_budget_is_applied_and_labelled(tmp_path, capsys):
     assert cfg.model.name == "wrn-40-1" and cfg.model.block == (1, 3, 1)
     assert cfg.model.dropout == 0.0  # dropout only in the dropout table
     assert cfg.train.epochs == 4 and cfg.optim.milestones == (1, 2, 3)  # 60/120/160 of 200
-    assert cfg.data.subset == 1000 and cfg.data.path == "/data/cifar10.tar.xz"
+    assert cfg.data.subset == 1000 and cfg.data.path == "/data/cifar10.tar.xz" and cfg.data.name == "cifar10"
     assert cfg.accel.precision == "bf16" and cfg.train.seed == 0
     assert load_config(preset=p.preset, overrides=planned[1].overrides).train.seed == 1
     assert p.train_images == 1000
@@ -117,8 +118,7 @@ def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path):
     planned = sweep.plan(paper.get_table("block-types"), out=tmp_path, budget=sweep.Budget(epochs=2),
                          count=False)
     _finish(planned[0])
-    (planned[1].run_dir / "checkpoint").mkdir(parents=True)
-    (planned[1].run_dir / "checkpoint" / "state.json").write_text("{}")
+    (planned[1].run_dir / "checkpoint").mkdir(parents=True)  # fit() was killed mid-run
     # An unfinished summary (e.g. a crash after writing it) does not count as finished.
     planned[2].run_dir.mkdir(parents=True)
     (planned[2].run_dir / "summary.json").write_text(json.dumps({"finished": False}))
@@ -159,3 +159,38 @@ def test_manifest_says_what_each_run_directory_is(tmp_path):
     assert manifest["table"] == "block-types" and manifest["budget"]["label"] == "reduced-e3"
     assert [r["dir"] for r in manifest["runs"]] == [p.name for p in planned]
     assert manifest["runs"][8]["params"] == 1_467_610  # B(3,3) seed 0, WRN-28-2
+
+
+def _image_folder(root: Path, per_class: dict[str, int]) -> Path:
+    """A tiny CIFAR-like image folder: <split>/<class>/<n>.png, 32x32 RGB noise."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in per_class.items():
+        for c in range(10):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def test_a_tiny_real_sweep_trains_then_skips_then_resumes(tmp_path):
+    """The path `wrn sweep` takes for real: a subprocess calling engine.fit in the run directory."""
+    data = _image_folder(tmp_path / "data", {"train": 4, "test": 2})
+    planned = sweep.plan(paper.get_table("block-types"), out=tmp_path / "runs", data=str(data),
+                         budget=sweep.Budget(epochs=1, model_scale=0.5), count=False,
+                         overrides=("data.val_size=0", "train.batch_size=20", "train.eval_batch_size=20",
+                                    f"data.cache_dir={tmp_path / 'cache'}", "log.quiet=true"))[-1:]
+    assert planned[0].model == "wrn-22-1"
+    outcome = sweep.execute(planned, echo=lambda m: None)
+    log = planned[0].run_dir.parent / "logs" / f"{planned[0].name}.txt"
+    assert outcome["trained"] == [planned[0].name], log.read_text()
+    summary = json.loads((planned[0].run_dir / "summary.json").read_text())
+    assert summary["finished"] and summary["model"] == "wrn-22-1" and summary["epochs"] == 1
+    assert sweep.execute(planned, echo=lambda m: None)["skipped"] == [planned[0].name]
+    # Killed before it wrote its summary: the sweep resumes it from the checkpoint.
+    (planned[0].run_dir / "summary.json").unlink()
+    assert sweep.execute(planned, echo=lambda m: None)["resumed"] == [planned[0].name]
+    assert json.loads((planned[0].run_dir / "summary.json").read_text())["test_acc"] == summary["test_acc"]

@@ -21,7 +21,7 @@ INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
 def _input(model: nn.Module, input_size: int | None, batch: int) -> torch.Tensor:
-    size = input_size or getattr(model, "default_input_size", 32)
+    size = getattr(model, "default_input_size", 32) if input_size is None else input_size
     if size < 1:
         raise UserError(f"--input {size} must be a positive image size: e.g. 32 or 224")
     device = next(model.parameters()).device
@@ -46,9 +46,16 @@ def export_onnx(model: nn.Module, file: str | os.PathLike, input_size: int | Non
             # The legacy exporter announces its own deprecation; the message is for us, not the user.
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-            torch.onnx.export(model, (x,), tmp, dynamo=False, opset_version=opset, do_constant_folding=True,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+            warnings.filterwarnings("ignore", message=".*opset version .* is not supported.*")
+            try:
+                torch.onnx.export(model, (x,), tmp, dynamo=False, opset_version=opset, do_constant_folding=True,
+                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+            except RuntimeError as e:
+                if "opset" in str(e).splitlines()[0]:
+                    raise UserError(f"opset {opset} is not supported by this PyTorch's ONNX exporter: "
+                                    f"use --opset {DEFAULT_OPSET} (the default) or another up to 20") from None
+                raise
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, file)

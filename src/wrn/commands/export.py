@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     model = model.cpu()
     opset = args.opset or DEFAULT_OPSET
     file = export_onnx(model, args.onnx, args.input, opset)
-    size = args.input or getattr(model, "default_input_size", 32)
+    size = getattr(model, "default_input_size", 32) if args.input is None else args.input
     name = getattr(model, "model_args", {}).get("name", type(model).__name__)
     print(f"wrote {file} ({os.path.getsize(file) / 1e6:.1f} MB): {name}, opset {opset}, "
           f"input images [batch, {getattr(model, 'in_channels', 3)}, {size}, {size}] -> logits [batch, {model.num_classes}]")

@@ -58,7 +58,7 @@ def architecture(name: str, kwargs: dict, input_size: int | None = None) -> dict
     """Everything `wrn info` prints, as a JSON-ready dict."""
     with torch.device("meta"):  # shapes only: no weights are initialised or stored
         model = create_model(name, **kwargs)
-    size = input_size or getattr(model, "default_input_size", 32)
+    size = getattr(model, "default_input_size", 32) if input_size is None else input_size
     if size < 1:
         raise UserError(f"--input {size} must be a positive image size: e.g. 32 or 224")
     desc = model.describe() if hasattr(model, "describe") else {"family": type(model).__name__, "groups": []}

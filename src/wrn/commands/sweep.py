@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 HELP = "run one of the paper's tables: plan (--dry-run), train every run x seeds, resume, skip finished"
 
@@ -65,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     print(sweep.format_plan(table, planned, budget, tflops=args.tflops or sweep.DEFAULT_CPU_TFLOPS))
     if args.dry_run:
         return 0
+    if args.data is not None and args.data not in paper.NUM_CLASSES and not os.path.exists(args.data):
+        raise UserError(f"--data {args.data} does not exist: give a local copy or a dataset name (cifar10, ...)")
     print()
     sweep.write_manifest(table, planned, budget, _command(args))
     outcome = sweep.execute(planned)

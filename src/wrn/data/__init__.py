@@ -45,7 +45,7 @@ def load_dataset(
                 "official archive, an image folder, or a .tar/.zip of one"
             )
     options = {"coarse": True} if coarse else {}
-    return cached_decode(path, lambda: read_source(path, coarse=coarse), cache_dir=root, options=options)
+    return cached_decode(path, lambda: read_source(path, coarse=coarse), cache_dir=root, options=options, quiet=quiet)
 
 
 __all__ = ["ArrayDataset", "load_dataset", "make_splits", "channel_stats", "STATS", "DATASETS", "NAMES"]

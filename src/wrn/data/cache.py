@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -71,6 +72,7 @@ def cached_decode(
     *,
     cache_dir: str | os.PathLike | None = None,
     options: dict | None = None,
+    quiet: bool | None = None,
 ) -> dict[str, ArrayDataset]:
     """``decode()`` the first time; afterwards the memory-mapped arrays of that result."""
     options = options or {}
@@ -79,6 +81,9 @@ def cached_decode(
     entry = decoded / f"{stem}-{source_key(source, options)}"
     if (entry / "meta.json").is_file():
         return _load(entry)
+    loud = sys.stderr.isatty() if quiet is None else not quiet
+    if loud:
+        print(f"wrn: decoding {source} into {decoded} (first use only)", file=sys.stderr, flush=True)
     datasets = decode()
     decoded.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{stem}-", dir=decoded))

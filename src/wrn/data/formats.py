@@ -205,7 +205,8 @@ class _Decoder:
     CHUNK = 1024
 
     def __init__(self, workers: int | None = None):
-        self.workers = workers if workers is not None else min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.workers = min(cpus, 8) if workers is None else workers
         self.pool: cf.ProcessPoolExecutor | None = None
         self.pending: list[tuple[list[tuple[str, str, str]], cf.Future | tuple]] = []
         self.keys: list[tuple[str, str, str]] = []

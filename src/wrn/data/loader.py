@@ -38,6 +38,14 @@ def shard_batches(n: int, batch_size: int, rank: int, world_size: int, drop_last
     return out
 
 
+def _owned(array: np.ndarray) -> np.ndarray:
+    # A read-only memory map (the decoded cache) is copied into RAM once; an in-memory array is
+    # shared as is (SVHN train+extra is 1.9 GB: no needless copy).
+    if type(array) is np.ndarray and array.flags.writeable and array.flags.c_contiguous:
+        return array
+    return np.array(array, copy=True, order="C")
+
+
 class DeviceLoader:
     """Batches ``(images uint8 [B, H, W, C], labels int64 [B])`` on ``device``.
 
@@ -65,9 +73,8 @@ class DeviceLoader:
                 f"{len(ds)} images make no full batch of {batch_size} x {world_size} ranks: use a smaller batch_size"
             )
         self.device = torch.device(device)
-        # np.array copies a read-only memory map into writable memory torch can own.
-        self.images = torch.from_numpy(np.array(ds.images, copy=True)).to(self.device)
-        self.labels = torch.from_numpy(np.array(ds.labels, dtype=np.int64, copy=True)).to(self.device)
+        self.images = torch.from_numpy(_owned(ds.images)).to(self.device)
+        self.labels = torch.from_numpy(_owned(ds.labels.astype(np.int64, copy=False))).to(self.device)
         self.classes = list(ds.classes)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -76,6 +83,15 @@ class DeviceLoader:
         self.rank = rank
         self.world_size = world_size
         self._bounds = shard_batches(len(ds), batch_size, rank, world_size, drop_last)
+        # Gathering whole images as rows of int32 is ~100x faster on the CPU than index_select
+        # over a 4-d uint8 tensor (which copies byte by byte); same bytes, same result.
+        row = self.images[0].numel() if len(self.images) else 0
+        self._rows = self.images.view(len(self.images), -1)
+        if row % 4 == 0 and row:
+            self._rows = self._rows.view(torch.int32)
+
+    def _gather(self, idx: torch.Tensor) -> torch.Tensor:
+        return self._rows.index_select(0, idx).view(torch.uint8).view(len(idx), *self.images.shape[1:])
 
     def __len__(self) -> int:
         return len(self._bounds)
@@ -89,7 +105,7 @@ class DeviceLoader:
         order = torch.from_numpy(epoch_order(len(self.labels), self.seed, epoch, self.shuffle)).to(self.device)
         for start, stop in self._bounds[start_step:]:
             idx = order[start:stop]
-            yield self.images.index_select(0, idx), self.labels.index_select(0, idx)
+            yield self._gather(idx), self.labels.index_select(0, idx)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)

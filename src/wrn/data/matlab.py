@@ -58,7 +58,7 @@ def _matrix(payload: memoryview, order: str) -> tuple[str, np.ndarray]:
     return bytes(name_raw).decode("ascii"), array
 
 
-def _inflate(f, size: int) -> bytes:
+def _inflate(f, size: int) -> bytearray:
     # Streamed in chunks so that a 1.3 GB compressed element does not sit in memory twice.
     inflater = zlib.decompressobj()
     out = bytearray()
@@ -72,7 +72,7 @@ def _inflate(f, size: int) -> bytes:
     out += inflater.flush()
     if not inflater.eof:
         raise MatFormatError("truncated compressed element")
-    return bytes(out)
+    return out  # not bytes(out): that would copy SVHN extra's 1.6 GB once more
 
 
 def load_mat(path: str | Path) -> dict[str, np.ndarray]:

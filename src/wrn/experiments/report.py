@@ -394,7 +394,7 @@ def _lr_drops(epochs: list[dict]) -> list[int]:
     drops = []
     for prev, cur in zip(epochs, epochs[1:]):
         if cur.get("lr") is not None and prev.get("lr") is not None and cur["lr"] < prev["lr"] * 0.99:
-            drops.append(prev["epoch"])
+            drops.append(prev["epoch"] + 1)  # log epochs count from 0; the plot counts epochs done
     return drops
 
 
@@ -413,13 +413,14 @@ def plot_learning_curves(section: Section, path: Path) -> Path:
     rows = [r for r in section.rows if any(rec.epochs for rec in r.records)]
     cols = min(3, max(1, len(rows)))
     nrows = max(1, math.ceil(len(rows) / cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False, sharey=True,
+                             layout="constrained")
     for ax in axes.flat[len(rows):]:
         ax.axis("off")
     for ax, row in zip(axes.flat, rows):
         for rec in row.records:
             ep = rec.epochs
-            x = [e["epoch"] for e in ep]
+            x = [e["epoch"] + 1 for e in ep]  # epochs completed
             first = rec is row.records[0]
             for key, color, name in (("train_acc", "tab:blue", "train"), ("val_acc", "tab:orange", "val"),
                                      ("test_acc", "tab:green", "test")):
@@ -433,7 +434,8 @@ def plot_learning_curves(section: Section, path: Path) -> Path:
                 ax.plot([x[-1] if x else 0], [rec.test_error], "k*", ms=8,
                         label="final test" if first else None)
         ax.set_title(f"{row.run.label} ({row.model})", fontsize=9)
-        ax.set_xlabel("epoch (dashed: lr drop)")
+        ax.set_xlabel("epoch (dashed: lr drop)", fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("error %")
     axes[0][0].legend(fontsize=7)
@@ -457,7 +459,7 @@ def plot_error_vs(section: Section, path: Path, what: str) -> Path:
     import matplotlib.pyplot as plt
 
     rows, labels = section.rows, [r.run.label for r in section.rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.0), layout="constrained")
     if what == "params":
         _scatter(ax1, [r.params and r.params / 1e6 for r in rows], [r.median for r in rows], labels,
                  "o", "tab:blue", "ours")
@@ -481,33 +483,47 @@ def plot_error_vs(section: Section, path: Path, what: str) -> Path:
 
 
 def plot_vs_paper(section: Section, path: Path) -> Path:
-    """The paper's table as bars: our error beside the paper's for each row."""
+    """The paper's table as bars: our error beside the paper's for each row (left), and each
+    row's gap to its column's best net (right: the table's shape, which a reduced budget can keep
+    while its absolute errors cannot)."""
     import matplotlib.pyplot as plt
 
     rows = section.rows
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(rows) + 2), 3.8))
-    xs = range(len(rows))
-    ours = [r.median if r.median is not None else 0 for r in rows]
-    paper = [r.run.paper_error if r.run.paper_error is not None else 0 for r in rows]
-    ax.bar([x - 0.2 for x in xs], ours, 0.4, label="ours (final-epoch test error)", color="tab:blue")
-    ax.bar([x + 0.2 for x in xs], paper, 0.4, label="paper", color="tab:red")
+    fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(max(9.0, 2.0 * len(rows) + 3), 4.0), layout="constrained")
+    xs = list(range(len(rows)))
+    ours = [r.median for r in rows]
+    paper = [r.run.paper_error for r in rows]
+    for axis, values_ours, values_paper, fmt in (
+        (ax, ours, paper, "{:.2f}"),
+        (gap_ax, _gaps(ours), _gaps(paper), "{:+.2f}"),
+    ):
+        for offset, values, color, name in ((-0.2, values_ours, "tab:blue", "ours (final-epoch test error)"),
+                                            (0.2, values_paper, "tab:red", "paper")):
+            axis.bar([x + offset for x in xs], [v if v is not None else 0 for v in values], 0.4,
+                     color=color, label=name)
+            for x, v in zip(xs, values):
+                if v is not None:
+                    axis.annotate(fmt.format(v), (x + offset, v), ha="center", fontsize=7,
+                                  xytext=(0, 2), textcoords="offset points")
+        axis.set_xticks(xs)
+        axis.set_xticklabels([r.run.label for r in rows], rotation=20, ha="right", fontsize=8)
+        axis.grid(axis="y", alpha=0.3)
     for x, row in zip(xs, rows):
         errs = row.errors
-        if len(errs) > 1:
+        if len(errs) > 1:  # the spread over seeds
             ax.plot([x - 0.2, x - 0.2], [min(errs), max(errs)], color="k", lw=1.5)
-        if row.median is not None:
-            ax.annotate(f"{row.median:.1f}", (x - 0.2, row.median), ha="center", fontsize=7,
-                        xytext=(0, 2), textcoords="offset points")
-        if row.run.paper_error is not None:
-            ax.annotate(f"{row.run.paper_error:.2f}", (x + 0.2, row.run.paper_error), ha="center",
-                        fontsize=7, xytext=(0, 2), textcoords="offset points")
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels([r.run.label for r in rows], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("test error %")
     ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_title(_title(section, "ours vs paper"), fontsize=10)
+    ax.set_title("test error", fontsize=9)
+    gap_ax.set_ylabel("error - best error of the column (points)")
+    gap_ax.set_title("gap to the best net (the table's shape)", fontsize=9)
+    fig.suptitle(_title(section, "ours vs paper"), fontsize=10)
     return _save(fig, path)
+
+
+def _gaps(values: list[float | None]) -> list[float | None]:
+    known = [v for v in values if v is not None]
+    return [None if v is None else v - min(known) for v in values]
 
 
 def plot_section(section: Section, out_dir: Path) -> list[Path]:

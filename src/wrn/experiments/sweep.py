@@ -148,7 +148,9 @@ class PlannedRun:
                     return "finished"
             except (OSError, json.JSONDecodeError):
                 pass
-        if (self.run_dir / "checkpoint" / "state.json").is_file():
+        # fit() wrote config.yaml: it started here. resume=True continues from its newest
+        # checkpoint, or starts over in place when it was killed before the first one.
+        if (self.run_dir / "config.yaml").is_file() or (self.run_dir / "checkpoint").is_dir():
             return "resumable"
         return "new"
 
@@ -184,6 +186,11 @@ def plan(
     runs = [r for r in table.runs if dataset is None or r.dataset == dataset]
     if not runs:
         raise UserError(f"table {table.name} has no runs on {dataset!r}: choose one of {', '.join(table.datasets())}")
+    if data in NUM_CLASSES:  # a dataset name, not a path: the runs' own names already say it
+        if any(r.dataset != data for r in runs):
+            raise UserError(f"--data {data} does not match table {table.name}'s datasets "
+                            f"({', '.join(table.datasets())}): use --dataset {data} to pick its runs")
+        data = None
     if data is not None and len({r.dataset for r in runs}) > 1:
         raise UserError(
             f"--data {data} would feed every dataset of table {table.name} "
@@ -205,7 +212,7 @@ def plan(
         for seed in range(seeds):
             ov = [f"model.name={model}", f"data.name={run.dataset}", f"train.seed={seed}"]
             if data is not None:
-                ov.append(f"data.path={data}")
+                ov.append(f"data.path={os.path.abspath(data)}")
             # Dropout only where the table asks for it: the recipe's default (0.3) is the
             # dropout table's setting, not the other tables'.
             ov.append(f"model.dropout={run.model_kwargs.get('dropout', 0.0)}")
@@ -266,6 +273,8 @@ def _fmt_params(n: int | None) -> str:
 
 
 def _fmt_duration(seconds: float) -> str:
+    if seconds < 1:
+        return "<1 s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
@@ -289,7 +298,7 @@ def format_plan(table: Table, planned: list[PlannedRun], budget: Budget, *, tflo
         "a lower bound for small nets, which do not fill the GPU)",
         "",
     ]
-    header = ["run", "dataset", "model", "block", "N", "epochs", "images", "params", "paper",
+    header = ["run", "dataset", "model", "block", "N", "epochs", "images", "params", "paper params",
               "fwd GFLOP", "train PFLOP", "CPU time", "H100 time", "status"]
     rows = []
     total_flops = 0

@@ -27,6 +27,8 @@ def fits_depth(depth: int) -> bool:
 
 
 def depth_error(depth: int, kernels: Sequence[int]) -> str:
+    if isinstance(depth, bool) or not isinstance(depth, int):
+        return f"depth {depth!r} is not an integer: use 6N+4, e.g. 16, 22, 28, 40"
     below = [d for d in range(depth - 1, 9, -1) if fits_depth(d)][:1]
     above = [d for d in range(max(depth + 1, 10), depth + 7) if fits_depth(d)][:1]
     examples = ", ".join(str(d) for d in below + above)

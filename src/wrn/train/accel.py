@@ -1,12 +1,24 @@
-"""Speed switches in one place: device, bf16 autocast, channels_last, torch.compile.
+"""Speed switches in one place: device, bf16 autocast, channels_last, torch.compile, CUDA graphs.
 
 The engine builds its steps here, so the readable path (fp32, eager) and the fast path are the
 same model and the same loop. Steps return device tensors only: no host sync inside a step.
+
+Numerics of the fast path: the parameters (master weights), the optimizer state and the loss stay
+fp32; autocast runs convolutions and the linear layer in bf16 (on CPU: oneDNN's AMX / AVX-512
+bf16 kernels). Measured on a 2-core Sapphire Rapids CPU (BENCHMARKS.md), WRN-16-4 batch 64:
+bf16 + channels_last is ~3x fp32 eager; casting the whole model to bf16 (fp32 master copy kept
+by hand) gained nothing over autocast, so autocast it is. torch.compile adds fused BN/ReLU/add
+kernels on top (a few % on CPU once warm, more on GPU); its warm-up is amortised by a persistent
+compile cache (``compile_cache_dir``) and skipped for short runs (``should_compile``).
+On CUDA, CUDA graphs (compile mode ``reduce-overhead``) remove the per-kernel launch cost and the
+optimizer runs as one fused kernel. Every switch also runs on CPU tensors, so tests cover it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -14,6 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wrn.errors import UserError
+
+PRECISIONS = ("fp32", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -38,61 +53,157 @@ def autocast(precision: str, device: torch.device):
 
 
 def prepare_model(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    """Move to the device; channels_last (NHWC) lets oneDNN/cuDNN pick their fastest conv kernels."""
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
-# A compile pays back its warm-up (~1 min on a 2-core CPU) only over enough steps.
-MIN_STEPS_TO_COMPILE = {"cpu": 1500, "cuda": 500}
+# -- compile warm-up: a persistent cache, and skipping runs too short to pay it back ---------------
+
+def compile_cache_dir() -> Path:
+    """Where inductor keeps compiled graphs between runs: $TORCHINDUCTOR_CACHE_DIR when set,
+    else ~/.cache/wrn/inductor (torch's own default lives in /tmp, which a reboot empties).
+
+    Sets the variable for this process (inductor reads it lazily) and switches on the FX-graph
+    and AOTAutograd caches, so a second run of the same model/batch/precision loads its kernels
+    instead of generating and compiling C++/Triton again (measured: ~40 s -> ~5 s on 2 CPU cores).
+    """
+    path = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not path:
+        path = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wrn" / "inductor")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    functorch_config.enable_autograd_cache = True
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return Path(path)
+
+
+def compile_cache_warm() -> bool:
+    """Whether the compile cache holds compiled graphs already (a previous compiled run)."""
+    root = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or
+                Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wrn" / "inductor")
+    fx = root / "fxgraph"
+    return fx.is_dir() and any(fx.iterdir())
+
+
+# Steps a compiled run needs before its warm-up pays back, from measurements on the 2-core CPU
+# (BENCHMARKS.md): cold warm-up ~40-60 s, warm-cache warm-up ~5 s, and compile saves ~10-25 ms per
+# step of a small WRN at batch 64-256 on CPU. On GPU, compile + CUDA graphs save far more per
+# step but the warm-up is similar, so fewer steps pay it back.
+MIN_STEPS_TO_COMPILE = {"cpu": {"cold": 3000, "warm": 400}, "cuda": {"cold": 500, "warm": 100}}
 
 
 def should_compile(requested: bool, total_steps: int, device: torch.device) -> tuple[bool, str]:
     """Whether to compile this run, and why (the engine logs the reason)."""
     if not requested:
         return False, "accel.compile=false"
-    need = MIN_STEPS_TO_COMPILE.get(device.type, 1000)
+    cache = "warm" if compile_cache_warm() else "cold"
+    table = MIN_STEPS_TO_COMPILE.get(device.type, MIN_STEPS_TO_COMPILE["cuda"])
+    need = table[cache]
     if total_steps < need:
-        return False, f"run too short to pay back compile warm-up ({total_steps} < {need} steps): running eager"
-    return True, "compiling (accel.compile=true)"
+        return False, (f"run too short to pay back the compile warm-up ({total_steps} < {need} steps, "
+                       f"{cache} compile cache): running eager")
+    return True, f"compiling (accel.compile=true, {cache} compile cache)"
+
+
+# -- optimizer -------------------------------------------------------------------------------------
+
+def fast_optimizer(optimizer, device: torch.device):
+    """Switch an SGD/Adam(W) to its multi-tensor implementation: one fused kernel per step on CUDA
+    (``fused=True``), ``foreach`` (a few big vector ops instead of one small op per tensor) on CPU.
+
+    The update is the same arithmetic; only how it is batched changes. ``optimizer`` may be a
+    wrapper that exposes ``param_groups`` (the engine's SkipNonFinite). Returns it unchanged.
+    """
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if not isinstance(inner, (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)):
+        return optimizer
+    fused = device.type == "cuda"
+    for group in inner.param_groups:
+        if "fused" in group:
+            group["fused"] = fused
+        if "foreach" in group:
+            group["foreach"] = not fused
+    return optimizer
+
+
+# -- steps -----------------------------------------------------------------------------------------
+
+def _compile(fn: Callable, device: torch.device, compile_mode: str | None, cuda_graphs: bool) -> Callable:
+    compile_cache_dir()
+    mode = compile_mode if compile_mode not in (None, "default") else None
+    if mode is not None and mode not in COMPILE_MODES:
+        raise UserError(f"unknown compile mode {compile_mode!r}: use one of {', '.join(COMPILE_MODES)}")
+    if cuda_graphs and device.type == "cuda" and mode in (None, "max-autotune-no-cudagraphs"):
+        # CUDA graph trees: a whole forward (and backward) replays as one launch.
+        mode = "reduce-overhead" if mode is None else "max-autotune"
+    # Fixed shapes: a different last batch recompiles once rather than making every graph dynamic.
+    return torch.compile(fn, mode=mode, dynamic=False)
 
 
 def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, *, precision: str,
-                    device: torch.device, compile: bool = False, label_smoothing: float = 0.0
+                    device: torch.device, compile: bool = False, label_smoothing: float = 0.0,
+                    compile_mode: str | None = None, cuda_graphs: bool = True,
+                    fused_optimizer: bool = True
                     ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """One SGD step on a batch: returns (summed loss, number correct) as device tensors."""
+    """One SGD step on a batch: returns (summed loss, number correct) as device tensors.
 
-    def forward_backward(x, y):
+    ``compile``: torch.compile the forward + loss (inductor also compiles the matching backward);
+    ``compile_mode``: a torch.compile mode; ``cuda_graphs``: on CUDA with compile, replay the
+    compiled graphs as CUDA graphs (ignored on CPU); ``fused_optimizer``: see fast_optimizer.
+    The loss is computed in fp32 from the (bf16) logits; the parameters stay fp32.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}: use fp32 or bf16")
+    if fused_optimizer:
+        fast_optimizer(optimizer, device)
+
+    def forward_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(precision, device):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            logits = model(x)  # [B, classes], bf16 under autocast
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        return loss, (logits.argmax(1) == y).sum()
+
+    fwd = _compile(forward_loss, device, compile_mode, cuda_graphs) if compile else forward_loss
+    graphed = compile and cuda_graphs and device.type == "cuda"
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if graphed:
+            torch.compiler.cudagraph_mark_step_begin()
+        loss, correct = fwd(x, y)
         loss.backward()
-        return loss.detach() * y.numel(), (logits.argmax(1) == y).sum()
-
-    fb = torch.compile(forward_backward) if compile else forward_backward
-
-    def step(x, y):
-        out = fb(x, y)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return out
+        # New tensors (not views of CUDA-graph memory, which the next replay overwrites).
+        return loss.detach() * y.numel(), correct.clone()
 
     return step
 
 
-def make_eval_step(model: nn.Module, *, precision: str, device: torch.device, compile: bool = False
+def make_eval_step(model: nn.Module, *, precision: str, device: torch.device, compile: bool = False,
+                   compile_mode: str | None = None, cuda_graphs: bool = True
                    ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Forward pass in inference mode; returns fp32 logits."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}: use fp32 or bf16")
 
-    def forward(x):
+    def forward(x: torch.Tensor) -> torch.Tensor:
         with autocast(precision, device):
             return model(x).float()
 
-    fwd = torch.compile(forward) if compile else forward
+    fwd = _compile(forward, device, compile_mode, cuda_graphs) if compile else forward
+    graphed = compile and cuda_graphs and device.type == "cuda"
 
     @torch.inference_mode()
-    def step(x):
-        return fwd(x)
+    def step(x: torch.Tensor) -> torch.Tensor:
+        if graphed:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = fwd(x)
+        return out.clone() if graphed else out
 
     return step

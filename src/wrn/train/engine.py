@@ -43,12 +43,20 @@ class SkipNonFinite:
     """Optimizer wrapper for train.skip_nonfinite: no update from a batch with a NaN/inf gradient.
 
     It checks the gradients on the host before each update (one sync per step), which is the
-    price of skipping; the default (stop on NaN) needs no per-step sync.
+    price of skipping; the default (stop on NaN) needs no per-step sync. The forward pass of a
+    bad batch also moved the BN running statistics, so those are put back from a copy taken
+    before the step (``remember``; BN buffers are small).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer):
+    def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module):
         self.optimizer = optimizer
         self.skipped = 0
+        self.buffers = [b for b in model.buffers() if b.is_floating_point()]
+        self.backup = [b.detach().clone() for b in self.buffers]
+
+    def remember(self) -> None:
+        if self.buffers:
+            torch._foreach_copy_(self.backup, self.buffers)
 
     @property
     def param_groups(self):
@@ -58,6 +66,8 @@ class SkipNonFinite:
         grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
             self.skipped += 1
+            if self.buffers:
+                torch._foreach_copy_(self.buffers, self.backup)
             return
         self.optimizer.step()
 
@@ -156,6 +166,8 @@ def train_one_epoch(run: Run, epoch: int, start_step: int = 0, sums: EpochSums |
         x = run.augment(images, run.generator)  # [B, 3, H, W] float32, normalised
         if cfg.accel.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if run.skipper is not None:
+            run.skipper.remember()
         loss_sum, correct = run.train_step(x, labels)
         finite = torch.isfinite(loss_sum)
         for s in (sums, window):
@@ -322,7 +334,7 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
     model = accel.prepare_model(model, device, cfg.accel.channels_last)
     hyper = scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs)
     optimizer = build_optimizer(model, cfg.optim, hyper)
-    skipper = SkipNonFinite(optimizer) if cfg.train.skip_nonfinite else None
+    skipper = SkipNonFinite(optimizer, model) if cfg.train.skip_nonfinite else None
 
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,360 @@
+"""Throughput, latency and memory of a model's training and evaluation steps, behind `wrn bench`.
+
+Two modes are measured in the same process, on the same random CIFAR-shaped uint8 data, so every
+speed-up is a ratio taken side by side:
+
+- ``fast``: the project's own path, end to end: the images live on the device (DeviceLoader),
+  augmentation is batched tensor ops (Augment), and the step comes from ``wrn.train.accel`` with
+  the requested precision / channels_last / compile.
+- ``reference``: the same architecture as a common public WRN training script runs it: fp32,
+  eager, NCHW, a per-image ``torch.utils.data.Dataset`` (PIL pad + random crop + flip, to-tensor,
+  normalise) batched by a DataLoader, the default SGD, and ``loss.item()`` every step.
+
+Timing: warm-up steps first (their time is reported: for a compiled step it is the compile
+warm-up), the device synchronized around every timed block, then ``repeats`` blocks of ``steps``
+steps; figures are mean ± std over the blocks. GFLOP/s counts 3 x forward FLOPs per trained
+image (forward + backward) and 1 x per evaluated image; "% of peak" divides by a bf16 (or fp32)
+2048x2048 matmul measured in the same run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from wrn.train import accel
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass
+class BenchSettings:
+    model: str
+    batch_size: int = 64
+    device: str = "auto"
+    precision: str = "bf16"
+    compile: bool = True
+    channels_last: bool = True
+    steps: int = 10
+    warmup: int = 3
+    repeats: int = 3
+    input_size: int = 32
+    reference: bool = True
+    num_classes: int = 10
+    reference_workers: int = 0  # DataLoader workers of the reference pipeline (2 cores: 0)
+    eval: bool = True
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, seconds: float = 0.5) -> float:
+    """Best-of-5 GFLOP/s of an n x n matmul, after ``seconds`` of warm-up.
+
+    The warm-up matters on CPU: the first AMX matmuls of a process run at less than half speed.
+    """
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        a @ b
+    synchronize(device)
+    best = math.inf
+    reps = 10 if device.type == "cuda" else 3
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        synchronize(device)
+        best = min(best, (time.perf_counter() - t) / reps)
+    return 2 * n**3 / best / 1e9
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: writing 5 resets this process's peak RSS (VmHWM)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """(peak MB, what it is): CUDA max allocated, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024, "peak_rss"
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_rss"
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def time_loop(run_one: Callable[[], Any], *, steps: int, warmup: int, repeats: int,
+              device: torch.device) -> tuple[float, list[float]]:
+    """(warm-up seconds, seconds per timed block of ``steps`` calls)."""
+    synchronize(device)
+    t = time.perf_counter()
+    for _ in range(warmup):
+        run_one()
+    synchronize(device)
+    warm = time.perf_counter() - t
+    blocks = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(steps):
+            run_one()
+        synchronize(device)
+        blocks.append(time.perf_counter() - t)
+    return warm, blocks
+
+
+def _figures(blocks: list[float], steps: int, batch: int, flops_per_image: float, peak: float) -> dict:
+    ips, ips_std = _mean_std([steps * batch / b for b in blocks])
+    ms, ms_std = _mean_std([1e3 * b / steps for b in blocks])
+    gflops = ips * flops_per_image / 1e9
+    return {"img_per_s": ips, "img_per_s_std": ips_std, "ms_per_step": ms, "ms_per_step_std": ms_std,
+            "gflops": gflops, "pct_of_peak": 100 * gflops / peak}
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+def random_cifar(n: int, size: int, num_classes: int, seed: int = 0):
+    """A random uint8 dataset of CIFAR's shape (the speed of a step does not depend on pixels)."""
+    from wrn.data import ArrayDataset
+
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    labels = rng.integers(0, num_classes, n).astype(np.int64)
+    return ArrayDataset(images, labels, [str(c) for c in range(num_classes)])
+
+
+def _forever(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    epoch = 0
+    while True:
+        yield from loader.epoch(epoch)
+        epoch += 1
+
+
+class PerImageDataset(torch.utils.data.Dataset):
+    """What public CIFAR scripts do: one PIL image at a time, pad 4 + random crop, random flip,
+    to a float tensor, normalise (torchvision's RandomCrop/RandomHorizontalFlip/ToTensor/Normalize,
+    written with PIL and numpy because torchvision is not a dependency)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, train: bool, padding: int = 4):
+        self.images, self.labels, self.train, self.padding = images, labels, train, padding
+        self.mean = np.array(CIFAR_MEAN, dtype=np.float32)
+        self.std = np.array(CIFAR_STD, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image, ImageOps
+
+        img = Image.fromarray(np.asarray(self.images[i]))
+        if self.train:
+            p = self.padding
+            img = ImageOps.expand(img, border=p, fill=0)
+            dx, dy = np.random.randint(0, 2 * p + 1, 2)
+            img = img.crop((dx, dy, dx + img.width - 2 * p, dy + img.height - 2 * p))
+            if np.random.rand() < 0.5:
+                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        x = (np.asarray(img, dtype=np.float32) / 255.0 - self.mean) / self.std
+        return torch.from_numpy(x.transpose(2, 0, 1).copy()), int(self.labels[i])
+
+
+# -- the two modes -----------------------------------------------------------------------------------
+
+def _build(s: BenchSettings, device: torch.device) -> nn.Module:
+    from wrn.models import create_model
+
+    torch.manual_seed(0)
+    return create_model(s.model, num_classes=s.num_classes, **s.model_kwargs)
+
+
+def _sgd(model: nn.Module) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+
+def bench_fast(s: BenchSettings, device: torch.device, flops: int, peak: float) -> dict:
+    from wrn.data.augment import Augment
+    from wrn.data.loader import DeviceLoader
+
+    model = accel.prepare_model(_build(s, device), device, s.channels_last)
+    optimizer = _sgd(model)
+    step = accel.make_train_step(model, optimizer, precision=s.precision, device=device, compile=s.compile)
+    ds = random_cifar(s.batch_size * 8, s.input_size, s.num_classes)
+    loader = DeviceLoader(ds, s.batch_size, device=device, shuffle=True, drop_last=True, seed=0)
+    augment = Augment(CIFAR_MEAN, CIFAR_STD, crop_padding=4, flip=True)
+    generator = torch.Generator(device=device)
+    batches = _forever(loader)
+    _reset_peak_memory(device)
+
+    def train_one():
+        images, labels = next(batches)
+        for group in optimizer.param_groups:  # the engine sets the schedule's lr every step
+            group["lr"] = 0.01
+        x = augment(images, generator)
+        if s.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return step(x, labels)
+
+    model.train()
+    warm, blocks = time_loop(train_one, steps=s.steps, warmup=s.warmup, repeats=s.repeats, device=device)
+    out = {"mode": "fast", "precision": s.precision, "compile": s.compile, "channels_last": s.channels_last,
+           "pipeline": "DeviceLoader + batched Augment on the device",
+           "train": _figures(blocks, s.steps, s.batch_size, 3 * flops, peak), "train_warmup_s": warm}
+    if s.eval:
+        eval_step = accel.make_eval_step(model, precision=s.precision, device=device, compile=s.compile)
+        model.eval()
+
+        def eval_one():
+            images, _ = next(batches)
+            x = augment.normalize(images)
+            if s.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return eval_step(x)
+
+        warm, blocks = time_loop(eval_one, steps=s.steps, warmup=s.warmup, repeats=s.repeats, device=device)
+        out["eval"] = _figures(blocks, s.steps, s.batch_size, flops, peak)
+        out["eval_warmup_s"] = warm
+    out["peak_memory_mb"], out["memory_kind"] = peak_memory_mb(device)
+    return out
+
+
+def bench_reference(s: BenchSettings, device: torch.device, flops: int, peak: float) -> dict:
+    model = _build(s, device).to(device)
+    optimizer = _sgd(model)  # torch's default SGD implementation for the device
+    ds = random_cifar(s.batch_size * 8, s.input_size, s.num_classes)
+    workers = s.reference_workers
+    kwargs = dict(batch_size=s.batch_size, num_workers=workers, pin_memory=device.type == "cuda",
+                  persistent_workers=workers > 0)
+    train_loader = torch.utils.data.DataLoader(PerImageDataset(ds.images, ds.labels, True), shuffle=True,
+                                               drop_last=True, **kwargs)
+    test_loader = torch.utils.data.DataLoader(PerImageDataset(ds.images, ds.labels, False), shuffle=False,
+                                              drop_last=True, **kwargs)
+
+    def forever(loader):
+        while True:
+            yield from loader
+
+    batches = forever(train_loader)
+    _reset_peak_memory(device)
+
+    def train_one():
+        x, y = next(batches)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()  # public scripts log the running loss every step
+
+    model.train()
+    warm, blocks = time_loop(train_one, steps=s.steps, warmup=s.warmup, repeats=s.repeats, device=device)
+    out = {"mode": "reference", "precision": "fp32", "compile": False, "channels_last": False,
+           "pipeline": f"per-image PIL Dataset + DataLoader (num_workers={workers})",
+           "train": _figures(blocks, s.steps, s.batch_size, 3 * flops, peak), "train_warmup_s": warm}
+    if s.eval:
+        eval_batches = forever(test_loader)
+        model.eval()
+
+        @torch.no_grad()
+        def eval_one():
+            x, _ = next(eval_batches)
+            return model(x.to(device, non_blocking=True))
+
+        warm, blocks = time_loop(eval_one, steps=s.steps, warmup=s.warmup, repeats=s.repeats, device=device)
+        out["eval"] = _figures(blocks, s.steps, s.batch_size, flops, peak)
+        out["eval_warmup_s"] = warm
+    out["peak_memory_mb"], out["memory_kind"] = peak_memory_mb(device)
+    return out
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def run_bench(s: BenchSettings) -> dict:
+    """Measure the fast mode (and the reference mode unless ``s.reference`` is false)."""
+    from wrn.models.flops import forward_flops
+
+    device = accel.resolve_device(s.device)
+    accel.autocast(s.precision, device)  # validates the precision before anything slow
+    probe = _build(s, torch.device("cpu"))
+    flops = forward_flops(probe, s.input_size)
+    params = sum(p.numel() for p in probe.parameters())
+    del probe
+    peaks = {"bf16": matmul_peak_gflops(device, torch.bfloat16)}
+    peaks["fp32"] = matmul_peak_gflops(device, torch.float32)
+    result = {"model": s.model, "params": params, "forward_gflop_per_image": flops / 1e9,
+              "device": str(device), "machine": machine(), "settings": asdict(s),
+              "matmul_peak_gflops": peaks, "modes": []}
+    result["modes"].append(bench_fast(s, device, flops, peaks[s.precision]))
+    if s.reference:
+        result["modes"].append(bench_reference(s, device, flops, peaks["fp32"]))
+        fast, ref = result["modes"]
+        result["speedup"] = {k: fast[k]["img_per_s"] / ref[k]["img_per_s"] for k in ("train", "eval") if k in fast}
+    return result
+
+
+def format_result(r: dict) -> str:
+    """A human table of run_bench's result."""
+    m = r["machine"]
+    lines = [f"{r['model']}: {r['params'] / 1e6:.2f}M params, {r['forward_gflop_per_image']:.3f} GFLOP/image "
+             f"forward | {r['device']} ({m['cpu'] if r['device'] == 'cpu' else m.get('gpu')}, "
+             f"{m['cpu_threads']} threads, torch {m['torch']}) | batch {r['settings']['batch_size']}",
+             "matmul peak (2048^2): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in r["matmul_peak_gflops"].items()),
+             f"{'mode':<10} {'what':<6} {'img/s':>16} {'ms/step':>16} {'GFLOP/s':>8} {'% peak':>7} "
+             f"{'warm-up s':>9} {'memory MB':>10}"]
+    for mode in r["modes"]:
+        for what in ("train", "eval"):
+            if what not in mode:
+                continue
+            f = mode[what]
+            lines.append(f"{mode['mode']:<10} {what:<6} {f['img_per_s']:>9.1f} ± {f['img_per_s_std']:<5.1f}"
+                         f"{f['ms_per_step']:>9.1f} ± {f['ms_per_step_std']:<5.1f}{f['gflops']:>8.0f} "
+                         f"{f['pct_of_peak']:>6.1f}% {mode[what + '_warmup_s']:>9.1f} "
+                         f"{mode['peak_memory_mb']:>10.0f}")
+        lines.append(f"{'':<10} {mode['precision']}, compile={mode['compile']}, "
+                     f"channels_last={mode['channels_last']}; {mode['pipeline']}")
+    if "speedup" in r:
+        lines.append("fast / reference: " + ", ".join(f"{k} {v:.2f}x" for k, v in r["speedup"].items()))
+    return "\n".join(lines)

@@ -1,0 +1,146 @@
+"""The speed switches (wrn.train.accel): each option is honoured on CPU, and the fast path computes
+what the plain fp32 eager path computes, within bf16 tolerance. Tiny models, 8x8 images."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from wrn.errors import UserError
+from wrn.models import create_model
+from wrn.train import accel
+
+CPU = torch.device("cpu")
+
+
+def tiny(width: int = 1) -> nn.Module:
+    torch.manual_seed(0)
+    return create_model(f"wrn-10-{width}", num_classes=10)
+
+
+def batch(n: int = 8, size: int = 8, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def sgd(model: nn.Module) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+
+def test_channels_last_is_applied_to_the_conv_weights():
+    model = accel.prepare_model(tiny(), CPU, channels_last=True)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    plain = accel.prepare_model(tiny(), CPU, channels_last=False)
+    assert all(m.weight.is_contiguous() for m in plain.modules() if isinstance(m, nn.Conv2d))
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_precision_sets_the_activation_dtype_and_keeps_fp32_weights_and_logits(precision, dtype):
+    model = tiny()
+    seen = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    x, _ = batch()
+    logits = accel.make_eval_step(model, precision=precision, device=CPU)(x)
+    assert seen and set(seen) == {dtype}
+    assert logits.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_bf16_channels_last_step_matches_the_fp32_reference():
+    """One training step: same loss and same updated weights as plain fp32 eager, to bf16 precision."""
+    x, y = batch(16)
+    ref = tiny(2)
+    init = [p.detach().clone() for p in ref.parameters()]
+    fast = accel.prepare_model(copy.deepcopy(ref), CPU, channels_last=True)
+    ref_opt, fast_opt = sgd(ref), sgd(fast)
+    ref_step = accel.make_train_step(ref, ref_opt, precision="fp32", device=CPU, fused_optimizer=False)
+    fast_step = accel.make_train_step(fast, fast_opt, precision="bf16", device=CPU)
+    ref_loss, ref_correct = ref_step(x, y)
+    fast_loss, fast_correct = fast_step(x.contiguous(memory_format=torch.channels_last), y)
+    assert isinstance(fast_loss, torch.Tensor) and fast_loss.dtype == torch.float32  # device tensors, fp32 loss
+    assert fast_loss.item() == pytest.approx(ref_loss.item(), rel=2e-2)
+    assert abs(int(fast_correct) - int(ref_correct)) <= 2
+    assert all(q.dtype == torch.float32 for q in fast.parameters())  # fp32 master weights
+    # The update (lr x gradient) points the same way: bf16 rounding perturbs each gradient by a few
+    # % (BN's backward subtracts means), so compare the whole update's direction and size.
+    d_ref = torch.cat([(p - p0).flatten() for p0, p in zip(init, ref.parameters())])
+    d_fast = torch.cat([(q - p0).flatten() for p0, q in zip(init, fast.parameters())])
+    assert torch.nn.functional.cosine_similarity(d_ref, d_fast, 0) > 0.97
+    assert (d_fast - d_ref).norm() < 0.25 * d_ref.norm()
+    # Eval logits agree too.
+    ref.eval(), fast.eval()
+    a = accel.make_eval_step(ref, precision="fp32", device=CPU)(x)
+    b = accel.make_eval_step(fast, precision="bf16", device=CPU)(x.contiguous(memory_format=torch.channels_last))
+    assert (a - b).abs().max() <= 0.05 * a.abs().max() + 1e-2
+
+
+def test_fast_optimizer_switches_implementation_but_not_the_update():
+    x, y = batch()
+    a, b = tiny(), tiny()
+    opt_a, opt_b = sgd(a), sgd(b)
+    accel.fast_optimizer(opt_b, CPU)
+    assert all(g["foreach"] and not g["fused"] for g in opt_b.param_groups)
+    for model, opt in ((a, opt_a), (b, opt_b)):
+        step = accel.make_train_step(model, opt, precision="fp32", device=CPU, fused_optimizer=False)
+        for _ in range(3):
+            step(x, y)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_step_matches_eager():
+    """torch.compile (with the CUDA-graph switch on, which CPU ignores) trains like eager.
+
+    Uses the user's persistent compile cache, as `wrn train` does: the first run on a machine
+    compiles (~1 min on 2 busy cores), later runs load the kernels (seconds)."""
+    x, y = batch(8)
+    eager, compiled = tiny(), tiny()
+    e_opt, c_opt = sgd(eager), sgd(compiled)
+    e_step = accel.make_train_step(eager, e_opt, precision="fp32", device=CPU)
+    c_step = accel.make_train_step(compiled, c_opt, precision="fp32", device=CPU, compile=True, cuda_graphs=True)
+    for _ in range(2):
+        e_loss, e_correct = e_step(x, y)
+        c_loss, c_correct = c_step(x, y)
+        assert c_loss.item() == pytest.approx(e_loss.item(), rel=1e-4)
+        assert int(c_correct) == int(e_correct)
+    for p, q in zip(eager.parameters(), compiled.parameters()):
+        assert torch.allclose(p, q, rtol=1e-3, atol=1e-5)
+
+
+def test_should_compile_skips_short_runs_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "empty"))
+    assert accel.should_compile(False, 10**6, CPU) == (False, "accel.compile=false")
+    cold = accel.MIN_STEPS_TO_COMPILE["cpu"]["cold"]
+    ok, reason = accel.should_compile(True, cold - 1, CPU)
+    assert not ok and "too short" in reason and "eager" in reason
+    ok, reason = accel.should_compile(True, cold, CPU)
+    assert ok and "cold" in reason
+    # A warm cache (a previous compiled run) lowers the bar: warm-up costs seconds, not a minute.
+    (tmp_path / "empty" / "fxgraph" / "ab").mkdir(parents=True)
+    warm = accel.MIN_STEPS_TO_COMPILE["cpu"]["warm"]
+    assert warm < cold
+    assert accel.should_compile(True, warm, CPU)[0]
+    assert not accel.should_compile(True, warm - 1, CPU)[0]
+
+
+def test_compile_cache_dir_default_and_override(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert accel.compile_cache_dir() == tmp_path / "xdg" / "wrn" / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert accel.compile_cache_dir() == tmp_path / "mine"
+    assert (tmp_path / "mine").is_dir()
+
+
+def test_bad_precision_and_compile_mode_are_user_errors():
+    model = tiny()
+    with pytest.raises(UserError, match="fp32 or bf16"):
+        accel.make_train_step(model, sgd(model), precision="fp16", device=CPU)
+    with pytest.raises(UserError, match="compile mode"):
+        accel.make_eval_step(model, precision="fp32", device=CPU, compile=True, compile_mode="turbo")

@@ -1,0 +1,199 @@
+"""Training end to end on tiny data: the quick preset's code path, overfitting, eval, NaN handling,
+lr schedules. Datasets are image folders written by the tests (PNG), read by the real data layer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wrn.cli import main
+from wrn.train.config import load_config
+from wrn.train.engine import NonFiniteLoss, fit
+from wrn.train.optim import Schedule, param_groups, scaled
+
+
+def write_folder(root: Path, n_train: int, n_test: int, size: int, *, random_labels: bool, seed: int = 0) -> Path:
+    """root/{train,test}/<class>/*.png with 4 classes: a colour cast per class (learnable), or
+    pure noise with random labels (only memorisable)."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for i in range(n):
+            c = int(rng.integers(0, 4)) if random_labels else i % 4
+            img = rng.integers(0, 256 if random_labels else 120, (size, size, 3)).astype(np.uint8)
+            if not random_labels:
+                img[..., c % 3] += np.uint8(80 + 40 * (c // 3))
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(d / f"{i:05d}.png")
+    return root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models gain nothing from threads, and OpenMP threads spin badly on a shared 2-core box.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """A short run of the quick preset (bf16, channels_last; too short to compile, so eager)."""
+    root = tmp_path_factory.mktemp("quick")
+    data = write_folder(root / "data", 288, 64, 16, random_labels=False)
+    out = root / "run"
+    rc = main(["train", "--preset", "quick", "--data", str(data), "--out", str(out), "--quiet",
+               "model.name=wrn-10-1", "train.epochs=3", "train.batch_size=32", "data.val_size=32",
+               "train.checkpoint_every=5", "log.every_steps=2", "train.eval_batch_size=64",
+               f"data.cache_dir={root / 'cache'}"])
+    assert rc == 0
+    return out, data
+
+
+def test_quick_preset_runs_and_loss_falls(quick_run):
+    out, _ = quick_run
+    for name in ("config.yaml", "log.jsonl", "summary.json", "checkpoint/model.safetensors",
+                 "checkpoint/state.json", "checkpoint/optimizer.safetensors", "checkpoint/optimizer.json"):
+        assert (out / name).is_file(), name
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [0, 1, 2]
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    for r in epochs:
+        assert {"lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "img_per_s", "elapsed_s"} <= r.keys()
+        assert 0 <= r["train_acc"] <= 1 and 0 <= r["val_acc"] <= 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] is True and summary["epochs"] == 3 and summary["model"] == "wrn-10-1"
+    assert summary["test_acc"] > 0.5  # 4 colour-cast classes: far above chance after 3 epochs
+    cfg = load_config(config_file=out / "config.yaml")  # the resolved config loads back as is
+    assert cfg.accel.precision == "bf16" and cfg.model.name == "wrn-10-1"
+
+
+def test_eval_reproduces_summary_accuracy(quick_run, capsys):
+    out, data = quick_run
+    summary = json.loads((out / "summary.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(out / "checkpoint"), "--data", str(data), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["accuracy"] == summary["test_acc"]
+    assert main(["eval", str(out), "--split", "val"]) == 0  # the run's own data by default
+    assert "val accuracy" in capsys.readouterr().out
+
+
+def test_load_checkpoint_rebuilds_the_model(quick_run):
+    import wrn
+
+    out, _ = quick_run
+    model, state = wrn.load_checkpoint(out)
+    assert state["model_args"]["name"] == "wrn-10-1" and not model.training
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 4)
+
+
+def test_nonempty_out_is_refused(quick_run, capsys):
+    out, data = quick_run
+    assert main(["train", "--data", str(data), "--out", str(out), "model.name=wrn-10-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resume" in err[0]
+
+
+def test_overfits_256_images(tmp_path):
+    """A tiny WRN memorises 256 noise images with random labels (> 95% training accuracy)."""
+    data = write_folder(tmp_path / "noise", 256, 16, 8, random_labels=True)
+    cfg = load_config(overrides=[
+        "model.name=wrn-10-2", "model.dropout=0", f"data.path={data}", "data.val_size=0", "data.augment=false",
+        f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=15", "train.batch_size=32", "optim.lr=0.1",
+        "optim.weight_decay=0", "optim.schedule=onecycle", "optim.warmup_epochs=1", "accel.device=cpu"])
+    summary = fit(cfg, tmp_path / "run", quiet=True)
+    assert summary["train_acc"] > 0.95
+
+
+def _nan_at_step(monkeypatch, bad_step: int) -> None:
+    """Feed a NaN batch at one global step, as a diverging run would produce."""
+    import wrn.train.engine as engine
+
+    real = engine.accel.make_train_step
+
+    def make(*args, **kwargs):
+        step = real(*args, **kwargs)
+        calls = {"n": 0}
+
+        def patched(x, y):
+            calls["n"] += 1
+            return step(x * float("nan") if calls["n"] == bad_step + 1 else x, y)
+
+        return patched
+
+    monkeypatch.setattr(engine.accel, "make_train_step", make)
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    return write_folder(root / "data", 128, 32, 8, random_labels=False), root / "cache"
+
+
+def _small_cfg(small_data, *extra):
+    data, cache = small_data
+    return load_config(overrides=["model.name=wrn-10-1", "model.dropout=0", f"data.path={data}", "data.val_size=0",
+                                  f"data.cache_dir={cache}", "train.epochs=2", "train.batch_size=16",
+                                  "train.checkpoint_every=2", "log.every_steps=1", "accel.device=cpu", *extra])
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, small_data, monkeypatch):
+    from safetensors.torch import load_file
+
+    _nan_at_step(monkeypatch, 5)
+    with pytest.raises(NonFiniteLoss, match="step 5 "):
+        fit(_small_cfg(small_data), tmp_path / "run", quiet=True)
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 4
+    assert all(torch.isfinite(t).all() for t in load_file(tmp_path / "run" / "checkpoint" / "model.safetensors").values())
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_skip_nonfinite_skips_the_batch(tmp_path, small_data, monkeypatch):
+    _nan_at_step(monkeypatch, 5)
+    summary = fit(_small_cfg(small_data, "train.skip_nonfinite=true"), tmp_path / "run", quiet=True)
+    assert summary["finished"] and np.isfinite(summary["test_loss"])
+    last = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()][-2]
+    assert last["kind"] == "epoch" and last["skipped"] == 1
+
+
+def test_step_schedule_follows_the_paper():
+    cfg = load_config("paper-cifar")
+    sched = Schedule(cfg.optim, scaled(cfg.optim, 128, 200), steps_per_epoch=10, epochs=200)
+    assert sched(0) == pytest.approx(0.1)
+    assert sched(599) == pytest.approx(0.1) and sched(600) == pytest.approx(0.02)
+    assert sched(1200) == pytest.approx(0.004) and sched(1999) == pytest.approx(0.0008)
+
+
+def test_onecycle_and_cosine_schedules():
+    cfg = load_config("quick", overrides=["train.epochs=10", "optim.warmup_epochs=2", "optim.lr=0.2"])
+    sched = Schedule(cfg.optim, scaled(cfg.optim, cfg.train.batch_size, 10), steps_per_epoch=10, epochs=10)
+    assert sched(0) == pytest.approx(0.01) and sched(19) == pytest.approx(0.2)
+    assert sched(59) < sched(20) and 0 < sched(99) < 0.01
+    cfg = load_config(overrides=["optim.schedule=cosine", "train.epochs=10"])
+    cos = Schedule(cfg.optim, scaled(cfg.optim, 128, 10), steps_per_epoch=10, epochs=10)
+    assert cos(0) == pytest.approx(0.1) and cos(50) == pytest.approx(0.05) and cos(99) < 1e-3
+
+
+def test_lr_scales_with_batch_and_wd_is_kept():
+    cfg = load_config("paper-cifar", overrides=["optim.scale_with_batch=true", "train.batch_size=512"])
+    hyper = scaled(cfg.optim, 512, 200)
+    assert hyper.lr == pytest.approx(0.4) and hyper.weight_decay == 5e-4 and hyper.warmup_epochs == 5
+    assert scaled(load_config("paper-cifar").optim, 512, 200).lr == 0.1  # off unless asked
+
+
+def test_weight_decay_groups():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
+    assert len(param_groups(model, 5e-4, True)) == 1
+    decay, no_decay = param_groups(model, 5e-4, False)
+    assert all(p.ndim > 1 for p in decay["params"]) and len(decay["params"]) == 2
+    assert no_decay["weight_decay"] == 0 and len(no_decay["params"]) == 3
