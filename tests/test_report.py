@@ -84,6 +84,7 @@ def test_runs_are_recognised_by_their_manifest(tmp_path):
     text = report.write_report(tmp_path / "elsewhere", plots=False).read_text()
     assert "2 epochs (lr milestones scaled)" in text  # the manifest's budget description
     assert "l=2 B(3,3)" in text and "Kendall tau = +1.00" in text
+    assert "Command: `wrn sweep deepening --epochs 2`" in text
 
 
 def test_rank_correlations():
@@ -106,7 +107,7 @@ def test_plots_are_written_and_embedded(block_types_runs, tmp_path):
         data = png.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, png
         assert f"](plots/{png.name})" in text
-    assert not list(out.rglob("*.part")) and len(list((out / "plots").iterdir())) == len(pngs)
+    assert len(list((out / "plots").iterdir())) == len(pngs)  # no temp files left behind
 
 
 def test_without_matplotlib_the_tables_still_come_with_a_clear_note(block_types_runs, tmp_path, monkeypatch):
@@ -117,9 +118,22 @@ def test_without_matplotlib_the_tables_still_come_with_a_clear_note(block_types_
 
 
 def test_cli_report(block_types_runs, tmp_path, capsys):
-    assert main(["report", str(block_types_runs), "--out", str(tmp_path / "o"), "--no-plots"]) == 0
-    assert (tmp_path / "o" / "REPORT.md").is_file()
+    assert main(["report", str(block_types_runs), "--out", str(tmp_path / "o"), "--no-plots",
+                 "--timing-note", "shared 2-core CPU"]) == 0
+    assert "time/epoch s (shared 2-core CPU)" in (tmp_path / "o" / "REPORT.md").read_text()
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["report", str(empty)]) == 2
     assert "no sweep runs under" in capsys.readouterr().err
+
+
+def test_speed_table_shows_times_relative_to_the_reference_net(tmp_path):
+    root = tmp_path / "runs" / "speed" / "reduced-e1"
+    wrn, thin = paper.get_table("speed").runs
+    write_run(root / f"{wrn.id}-seed0", model=wrn.model, test_error=30.0, epochs=1)
+    write_run(root / f"{thin.id}-seed0", model=thin.model, test_error=35.0, epochs=1)
+    summary = json.loads((root / f"{thin.id}-seed0" / "summary.json").read_text())
+    summary["epoch_time_s"] = 45.0  # 4.5x the WRN's 10 s
+    (root / f"{thin.id}-seed0" / "summary.json").write_text(json.dumps(summary))
+    text = report.write_report(tmp_path / "runs", plots=False).read_text()
+    assert "| 45.0 (x4.5) | x8 (relative) |" in text and "| 10.0 (x1.0) | x1 (relative) |" in text

@@ -96,6 +96,8 @@ def test_bad_input_is_one_line_with_the_fix(tmp_path, capsys):
         paper.get_table("block-type")
     with pytest.raises(UserError, match="--epochs"):
         sweep.plan(paper.get_table("block-types"), out=tmp_path, overrides=("train.epochs=3",))
+    with pytest.raises(UserError, match="fixes each run's model"):
+        sweep.plan(paper.get_table("block-types"), out=tmp_path, overrides=("model.dropout=0.3",))
     with pytest.raises(UserError, match="--dataset"):
         sweep.plan(paper.get_table("depth-width"), out=tmp_path, data="/x.tar")
     assert main(["sweep", "nope", "--dry-run"]) == 2

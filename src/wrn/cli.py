@@ -8,10 +8,13 @@ exit 2; ``WRN_DEBUG=1`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
 
+USER_OSERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 COMMANDS = ("info", "train", "eval", "bench", "sweep", "report", "export")
 
 
@@ -43,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("wrn: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
-        if os.environ.get("WRN_DEBUG"):
+    except (ValueError, OSError) as e:
+        # Of the other OSErrors only the storage ones (disk full, quota, read-only) are the user's to fix.
+        if os.environ.get("WRN_DEBUG") or (isinstance(e, OSError) and not isinstance(e, USER_OSERRORS)
+                                           and e.errno not in STORAGE_ERRNOS):
             raise
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         if isinstance(e, OSError) and e.filename and str(e.filename) not in message:

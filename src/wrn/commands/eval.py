@@ -23,16 +23,12 @@ def evaluate_checkpoint(checkpoint: str, *, data: str | None = None, split: str 
                         precision: str | None = None, batch_size: int | None = None) -> dict:
     """Rebuild the model from the checkpoint and evaluate it the way training did (same
     normalisation statistics, split, precision and batch size)."""
-    import torch
-
     from wrn.commands.train import data_overrides
-    from wrn.data.augment import Augment
-    from wrn.data.loader import DeviceLoader
     from wrn.errors import UserError
     from wrn.train import accel
     from wrn.train.checkpoint import find_checkpoint, load_checkpoint
     from wrn.train.config import config_from_dict, set_value
-    from wrn.train.engine import Run, evaluate, load_splits
+    from wrn.train.engine import Run, build_data, evaluate
 
     ckpt = find_checkpoint(checkpoint)
     model, state = load_checkpoint(ckpt)
@@ -40,26 +36,27 @@ def evaluate_checkpoint(checkpoint: str, *, data: str | None = None, split: str 
     for text in data_overrides(data):
         key, _, value = text.partition("=")
         set_value(cfg, key, value)
-    if batch_size is not None and batch_size < 1:
-        raise UserError(f"--batch-size {batch_size} must be >= 1")
+    if batch_size is not None:
+        if batch_size < 1:
+            raise UserError(f"--batch-size {batch_size} must be >= 1")
+        cfg.train.eval_batch_size = batch_size
     dev = accel.resolve_device(device)
-    precision = precision or cfg.accel.precision
-    cfg.accel.precision = precision
-    splits = load_splits(cfg)
-    if not len(splits[split]):
+    cfg.accel.precision = precision or cfg.accel.precision
+    norm = state.get("normalize")
+    stats = (norm["mean"], norm["std"]) if norm else None
+    data = build_data(cfg, dev, splits=(split,), stats=stats)
+    if split not in data.loaders:
         raise UserError(f"--split {split}: the run has no {split} images (data.val_size=0): use --split test")
-    norm = state.get("normalize") or {"mean": [0.0] * 3, "std": [1.0] * 3}
-    augment = Augment(norm["mean"], norm["std"], crop_padding=0, flip=False)
     model = accel.prepare_model(model, dev, cfg.accel.channels_last)
-    loader = DeviceLoader(splits[split], batch_size or cfg.train.eval_batch_size, device=dev, shuffle=False,
-                          drop_last=False)
     run = Run(cfg=cfg, out_dir=ckpt, device=dev, model=model, optimizer=None, train_step=None,
-              eval_step=accel.make_eval_step(model, precision=precision, device=dev), schedule=None,
-              augment=augment, loaders={split: loader}, log=None)
+              eval_step=accel.make_eval_step(model, precision=cfg.accel.precision, device=dev), schedule=None,
+              augment=data.augment, loaders=data.loaders, log=None)
     loss, acc = evaluate(run, split)
     model.eval()
-    return {"checkpoint": str(ckpt), "split": split, "images": len(splits[split]), "accuracy": acc, "loss": loss,
-            "step": state.get("step"), "model": state["model_args"]["name"], "precision": precision,
+    loader = data.loaders[split]
+    images = getattr(loader, "num_samples", None) or len(getattr(loader, "dataset", []))
+    return {"checkpoint": str(ckpt), "split": split, "images": images, "accuracy": acc, "loss": loss,
+            "step": state.get("step"), "model": state["model_args"]["name"], "precision": cfg.accel.precision,
             "device": str(dev)}
 
 

@@ -47,6 +47,7 @@ def data_overrides(data: str | None) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from wrn.errors import UserError
     from wrn.train.config import load_config
+    from wrn.train.dist import is_main
     from wrn.train.engine import fit
 
     overrides = list(args.overrides) + data_overrides(args.data)
@@ -69,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         name = preset or Path(args.config).stem
         out = Path("runs") / f"{name}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    # Under torchrun only rank 0 checks: it may already have written config.yaml when another starts.
+    if is_main() and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {str(out)!r} is not empty: continue it with --resume {out}, or choose another --out")
     fit(cfg, out, resume=False, quiet=args.quiet)
     return 0

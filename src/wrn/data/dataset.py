@@ -44,6 +44,10 @@ class ArrayDataset:
         if self.labels.shape != (len(self.images),):
             raise ValueError(f"labels must be [N={len(self.images)}], got {self.labels.shape}")
         self.classes = list(self.classes)
+        # An out-of-range label would only surface mid-training as an index error in the loss.
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
+            bad = self.labels.min() if self.labels.min() < 0 else self.labels.max()
+            raise ValueError(f"label {bad} is out of range for {len(self.classes)} classes (labels must be 0..{len(self.classes) - 1})")
 
     def __len__(self) -> int:
         return len(self.labels)

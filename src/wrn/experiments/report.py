@@ -9,17 +9,18 @@ embedded PNGs) and ``plots/*.png``. The reported error is the FINAL-epoch test e
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import re
 import statistics
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wrn.errors import UserError
 from wrn.experiments.paper import Run, Table, tables
+from wrn.train.log import write_atomic
 
 # Test split sizes, for the binomial standard error of a test error (what one seed can resolve).
 TEST_IMAGES = {"cifar10": 10_000, "cifar100": 10_000, "svhn": 26_032}
@@ -38,6 +39,7 @@ class RunRecord:
     model: str  # the model actually trained (after --model-scale)
     summary: dict | None
     epochs: list[dict]
+    command: list[str] | None = None  # the sweep command that made it (from sweep.json)
 
     @property
     def finished(self) -> bool:
@@ -91,6 +93,7 @@ class Section:
     budget_description: str
     dataset: str
     rows: list[Row] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
 
     @property
     def slug(self) -> str:
@@ -149,7 +152,7 @@ def collect(root: str | Path) -> list[RunRecord]:
                 manifest["table"], budget.get("label", "full"),
                 budget.get("description") or _budget_description(budget.get("label", "full")),
                 run, int(entry.get("seed", 0)), path, entry.get("model", run.model),
-                _read_json(path / "summary.json"), _read_epochs(path / "log.jsonl"))
+                _read_json(path / "summary.json"), _read_epochs(path / "log.jsonl"), manifest.get("command"))
     # Run directories without a manifest: recognised by <table>/<budget>/<run id>-seed<n>.
     for marker in sorted(root.rglob("log.jsonl")):
         path = marker.parent
@@ -175,7 +178,8 @@ def sections(records: list[RunRecord]) -> list[Section]:
     for table_name, budget, dataset in keys:
         table = all_tables[table_name]
         mine = [r for r in records if (r.table, r.budget, r.run.dataset) == (table_name, budget, dataset)]
-        section = Section(table, budget, mine[0].budget_description, dataset)
+        section = Section(table, budget, mine[0].budget_description, dataset,
+                          commands=list(dict.fromkeys(" ".join(r.command) for r in mine if r.command)))
         for run in table.runs:
             recs = sorted((r for r in mine if r.run.id == run.id), key=lambda r: r.seed)
             if recs:
@@ -256,17 +260,19 @@ def _f(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def markdown_table(section: Section) -> str:
+def markdown_table(section: Section, timing_note: str = "as measured") -> str:
     """Our error (median over seeds, spread) next to the paper's, with params and time."""
     n_test = TEST_IMAGES.get(section.dataset)
     header = ["run", "trained as", "seeds", "test error % (median)", "spread (min-max)", "±1 s.e.",
               "paper error %", "our rank", "paper rank", "params", "paper params",
-              "time/epoch s", "paper time/epoch s"]
+              f"time/epoch s ({timing_note})", "paper time/epoch s"]
     medians = [r.median for r in section.rows]
     papers = [r.run.paper_error for r in section.rows]
     both = [i for i, r in enumerate(section.rows) if medians[i] is not None and papers[i] is not None]
     our_rank = dict(zip(both, _ranks([medians[i] for i in both])))
     paper_rank = dict(zip(both, _ranks([papers[i] for i in both])))
+    # The speed table compares times relative to its reference net (the paper's GPU is not ours).
+    ref_time = next((r.epoch_time for r in section.rows if r.run.paper_rel_time == 1.0), None)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, row in enumerate(section.rows):
         errs = row.errors
@@ -282,7 +288,8 @@ def markdown_table(section: Section) -> str:
             _f(our_rank.get(i), "g"), _f(paper_rank.get(i), "g"),
             "-" if row.params is None else f"{row.params / 1e6:.3f}M",
             _f(row.run.paper_params_m, "g") + ("M" if row.run.paper_params_m else ""),
-            _f(row.epoch_time, ".1f"),
+            _f(row.epoch_time, ".1f") + (f" (x{row.epoch_time / ref_time:.1f})"
+                                          if ref_time and row.epoch_time is not None else ""),
             _f(row.run.paper_time_s, ".1f") if row.run.paper_rel_time is None
             else f"x{row.run.paper_rel_time:g} (relative)",
         ]) + " |")
@@ -305,12 +312,13 @@ def _agreement_line(section: Section) -> str:
 
 
 def render(root: Path, secs: list[Section], plots: dict[str, list[Path]], plot_note: str | None,
-           out: Path) -> str:
-    lines = [f"# Paper reproduction report", "",
+           out: Path, timing_note: str = "as measured") -> str:
+    lines = ["# Paper reproduction report", "",
              f"Runs under `{root}`. Test error = 100 - final-epoch test accuracy (never the best "
              "over epochs), median over seeds. Paper numbers: Zagoruyko & Komodakis 2016 (median "
-             "of 5 runs, full 200-epoch recipe on the original data). Time per epoch is as measured "
-             "in each run; on a shared machine it is provisional.", ""]
+             "of 5 runs, full 200-epoch recipe on the original data). Time per epoch (training "
+             f"only, {timing_note}) is as measured in each run. ±1 s.e. is the binomial standard "
+             "error of one run's test error: differences under ~2 s.e. are noise at one seed.", ""]
     if plot_note:
         lines += [f"> {plot_note}", ""]
     for s in secs:
@@ -320,34 +328,24 @@ def render(root: Path, secs: list[Section], plots: dict[str, list[Path]], plot_n
             lines += [f"> **{s.budget_description}.** Absolute errors are not comparable with the "
                       "paper's; compare orderings.", ""]
         lines += [f"Paper's claim: {s.table.claim}", ""]
+        for command in s.commands:
+            lines += [f"Command: `{command}`", ""]
         if s.table.notes:
             lines += [f"Notes: {s.table.notes}", ""]
-        lines += [markdown_table(s), "", _agreement_line(s), ""]
+        lines += [markdown_table(s, timing_note), "", _agreement_line(s), ""]
         unfinished = [r.path.name for row in s.rows for r in row.records if not r.finished]
         if unfinished:
-            lines += [f"Not finished (left out of the medians): {', '.join(unfinished)}", ""]
+            lines += [f"Not finished (running or interrupted; left out of the medians): {', '.join(unfinished)}", ""]
         for png in plots.get(s.slug, []):
             lines += [f"![{png.stem}]({os.path.relpath(png, out)})", ""]
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, data: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def write_report(root: str | Path, out: str | Path | None = None, *, plots: bool = True,
+                 timing_note: str = "as measured") -> Path:
+    """REPORT.md (+ plots/*.png when matplotlib is installed) for the runs under ``root``.
 
-
-def write_report(root: str | Path, out: str | Path | None = None, *, plots: bool = True) -> Path:
-    """REPORT.md (+ plots/*.png when matplotlib is installed) for the runs under ``root``."""
+    ``timing_note`` labels the time columns, e.g. "shared 2-core CPU, provisional"."""
     root, out = Path(root), Path(out) if out is not None else Path(root)
     records = collect(root)
     if not records:
@@ -365,7 +363,8 @@ def write_report(root: str | Path, out: str | Path | None = None, *, plots: bool
             for s in secs:
                 written[s.slug] = plot_section(s, out / "plots")
     path = out / "REPORT.md"
-    _atomic_write(path, render(root, secs, written, note, out) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, (render(root, secs, written, note, out, timing_note) + "\n").encode())
     return path
 
 
@@ -373,19 +372,16 @@ def write_report(root: str | Path, out: str | Path | None = None, *, plots: bool
 
 
 def _save(fig, path: Path) -> Path:
-    """Atomic PNG write: a crash never leaves a half-written image behind."""
+    """Render in memory, then an atomic write: a crash never leaves half an image behind."""
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".png")
-    os.close(fd)
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, buf.getvalue())
     return path
 
 

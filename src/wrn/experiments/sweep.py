@@ -20,7 +20,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Callable
 
 from wrn.errors import UserError
 from wrn.experiments.paper import NUM_CLASSES, Run, Table
+from wrn.train.log import write_atomic
 
 # Training images per dataset after the default validation split is carved out (estimates only).
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "svhn": 604_388}
@@ -35,12 +35,15 @@ TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "svhn": 604_388}
 TRAIN_FLOPS_PER_FORWARD = 3
 # Throughput assumptions for the cost estimate, in sustained training TFLOP/s.
 # H100: the data README's reference run (WRN-16-8, 3.1 GFLOP forward, 45k images x 200 epochs in
-# 409 s, bf16) sustains ~200 TFLOP/s. CPU: what the reduced reproduction measured on this 2-core
-# machine in bf16 + channels_last (see results/README.md); override with --tflops.
+# 409 s, bf16) sustains ~200 TFLOP/s. CPU: the reduced reproduction (results/README.md) trained
+# wrn-40-1 B(1,3,1) (0.11 GFLOP forward) at ~200 img/s in bf16 + channels_last on one thread of
+# the shared 2-core machine: 3 x 0.11e9 x 200 = ~0.07 TFLOP/s. Override with --tflops.
 H100_TFLOPS = 200.0
-DEFAULT_CPU_TFLOPS = 0.1
-# Overrides that would change the budget behind the label's back: use the flags instead.
-BUDGET_KEYS = {"train.epochs": "--epochs", "data.subset": "--subset", "model.name": "--model-scale"}
+DEFAULT_CPU_TFLOPS = 0.07
+# Overrides that would change a run behind its label (run directory, report): what to use instead.
+FIXED_KEYS = {"train.epochs": "use --epochs", "optim.milestones": "use --epochs (milestones scale with it)",
+              "data.subset": "use --subset", "train.seed": "use --seeds", "data.name": "use --data / --dataset",
+              "data.path": "use --data"}
 
 
 @dataclass(frozen=True)
@@ -181,8 +184,11 @@ def plan(
         key = o.split("=", 1)[0]
         if "=" not in o:
             raise UserError(f"override {o!r} is not key=value: e.g. accel.precision=bf16")
-        if key in BUDGET_KEYS:
-            raise UserError(f"override {key} would change the budget unlabelled: use {BUDGET_KEYS[key]}")
+        if key in FIXED_KEYS:
+            raise UserError(f"override {key} would change the runs behind their labels: {FIXED_KEYS[key]}")
+        if key.startswith("model."):
+            raise UserError(f"override {key}: the table fixes each run's model; use --model-scale to shrink "
+                            "widths, or `wrn train` for a one-off net")
     runs = [r for r in table.runs if dataset is None or r.dataset == dataset]
     if not runs:
         raise UserError(f"table {table.name} has no runs on {dataset!r}: choose one of {', '.join(table.datasets())}")
@@ -334,21 +340,6 @@ def format_plan(table: Table, planned: list[PlannedRun], budget: Budget, *, tflo
 # --- running --------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_manifest(table: Table, planned: list[PlannedRun], budget: Budget, command: list[str]) -> Path:
     """sweep.json beside the run directories: what each is, so `wrn report` needs no guessing."""
     path = planned[0].run_dir.parent / "sweep.json"
@@ -366,7 +357,8 @@ def write_manifest(table: Table, planned: list[PlannedRun], budget: Budget, comm
             for p in planned
         ],
     }
-    _atomic_write(path, json.dumps(manifest, indent=1, default=list) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, (json.dumps(manifest, indent=1, default=list) + "\n").encode())
     return path
 
 

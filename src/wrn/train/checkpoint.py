@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,33 @@ def _write(path: Path, data: bytes) -> int:
         f.flush()
         os.fsync(f.fileno())
     return len(data)
+
+
+def check_writable(run_dir: Path) -> None:
+    """Create ``run_dir`` and write, fsync and delete a probe file there: a read-only, full or
+    over-quota output directory is a one-line UserError before any work, not after hours."""
+    run_dir = Path(run_dir)
+    probe = run_dir / f".write-test-{os.getpid()}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write(probe, b"\0" * 65536)
+    except OSError as e:
+        raise UserError(f"cannot write to the output directory {run_dir} ({e.strerror or e}): "
+                        "choose another --out, or free disk space") from None
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+
+
+def _test_pause() -> None:
+    # Fault-test hook, inert unless WRN_TEST_CHECKPOINT_PAUSE=<seconds> is set: sleeps inside a
+    # checkpoint write (after model.safetensors, and between the two renames) so that
+    # tests/test_faults.py can SIGKILL a run exactly there. Never set it for real runs.
+    seconds = os.environ.get("WRN_TEST_CHECKPOINT_PAUSE")
+    if seconds:
+        time.sleep(float(seconds))
 
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -108,23 +136,32 @@ def save_checkpoint(run_dir: Path, *, model: nn.Module, optimizer: torch.optim.O
     """Write a complete checkpoint for ``run_dir`` and swap it in atomically; returns its path."""
     run_dir = Path(run_dir)
     tmp = run_dir / f".checkpoint.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    files = {"model.safetensors": _write(tmp / "model.safetensors", st_save(_cpu(unwrap(model).state_dict())))}
-    if optimizer is not None:
-        tensors, rest = _optimizer_parts(optimizer)
-        files["optimizer.safetensors"] = _write(tmp / "optimizer.safetensors", st_save(tensors))
-        files["optimizer.json"] = _write(tmp / "optimizer.json", json.dumps(rest).encode())
-    state = {"format": FORMAT, **state, "rng": rng_state(), "files": files}
-    _write(tmp / "state.json", (json.dumps(state, indent=1) + "\n").encode())  # last: marks it complete
-    _fsync_dir(tmp)
+    try:
+        for stale in run_dir.glob(".checkpoint.tmp-*"):  # ours, or a killed writer's (one writer per run)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        files = {"model.safetensors": _write(tmp / "model.safetensors", st_save(_cpu(unwrap(model).state_dict())))}
+        _test_pause()
+        if optimizer is not None:
+            tensors, rest = _optimizer_parts(optimizer)
+            files["optimizer.safetensors"] = _write(tmp / "optimizer.safetensors", st_save(tensors))
+            files["optimizer.json"] = _write(tmp / "optimizer.json", json.dumps(rest).encode())
+        state = {"format": FORMAT, **state, "rng": rng_state(), "files": files}
+        _write(tmp / "state.json", (json.dumps(state, indent=1) + "\n").encode())  # last: marks it complete
+        _fsync_dir(tmp)
+    except OSError as e:  # disk full, quota, read-only: the previous checkpoint is untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = f"the previous checkpoint {run_dir / CHECKPOINT} is kept" if (run_dir / CHECKPOINT).exists() \
+            else "no earlier checkpoint exists"
+        raise UserError(f"cannot write a checkpoint in {run_dir} ({e.strerror or e}): {kept}; free disk space "
+                        f"and continue with --resume {run_dir}") from None
 
     final, old = run_dir / CHECKPOINT, run_dir / OLD
     if final.exists():
         if old.exists():  # a stale one from a kill after the last swap
             shutil.rmtree(old)
         os.rename(final, old)
+    _test_pause()
     os.rename(tmp, final)
     _fsync_dir(run_dir)
     if old.exists():
@@ -167,25 +204,63 @@ def read_state(ckpt_dir: Path) -> dict[str, Any] | None:
     return state
 
 
+def damage(ckpt_dir: Path) -> str:
+    """Why ``ckpt_dir`` is not a complete checkpoint, naming the file (for warnings and errors)."""
+    ckpt_dir = Path(ckpt_dir)
+    try:
+        state = json.loads((ckpt_dir / "state.json").read_text())
+        files = state["files"]
+        assert isinstance(files, dict)
+    except FileNotFoundError:
+        return f"{ckpt_dir / 'state.json'} is missing"
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        return f"{ckpt_dir / 'state.json'} is unreadable or cut short"
+    for name, size in files.items():
+        try:
+            found = (ckpt_dir / name).stat().st_size
+        except OSError:
+            return f"{ckpt_dir / name} is missing"
+        if found != size:
+            return f"{ckpt_dir / name} is truncated or altered ({found} bytes, {size} written)"
+    return f"{ckpt_dir} is incomplete"
+
+
 def find_checkpoint(path: str | Path) -> Path:
-    """The newest complete checkpoint under ``path`` (a run dir or a checkpoint dir)."""
+    """The newest complete checkpoint under ``path`` (a run dir or a checkpoint dir).
+
+    When the newest one is damaged (a file truncated or missing), the newest complete one among
+    ``checkpoint/``, ``.checkpoint.old/`` and the kept ``checkpoints/epoch-NNNN/`` is used instead,
+    with a warning on stderr that names the damaged file.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint {str(path)!r} does not exist: give a run directory or its checkpoint/")
-    if (path / "state.json").exists() or path.name in (CHECKPOINT, OLD):
+    if not path.is_dir():
+        raise UserError(f"checkpoint {str(path)!r} is a file: give a run directory or its checkpoint/ "
+                        f"(wrn never loads pickled .pt/.pth checkpoints)")
+    if (path / "state.json").exists() or path.name in (CHECKPOINT, OLD) or path.parent.name == KEPT:
         if read_state(path) is not None:
             return path
-        run_dir = path.parent if path.name in (CHECKPOINT, OLD) else None
+        newest = path
+        run_dir = path.parent.parent if path.parent.name == KEPT else path.parent if path.name in (CHECKPOINT, OLD) else None
     else:
-        run_dir = path
+        newest, run_dir = path / CHECKPOINT, path
+    candidates = []
     if run_dir is not None:
-        candidates = [run_dir / CHECKPOINT, run_dir / OLD]
-        for i, c in enumerate(candidates):
-            if read_state(c) is not None:
-                if i > 0:
-                    print(f"wrn: warning: {run_dir / CHECKPOINT} is missing or incomplete; using the previous "
-                          f"complete checkpoint {c}", file=sys.stderr)
-                return c
+        kept = sorted((run_dir / KEPT).glob("epoch-[0-9]*"), reverse=True) if (run_dir / KEPT).is_dir() else []
+        candidates = [run_dir / CHECKPOINT, run_dir / OLD, *kept]
+    complete = [(state["step"] if isinstance(state.get("step"), int) else -1, i, c)
+                for i, c in enumerate(candidates)
+                if not c.name.endswith(".tmp") and (state := read_state(c)) is not None]
+    if complete:
+        _, _, best = max(complete, key=lambda t: (t[0], -t[1]))
+        if best != newest:
+            print(f"wrn: warning: {damage(newest) if newest.exists() else f'{newest} is missing'}; using the "
+                  f"last complete checkpoint {best}", file=sys.stderr)
+        return best
+    if newest.exists():
+        raise UserError(f"no complete checkpoint in {str(path)!r}: {damage(newest)} and no earlier checkpoint is "
+                        "kept (train.keep_every keeps some): start the run again in a new --out")
     raise UserError(f"no complete checkpoint in {str(path)!r}: the run wrote none yet (start it again without --resume)")
 
 
@@ -251,6 +326,10 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
         raise UserError(f"{ckpt / 'state.json'} has no model_args: it was not written by wrn train")
     if isinstance(args.get("block"), list):
         args["block"] = tuple(args["block"])
-    model = create_model(name, **args)
+    try:
+        model = create_model(name, **args)
+    except (TypeError, ValueError) as e:  # state.json edited or from another version
+        raise UserError(f"{ckpt / 'state.json'}: its model_args {state.get('model_args')} do not build a model "
+                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     load_weights(model, ckpt)
     return model.to(device).eval(), state

@@ -53,6 +53,11 @@ class DataConfig:
     # none: pixels / 255 (the paper's SVHN preprocessing).
     normalize: str = "dataset"
     cache_dir: Optional[str] = None
+    # Stream from disk through DataLoader workers instead of holding the data on the device
+    # (ImageNet): random-resized crop + flip in the workers, centre crop for evaluation.
+    streaming: bool = False
+    image_size: int = 224  # streaming only: crop size
+    workers: int = 4  # streaming only: DataLoader worker processes
 
 
 @dataclass
@@ -89,6 +94,8 @@ class AccelConfig:
     precision: str = "fp32"  # fp32 | bf16
     compile: bool = False
     channels_last: bool = False
+    # torchrun/DDP on CUDA: BatchNorm statistics over the global batch instead of each GPU's slice.
+    sync_bn: bool = False
 
 
 @dataclass
@@ -138,10 +145,10 @@ def list_presets() -> list[str]:
 
 
 def _unknown_key(key: str) -> UserError:
-    close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
-    if not close:  # a right key in the wrong section, e.g. "train.lr"
-        tail = key.rsplit(".", 1)[-1]
-        close = [k for k in valid_keys() if k.rsplit(".", 1)[-1] == tail][:1]
+    tail = key.rsplit(".", 1)[-1]
+    # A right key in the wrong section ("train.lr") first, then the closest spelling.
+    close = [k for k in valid_keys() if k.rsplit(".", 1)[-1] == tail][:1]
+    close = close or difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
     hint = f"did you mean {close[0]!r}?" if close else "see the keys in `wrn train --help`"
     return UserError(f"unknown config key {key!r}: {hint}")
 
@@ -321,40 +328,45 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise UserError(f"{key}: {message}")
 
 
-def model_kwargs(cfg: Config, num_classes: int | None = None) -> dict[str, Any]:
-    """Constructor keywords for ``create_model``: only what the config sets, so that models
-    without a block or dropout argument (resnet-110, wide_resnet50_2) still build."""
-    kwargs: dict[str, Any] = {"num_classes": num_classes or cfg.model.num_classes or 10}
-    if cfg.model.dropout:
-        kwargs["dropout"] = cfg.model.dropout
-    if cfg.model.block is not None:
-        kwargs["block"] = list(cfg.model.block)
-    if cfg.model.blocks_per_group is not None:
-        kwargs["blocks_per_group"] = cfg.model.blocks_per_group
-    return kwargs
-
-
-def _check_model(cfg: Config) -> None:
-    """Build the model on the meta device (no memory, no compute): the constructor itself judges
-    depth/block/width, so the config accepts exactly what ``create_model`` accepts."""
+def _meta_build(name: str, kwargs: dict[str, Any]) -> None:
     import torch
 
     from wrn.models import create_model
 
+    with torch.device("meta"):  # no memory, no compute
+        create_model(name, **kwargs)
+
+
+def model_kwargs(cfg: Config, num_classes: int | None = None) -> dict[str, Any]:
+    """Constructor keywords for ``create_model``: only what the config sets, so that models
+    without a block argument (resnet-110, wide_resnet50_2) still build. Dropout applies "where
+    the model uses it" (the paper's recipe): a model without a dropout argument trains without."""
+    kwargs: dict[str, Any] = {"num_classes": num_classes or cfg.model.num_classes or 10}
+    if cfg.model.block is not None:
+        kwargs["block"] = list(cfg.model.block)
+    if cfg.model.blocks_per_group is not None:
+        kwargs["blocks_per_group"] = cfg.model.blocks_per_group
+    if cfg.model.dropout:
+        try:
+            _meta_build(cfg.model.name, {**kwargs, "dropout": cfg.model.dropout})
+            kwargs["dropout"] = cfg.model.dropout
+        except (TypeError, ValueError) as e:
+            if "dropout" not in str(e):
+                kwargs["dropout"] = cfg.model.dropout  # another problem: let the caller see it
+    return kwargs
+
+
+def _check_model(cfg: Config) -> None:
+    """Build the model on the meta device: the constructor itself judges depth/block/width, so
+    the config accepts exactly what ``create_model`` accepts."""
     kwargs = model_kwargs(cfg)
     try:
-        with torch.device("meta"):
-            create_model(cfg.model.name, **kwargs)
-    except TypeError as e:
-        bad = next((k for k in kwargs if f"'{k}'" in str(e)), None)
-        key = {"dropout": "model.dropout", "block": "model.block",
-               "blocks_per_group": "model.blocks_per_group"}.get(bad or "", "model.name")
-        raise UserError(f"{key}: model {cfg.model.name!r} does not take this setting ({e})") from None
-    except ValueError as e:
+        _meta_build(cfg.model.name, kwargs)
+    except (TypeError, ValueError) as e:
         message = str(e).splitlines()[0] if str(e) else "invalid model settings"
-        key = "model.name" if "unknown model" in message else (
-            "model.block" if cfg.model.block is not None and "block" in message and "depth" not in message
-            else "model.name")
+        # Name the key whose argument the constructor complains about ('block' etc.), else the model.
+        bad = next((k for k in ("blocks_per_group", "block", "dropout", "num_classes") if f"'{k}'" in message), None)
+        key = f"model.{bad}" if bad else "model.name"
         raise UserError(f"{key}: {message}") from None
 
 
@@ -373,6 +385,8 @@ def validate(cfg: Config) -> None:
     _check(d.val_size >= 0, "data.val_size", f"{d.val_size} must be >= 0")
     _check(d.subset >= 0, "data.subset", f"{d.subset} must be >= 0 (0 = all training images)")
     _check(d.cutout >= 0, "data.cutout", f"{d.cutout} must be >= 0 (0 = off)")
+    _check(d.image_size >= 8, "data.image_size", f"{d.image_size} must be >= 8")
+    _check(d.workers >= 0, "data.workers", f"{d.workers} must be >= 0")
     _check(d.normalize in NORMALIZATIONS, "data.normalize",
            f"unknown normalization {d.normalize!r}: use {' | '.join(NORMALIZATIONS)}")
     if d.normalize == "paper":
@@ -412,4 +426,5 @@ def validate(cfg: Config) -> None:
 PAPER_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }

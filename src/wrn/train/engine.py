@@ -125,8 +125,14 @@ class Run:
         return self.elapsed_before + time.perf_counter() - self.start_time
 
 
+def _all_ranks(sums: EpochSums) -> EpochSums:
+    """The sums over every process under torchrun (a collective: all processes call it)."""
+    loss, correct, count = dist.all_sum(sums.loss, sums.correct, sums.count)
+    return EpochSums(loss, correct, count, sums.bad_step)
+
+
 def _check_finite(run: Run, sums: EpochSums) -> None:
-    bad = int(sums.bad_step.item())
+    bad = dist.first_bad_step(sums.bad_step)  # the same answer on every process: all stop together
     if bad >= 0:
         spe = len(run.loaders["train"])
         where = run.out_dir / checkpoint.CHECKPOINT
@@ -137,9 +143,22 @@ def _check_finite(run: Run, sums: EpochSums) -> None:
 
 
 def _save(run: Run, step: int, sums: EpochSums | None, metrics: dict[str, Any] | None, extra: dict[str, Any]) -> None:
+    # Collectives before rank 0 alone writes: all processes' sums and averaged BN statistics.
+    sums = _all_ranks(sums) if sums is not None else None
+    dist.average_buffers(run.model)
+    spe = len(run.loaders["train"])
+    # An inf/NaN gradient can leave the loss finite for one more step but the weights broken:
+    # never let such weights replace the last good checkpoint (one host sync per checkpoint;
+    # every process checks its identical copy, so all stop together).
+    params = [p.detach() for p in checkpoint.unwrap(run.model).parameters()]
+    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        run.log.write({"kind": "error", "step": step, "epoch": step // spe, "error": "non-finite weights"})
+        where = run.out_dir / checkpoint.CHECKPOINT
+        kept = f"the last good checkpoint is kept in {where}" if where.exists() else "no checkpoint was written yet"
+        raise NonFiniteLoss(f"weights became NaN/inf by step {step} (epoch {step // spe + 1}): training stopped and "
+                            f"{kept}; lower optim.lr, or set train.skip_nonfinite=true to skip such batches")
     if not run.is_main:
         return
-    spe = len(run.loaders["train"])
     state = {"epoch": step // spe, "step": step, "steps_per_epoch": spe, "config": run.cfg.to_dict(),
              "model_args": checkpoint.unwrap(run.model).model_args, "partial": sums.to_json() if sums else None,
              "metrics": metrics, "elapsed_s": run.elapsed(), **extra}
@@ -180,6 +199,7 @@ def train_one_epoch(run: Run, epoch: int, start_step: int = 0, sums: EpochSums |
         bar.update(1)
         if done % cfg.log.every_steps == 0:
             _check_finite(run, sums)
+            window = _all_ranks(window)
             now = time.perf_counter()
             loss = window.loss.item() / max(1, window.count)
             record = {"kind": "step", "epoch": epoch, "step": done, "loss": loss, "lr": lr,
@@ -202,7 +222,8 @@ def train_one_epoch(run: Run, epoch: int, start_step: int = 0, sums: EpochSums |
 @torch.no_grad()
 def evaluate(run: Run, split: str) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) on a split, without augmentation; one host sync at the end."""
-    loader = run.loaders[split]
+    loader = run.loaders[split]  # this process's shard under torchrun
+    dist.average_buffers(run.model)
     run.model.eval()
     loss = torch.zeros((), device=run.device, dtype=torch.float64)
     correct = torch.zeros((), device=run.device, dtype=torch.int64)
@@ -215,6 +236,7 @@ def evaluate(run: Run, split: str) -> tuple[float, float]:
         loss += F.cross_entropy(logits, labels, reduction="sum").double()
         correct += (logits.argmax(1) == labels).sum()
         n += labels.numel()
+    loss, correct, n = dist.all_sum(loss, correct, n)
     run.model.train()
     if n == 0:
         return float("nan"), float("nan")
@@ -223,13 +245,25 @@ def evaluate(run: Run, split: str) -> tuple[float, float]:
 
 # -- data ------------------------------------------------------------------------------------------
 
+@dataclass
+class Data:
+    """Loaders (``len``, ``epoch(e, start_step)`` -> uint8 NHWC batches on the device), the
+    augmentation/normalisation that turns a batch into model input, and what the run reports."""
+    loaders: dict[str, Any]
+    augment: Any
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+    train_images: int
+
+
 def _normalization(cfg: Config, train_split) -> tuple[list[float], list[float]]:
     from wrn.data import channel_stats
 
     if cfg.data.normalize == "none":  # pixels / 255 (the paper's SVHN)
         return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
-    if cfg.data.normalize == "paper":
-        mean, std = PAPER_STATS[cfg.data.name]
+    if cfg.data.normalize == "paper" or train_split is None:  # (streamed data: no pass over it)
+        mean, std = PAPER_STATS[cfg.data.name if cfg.data.name in PAPER_STATS else "imagenet"]
         return list(mean), list(std)
     mean, std = channel_stats(train_split)
     return [float(m) for m in mean], [float(s) for s in std]
@@ -237,12 +271,6 @@ def _normalization(cfg: Config, train_split) -> tuple[list[float], list[float]]:
 
 def load_splits(cfg: Config) -> dict[str, Any]:
     """train / val / test ArrayDatasets for the config (the val split is carved from train)."""
-    if cfg.data.name == "imagenet" and not cfg.data.path:
-        raise UserError("data.name=imagenet needs a local copy: pass --data /path/to/imagenet")
-    if cfg.data.name == "imagenet":
-        # The streaming (DataLoader-worker) path for datasets too big for memory is not written yet.
-        raise UserError("ImageNet training needs the streaming data loader, which this version does not have "
-                        "yet: train CIFAR/SVHN recipes, or use wrn.models.create_model('wide_resnet50_2') directly")
     from wrn.data import load_dataset, make_splits
 
     datasets = load_dataset(cfg.source(), cache_dir=cfg.data.cache_dir)
@@ -250,6 +278,61 @@ def load_splits(cfg: Config) -> dict[str, Any]:
         raise UserError(f"data.use_extra=true but {cfg.source()!r} has no 'extra' split: set data.use_extra=false")
     return make_splits(datasets, val_size=cfg.data.val_size, subset=cfg.data.subset, seed=cfg.train.seed,
                        use_extra=cfg.data.use_extra)
+
+
+def _streaming_data(cfg: Config, device: torch.device, rank: int, world_size: int, splits: tuple[str, ...],
+                    stats: tuple[list[float], list[float]] | None) -> Data:
+    """ImageNet-size data: files stay on disk, DataLoader workers decode and crop; the val/ folder
+    serves as the test split (as is customary for ImageNet)."""
+    if not cfg.data.path:
+        raise UserError(f"data.streaming ({cfg.data.name}) needs a local copy: pass --data /path/to/images "
+                        "(root/train/<class>/*.jpg and root/val/<class>/*.jpg, or a .zip/.tar of them)")
+    from wrn.data.augment import Augment
+    from wrn.data.streaming import StreamingLoader
+
+    common = dict(device=device, seed=cfg.train.seed, workers=cfg.data.workers, image_size=cfg.data.image_size,
+                  rank=rank, world_size=world_size)
+    loaders: dict[str, Any] = {}
+    if "train" in splits:
+        loaders["train"] = StreamingLoader(cfg.data.path, "train", cfg.train.batch_size // world_size, train=True,
+                                           **common)
+    if "test" in splits:
+        loaders["test"] = StreamingLoader(cfg.data.path, "val", cfg.train.eval_batch_size, train=False, **common)
+    mean, std = stats or _normalization(cfg, None)
+    # Crops and flips happen in the workers; on the device only normalisation remains.
+    augment = Augment(mean, std, crop_padding=0, flip=False)
+    first = next(iter(loaders.values()))
+    n = len(loaders["train"].dataset) if "train" in loaders else 0
+    return Data(loaders, augment, list(first.classes), mean, std, n)
+
+
+def build_data(cfg: Config, device: torch.device, *, rank: int = 0, world_size: int = 1,
+               splits: tuple[str, ...] = ("train", "val", "test"),
+               stats: tuple[list[float], list[float]] | None = None) -> Data:
+    """Loaders for the requested splits (evaluation splits sharded over processes under torchrun).
+    ``stats`` (mean, std) overrides the normalisation: evaluation reuses the run's own."""
+    if cfg.data.streaming:
+        return _streaming_data(cfg, device, rank, world_size, splits, stats)
+    from wrn.data.augment import Augment
+    from wrn.data.loader import DeviceLoader
+
+    arrays = load_splits(cfg)
+    train = arrays["train"]
+    if "train" in splits and len(train) < cfg.train.batch_size:
+        raise UserError(f"train.batch_size: {cfg.train.batch_size} is larger than the training split "
+                        f"({len(train)} images): lower it")
+    mean, std = stats or _normalization(cfg, train)
+    augment = Augment(mean, std, crop_padding=4 if cfg.data.augment else 0, flip=cfg.data.augment,
+                      cutout=cfg.data.cutout)
+    loaders: dict[str, Any] = {}
+    if "train" in splits:
+        loaders["train"] = DeviceLoader(train, cfg.train.batch_size // world_size, device=device, shuffle=True,
+                                        drop_last=True, seed=cfg.train.seed, rank=rank, world_size=world_size)
+    for name in ("val", "test"):
+        if name in splits and len(arrays[name]):
+            loaders[name] = DeviceLoader(arrays[name], cfg.train.eval_batch_size, device=device, shuffle=False,
+                                         drop_last=False, rank=rank, world_size=world_size)
+    return Data(loaders, augment, list(train.classes), mean, std, len(train))
 
 
 # -- fit -------------------------------------------------------------------------------------------
@@ -274,6 +357,7 @@ def _epoch_means(out_dir: Path) -> tuple[float | None, float | None]:
     return mean(times), mean(rates)
 
 
+@dist.with_process_group
 def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Train per ``cfg`` into ``out_dir`` (config.yaml, log.jsonl, checkpoint/, summary.json).
 
@@ -298,40 +382,28 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
         try:
             ckpt_dir = checkpoint.find_checkpoint(out_dir)
         except UserError:
+            if (out_dir / checkpoint.CHECKPOINT).exists():
+                raise  # damaged with no complete one to fall back to: never silently start over
             ckpt_dir = None  # killed before its first checkpoint: start over in the same directory
     if cfg.train.batch_size % world_size:
         raise UserError(f"train.batch_size: {cfg.train.batch_size} does not divide among {world_size} processes")
 
-    device = accel.resolve_device(cfg.accel.device)
-    splits = load_splits(cfg)
-    train_split = splits["train"]
-    classes = list(train_split.classes)
+    if is_main:  # a read-only or full output directory fails now, not after the data is loaded
+        checkpoint.check_writable(out_dir)
+    device = dist.local_device(accel.resolve_device(cfg.accel.device))
+    data = build_data(cfg, device, rank=rank, world_size=world_size)
+    loaders, augment, classes, mean, std = data.loaders, data.augment, data.classes, data.mean, data.std
     num_classes = cfg.model.num_classes or len(classes)
     per_rank_batch = cfg.train.batch_size // world_size
-    if len(train_split) < cfg.train.batch_size:
-        raise UserError(f"train.batch_size: {cfg.train.batch_size} is larger than the training split "
-                        f"({len(train_split)} images): lower it")
-
-    mean, std = _normalization(cfg, train_split)
-    from wrn.data.augment import Augment
-    from wrn.data.loader import DeviceLoader
     from wrn.models import create_model
 
-    augment = Augment(mean, std, crop_padding=4 if cfg.data.augment else 0, flip=cfg.data.augment,
-                      cutout=cfg.data.cutout)
-    loaders = {"train": DeviceLoader(train_split, per_rank_batch, device=device, shuffle=True, drop_last=True,
-                                     seed=cfg.train.seed, rank=rank, world_size=world_size),
-               "test": DeviceLoader(splits["test"], cfg.train.eval_batch_size, device=device, shuffle=False,
-                                    drop_last=False)}
-    if len(splits["val"]):
-        loaders["val"] = DeviceLoader(splits["val"], cfg.train.eval_batch_size, device=device, shuffle=False,
-                                      drop_last=False)
     spe = len(loaders["train"])
     total_steps = cfg.train.epochs * spe
 
     torch.manual_seed(cfg.train.seed)  # the initial weights
     model = create_model(cfg.model.name, **model_kwargs(cfg, num_classes))
     model = accel.prepare_model(model, device, cfg.accel.channels_last)
+    train_model = dist.wrap_model(model, device, sync_bn=cfg.accel.sync_bn)  # DDP under torchrun
     hyper = scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs)
     optimizer = build_optimizer(model, cfg.optim, hyper)
     skipper = SkipNonFinite(optimizer, model) if cfg.train.skip_nonfinite else None
@@ -351,7 +423,7 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
     log = RunLog(out_dir, enabled=is_main, quiet=quiet)
 
     do_compile, reason = accel.should_compile(cfg.accel.compile, total_steps - start, device)
-    train_step = accel.make_train_step(model, skipper or optimizer, precision=cfg.accel.precision, device=device,
+    train_step = accel.make_train_step(train_model, skipper or optimizer, precision=cfg.accel.precision, device=device,
                                        compile=do_compile, label_smoothing=cfg.optim.label_smoothing)
     eval_step = accel.make_eval_step(model, precision=cfg.accel.precision, device=device, compile=do_compile)
     run = Run(cfg=cfg, out_dir=out_dir, device=device, model=model, optimizer=optimizer, train_step=train_step,
@@ -363,21 +435,23 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
     extra_state = {"normalize": {"mean": mean, "std": std}, "classes": classes}
 
     log.write({"kind": "resume" if state else "start", "step": start, "device": str(device), "params": params,
+               "world_size": world_size,
                "steps_per_epoch": spe, "total_steps": total_steps, "lr": hyper.lr,
                "weight_decay": hyper.weight_decay, "warmup_epochs": hyper.warmup_epochs, "compile": do_compile,
                "compile_reason": reason, "elapsed_s": run.elapsed()})
-    log.info(f"{cfg.model.name}: {params / 1e6:.2f}M params | {len(train_split)} train images, {spe} steps/epoch, "
+    log.info(f"{cfg.model.name}: {params / 1e6:.2f}M params | {data.train_images} train images, {spe} steps/epoch, "
              f"{cfg.train.epochs} epochs | {device}, {cfg.accel.precision}"
              f"{', channels_last' if cfg.accel.channels_last else ''} | {reason}"
              + (f" | resumed at step {start}" if state else ""))
 
     metrics: dict[str, Any] = (state or {}).get("metrics") or {}
-    sums = EpochSums.from_json(state["partial"], device) if state and state.get("partial") else None
+    # The saved partial sums cover all processes: rank 0 carries them on, the others start at zero.
+    sums = EpochSums.from_json(state["partial"], device) if state and state.get("partial") and is_main else None
     try:
         for epoch in range(start // spe, cfg.train.epochs):
             epoch_start_step = start % spe if epoch == start // spe else 0
             t0 = time.perf_counter()
-            sums = train_one_epoch(run, epoch, epoch_start_step, sums, extra_state)
+            sums = _all_ranks(train_one_epoch(run, epoch, epoch_start_step, sums, extra_state))
             count = sums.count
             train_loss = sums.loss.item() / count
             train_acc = sums.correct.item() / count
@@ -411,9 +485,10 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
                    "epoch_time_s": epoch_time_s, "img_per_s": img_per_s, "steps": total_steps,
                    "device": str(device), "precision": cfg.accel.precision, "git_commit": git_commit(),
                    "finished": True}
+        replicas = dist.replica_report(model)  # torchrun: every process's weight checksum
         if is_main:
             log.write({"kind": "end", "step": total_steps, "test_loss": test_loss, "test_acc": test_acc,
-                       "elapsed_s": run.elapsed()})
+                       "elapsed_s": run.elapsed(), **replicas})
             write_json(summary_path, summary)
         log.info(f"test accuracy {100 * test_acc:.2f}% (final epoch) | wall time {run.elapsed():.0f}s | {out_dir}")
         return summary

@@ -1,0 +1,171 @@
+"""torchrun + DDP on the CPU: 2 gloo processes train like one process with the same global batch.
+
+Real `torchrun --nproc-per-node 2 -m wrn train` subprocesses on a tiny WRN and a tiny image folder.
+
+Why the training images are all one picture (with different labels): without SyncBN (CUDA only)
+each process normalises with the BatchNorm statistics of its own half of the batch, so a
+2-process run is not the same computation as one process on the whole batch - unless every
+slice of every batch has the statistics of the whole batch, which is true when all images are
+equal. Then the two runs differ only by float rounding (measured: 1e-5 of the distance the weights
+travel; doubling the lr, a typical DDP bug, moves them by ~1x that distance), and the gradient
+still depends on which labels each process got, so wrong sharding or a summed instead of averaged
+gradient shows. The test images are varied (evaluation uses running statistics), 33 of them so
+that the sharded evaluation has uneven and empty shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from wrn.cli import main as wrn_main
+from wrn.errors import UserError
+from wrn.models import create_model
+from wrn.train import dist
+
+ARGS = ["model.name=wrn-10-1", "model.dropout=0", "data.augment=false", "data.val_size=0", "train.epochs=2",
+        "train.batch_size=16", "train.eval_batch_size=8", "train.keep_every=1", "optim.lr=0.05",
+        "accel.device=cpu", "accel.precision=fp32", "accel.compile=false", "accel.channels_last=false",
+        "log.every_steps=4"]
+CLASSES = 4
+
+
+def write_data(root: Path, n_train: int = 128, n_test: int = 33, size: int = 16) -> Path:
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, (size, size, 3)).astype(np.uint8)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for i in range(n):
+            label = (7 * i + i // 5) % CLASSES
+            image = picture if split == "train" else rng.integers(0, 256, picture.shape).astype(np.uint8)
+            d = root / split / f"class{label}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(d / f"{i:04d}.png")
+    return root
+
+
+def torchrun(*args: str, timeout: int = 120) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "wrn", "train", "--quiet", *args]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def weights(run: Path, sub: str = "checkpoint") -> dict[str, torch.Tensor]:
+    return load_file(run / sub / "model.safetensors")
+
+
+def records(run: Path, kind: str) -> list[dict]:
+    lines = (run / "log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def assert_same_training(run: Path, ref: Path, init: dict[str, torch.Tensor]) -> None:
+    """Same weights up to float rounding, measured against how far training moved them."""
+    a, b = weights(run), weights(ref)
+    assert a.keys() == b.keys()
+    params = [k for k in a if "running_" not in k and "num_batches" not in k]
+    norm = lambda d: sum(float((d[k].double() ** 2).sum()) for k in params) ** 0.5  # noqa: E731
+    travelled = norm({k: b[k] - init[k] for k in params})
+    assert travelled > 0.1
+    assert norm({k: a[k] - b[k] for k in params}) < 1e-3 * travelled
+    for k in a:
+        if "running_mean" in k:  # averaged over the processes = the one-process statistics
+            assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4), k
+        if "num_batches" in k:
+            assert torch.equal(a[k], b[k])
+    # Logged metrics are over all processes: the same numbers as one process.
+    ref_epochs = {r["epoch"]: r for r in records(ref, "epoch")}
+    for x in records(run, "epoch"):  # a resumed run logged only the epochs it trained
+        y = ref_epochs[x["epoch"]]
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-4)
+        assert x["train_acc"] == y["train_acc"]
+    end, ref_summary = records(run, "end")[0], json.loads((ref / "summary.json").read_text())
+    assert end["test_acc"] == ref_summary["test_acc"]
+    assert end["test_loss"] == pytest.approx(ref_summary["test_loss"], rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    data = write_data(root / "data")
+    common = ["--data", str(data), *ARGS, f"data.cache_dir={root / 'cache'}"]
+    assert wrn_main(["train", "--quiet", "--out", str(root / "one"), *common]) == 0  # also fills the cache
+    torchrun("--out", str(root / "two"), *common)
+    torch.manual_seed(0)  # the engine's initial weights: seed train.seed, then build
+    init = create_model("wrn-10-1", num_classes=CLASSES).state_dict()
+    return root, common, init
+
+
+def test_two_processes_end_identical_and_match_one_process(runs):
+    root, _, init = runs
+    two, one = root / "two", root / "one"
+    end = records(two, "end")[0]
+    assert end["world_size"] == 2 and end["replicas_identical"]
+    assert len(set(end["replica_checksums"])) == 1  # each rank hashed its own weights and BN buffers
+    assert records(two, "start")[0]["world_size"] == 2
+    assert_same_training(two, one, init)
+    # Rank 0 alone wrote: one log, no second summary or stray temporary files.
+    assert sorted(p.name for p in two.iterdir()) == ["checkpoint", "checkpoints", "config.yaml", "log.jsonl",
+                                                      "summary.json"]
+    assert json.loads((two / "summary.json").read_text())["finished"]
+
+
+def resume_dir(src: Path, dst: Path) -> Path:
+    """A run stopped after epoch 1: its config and the checkpoint kept at that epoch."""
+    dst.mkdir()
+    shutil.copy(src / "config.yaml", dst / "config.yaml")
+    shutil.copytree(src / "checkpoints" / "epoch-0001", dst / "checkpoint")
+    return dst
+
+
+def test_resume_on_a_different_number_of_processes(runs):
+    root, _, init = runs
+    # Same global batch, so the same steps per epoch, data order and lr: 1 -> 2 and 2 -> 1 processes.
+    up = resume_dir(root / "one", root / "one-then-two")
+    torchrun("--resume", str(up))
+    assert records(up, "resume")[0]["world_size"] == 2
+    assert_same_training(up, root / "one", init)
+    down = resume_dir(root / "two", root / "two-then-one")
+    assert wrn_main(["train", "--quiet", "--resume", str(down)]) == 0
+    assert_same_training(down, root / "one", init)
+
+
+def test_resume_with_another_global_batch_is_refused(runs, capsys):
+    root, _, _ = runs
+    run = resume_dir(root / "one", root / "other-batch")
+    assert wrn_main(["train", "--quiet", "--resume", str(run), "train.batch_size=32"]) == 2
+    assert "steps per epoch" in capsys.readouterr().err
+
+
+def test_single_process_helpers_are_no_ops(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    assert dist.world() == (0, 1, 0) and dist.is_main() and not dist.active()
+    t = torch.tensor(2.5)
+    assert dist.all_sum(t, 3) == (t, 3)
+    assert dist.first_bad_step(torch.tensor(-1)) == -1
+    model = create_model("wrn-10-1", num_classes=2)
+    assert dist.wrap_model(model, torch.device("cpu"), sync_bn=True) is model
+    assert dist.replica_report(model) == {}
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert dist.world() == (3, 4, 1) and not dist.is_main()
+
+
+def test_sync_bn_on_cpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(dist, "active", lambda: True)  # as under torchrun with gloo
+    with pytest.raises(UserError, match="accel.sync_bn=true needs CUDA"):
+        dist.wrap_model(create_model("wrn-10-1", num_classes=2), torch.device("cpu"), sync_bn=True)
