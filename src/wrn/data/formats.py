@@ -151,6 +151,9 @@ def read_svhn_mat(path: Path) -> ArrayDataset:
         x, y = mat["X"], mat["y"]
         if x.ndim != 4 or x.shape[2] != 3 or y.size != x.shape[3]:
             raise MatFormatError(f"expected X of shape 32x32x3xN and y of N labels, got {x.shape} and {y.shape}")
+        if y.size and (y.min() < 1 or y.max() > 10 or not np.array_equal(y, np.round(y))):
+            # Labels are the digits 1..10 (10 = digit 0); the modulo below would hide anything else.
+            raise MatFormatError(f"label {y.min() if y.min() < 1 else y.max()} is out of range (SVHN labels are 1..10)")
     except DAMAGED as e:
         raise damaged(path, e) from e
     images = np.ascontiguousarray(x.transpose(3, 0, 1, 2), dtype=np.uint8)  # HxWxCxN -> NHWC

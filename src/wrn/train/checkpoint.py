@@ -255,8 +255,8 @@ def find_checkpoint(path: str | Path) -> Path:
     if complete:
         _, _, best = max(complete, key=lambda t: (t[0], -t[1]))
         if best != newest:
-            print(f"wrn: warning: {damage(newest) if newest.exists() else f'{newest} is missing'}; using the "
-                  f"last complete checkpoint {best}", file=sys.stderr)
+            why = f"{newest} is incomplete ({damage(newest)})" if newest.exists() else f"{newest} is missing"
+            print(f"wrn: warning: {why}; using the last complete checkpoint {best}", file=sys.stderr)
         return best
     if newest.exists():
         raise UserError(f"no complete checkpoint in {str(path)!r}: {damage(newest)} and no earlier checkpoint is "

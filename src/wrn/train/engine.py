@@ -364,6 +364,7 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
     With ``resume=True`` it continues from the newest complete checkpoint in ``out_dir`` (or starts
     over there if the run was killed before its first checkpoint). Returns summary.json's content.
     """
+    t_fit = time.perf_counter()  # wall time counts data loading and model building too
     out_dir = Path(out_dir)
     rank, world_size, _ = dist.world()
     is_main = rank == 0
@@ -430,7 +431,7 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
               eval_step=eval_step, schedule=Schedule(cfg.optim, hyper, spe, cfg.train.epochs), augment=augment,
               loaders=loaders, log=log, rank=rank, is_main=is_main,
               generator=torch.Generator(device=device), skipper=skipper,
-              elapsed_before=state["elapsed_s"] if state else 0.0)
+              start_time=t_fit, elapsed_before=state["elapsed_s"] if state else 0.0)
     params = sum(p.numel() for p in model.parameters())
     extra_state = {"normalize": {"mean": mean, "std": std}, "classes": classes}
 
