@@ -144,3 +144,41 @@ def test_bad_precision_and_compile_mode_are_user_errors():
         accel.make_train_step(model, sgd(model), precision="fp16", device=CPU)
     with pytest.raises(UserError, match="compile mode"):
         accel.make_eval_step(model, precision="fp32", device=CPU, compile=True, compile_mode="turbo")
+
+
+def test_thread_tuner_keeps_the_faster_thread_count():
+    """accel.threads=auto: probes each candidate for a few steps, then runs with the fastest."""
+    cost = {2: 3.0, 1: 1.0}  # a busy machine: two threads are slower than one
+    now, current, calls = [0.0], [2], []
+
+    def set_threads(n):
+        calls.append(n)
+        current[0] = n
+
+    tuner = accel.ThreadTuner((2, 1), period=20, probe=2, skip=1, clock=lambda: now[0], set_threads=set_threads)
+    used = []
+    for _ in range(12):
+        tuner.before_step()
+        used.append(current[0])
+        now[0] += cost[current[0]]
+        tuner.after_step()
+    assert used[:5] == [2, 2, 2, 1, 1]  # skip, then probe 2 threads twice, then 1 thread twice
+    assert tuner.best == 1 and set(used[5:]) == {1}
+    cost.update({2: 0.5})  # the other job finished: the next probe window switches back
+    for _ in range(20):
+        tuner.before_step()
+        now[0] += cost[current[0]]
+        tuner.after_step()
+    assert tuner.best == 2 and calls[-1] == 2
+
+
+def test_threads_setting_is_validated_and_applied():
+    before = torch.get_num_threads()
+    try:
+        assert accel.make_thread_tuner(1, CPU) is None and torch.get_num_threads() == 1
+        assert isinstance(accel.make_thread_tuner("auto", CPU), accel.ThreadTuner)
+        assert accel.make_thread_tuner(None, CPU) is None
+        with pytest.raises(UserError, match="accel.threads"):
+            accel.make_thread_tuner("many", CPU)
+    finally:
+        torch.set_num_threads(before)

@@ -50,7 +50,7 @@ def quick_run(tmp_path_factory):
     out = root / "run"
     rc = main(["train", "--preset", "quick", "--data", str(data), "--out", str(out), "--quiet",
                "model.name=wrn-10-1", "train.epochs=3", "train.batch_size=32", "data.val_size=32",
-               "train.checkpoint_every=5", "log.every_steps=2", "train.eval_batch_size=64",
+               "train.checkpoint_every=5", "train.keep_every=2", "log.every_steps=2", "train.eval_batch_size=64",
                f"data.cache_dir={root / 'cache'}"])
     assert rc == 0
     return out, data
@@ -61,6 +61,7 @@ def test_quick_preset_runs_and_loss_falls(quick_run):
     for name in ("config.yaml", "log.jsonl", "summary.json", "checkpoint/model.safetensors",
                  "checkpoint/state.json", "checkpoint/optimizer.safetensors", "checkpoint/optimizer.json"):
         assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-0002"]  # train.keep_every=2
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["kind"] == "step"]
     epochs = [r for r in records if r["kind"] == "epoch"]
@@ -101,6 +102,25 @@ def test_nonempty_out_is_refused(quick_run, capsys):
     assert main(["train", "--data", str(data), "--out", str(out), "model.name=wrn-10-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--resume" in err[0]
+
+
+def test_streaming_imagenet_recipe_on_a_tiny_folder(tmp_path, capsys):
+    """paper-imagenet's code path (DataLoader streaming, val/ as the test split, lr scaled to the
+    batch) on a tiny image folder, then `wrn eval` on the result."""
+    data = write_folder(tmp_path / "data", 64, 32, 16, random_labels=False)
+    (data / "test").rename(data / "val")
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "paper-imagenet", "--data", str(data), "--out", str(out), "--quiet",
+                 "model.name=wrn-10-1", "data.image_size=16", "data.workers=0", "train.epochs=1",
+                 "train.batch_size=16", "train.eval_batch_size=16"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    start = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert start["lr"] == pytest.approx(0.1 * 16 / 256)  # optim.scale_with_batch
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == summary["test_acc"]
+    assert main(["train", "--preset", "paper-imagenet", "--out", str(tmp_path / "r2")]) == 2
+    assert "needs a local copy" in capsys.readouterr().err
 
 
 def test_overfits_256_images(tmp_path):

@@ -55,6 +55,7 @@ class BenchSettings:
     num_classes: int = 10
     reference_workers: int = 0  # DataLoader workers of the reference pipeline (2 cores: 0)
     eval: bool = True
+    threads: str = "0"  # fast mode's CPU threads: 0 = torch's default, N, or auto (accel.ThreadTuner)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -209,7 +210,8 @@ def bench_fast(s: BenchSettings, device: torch.device, flops: int, peak: float) 
 
     model = accel.prepare_model(_build(s, device), device, s.channels_last)
     optimizer = _sgd(model)
-    step = accel.make_train_step(model, optimizer, precision=s.precision, device=device, compile=s.compile)
+    step = accel.make_train_step(model, optimizer, precision=s.precision, device=device, compile=s.compile,
+                                 threads=s.threads)
     ds = random_cifar(s.batch_size * 8, s.input_size, s.num_classes)
     loader = DeviceLoader(ds, s.batch_size, device=device, shuffle=True, drop_last=True, seed=0)
     augment = Augment(CIFAR_MEAN, CIFAR_STD, crop_padding=4, flip=True)
@@ -229,6 +231,7 @@ def bench_fast(s: BenchSettings, device: torch.device, flops: int, peak: float) 
     model.train()
     warm, blocks = time_loop(train_one, steps=s.steps, warmup=s.warmup, repeats=s.repeats, device=device)
     out = {"mode": "fast", "precision": s.precision, "compile": s.compile, "channels_last": s.channels_last,
+           "threads": s.threads if s.threads == "auto" else torch.get_num_threads(),
            "pipeline": "DeviceLoader + batched Augment on the device",
            "train": _figures(blocks, s.steps, s.batch_size, 3 * flops, peak), "train_warmup_s": warm}
     if s.eval:
@@ -250,6 +253,7 @@ def bench_fast(s: BenchSettings, device: torch.device, flops: int, peak: float) 
 
 
 def bench_reference(s: BenchSettings, device: torch.device, flops: int, peak: float) -> dict:
+    torch.set_num_threads(os.cpu_count() or 1)  # what a plain script gets: every core
     model = _build(s, device).to(device)
     optimizer = _sgd(model)  # torch's default SGD implementation for the device
     ds = random_cifar(s.batch_size * 8, s.input_size, s.num_classes)
@@ -280,6 +284,7 @@ def bench_reference(s: BenchSettings, device: torch.device, flops: int, peak: fl
     model.train()
     warm, blocks = time_loop(train_one, steps=s.steps, warmup=s.warmup, repeats=s.repeats, device=device)
     out = {"mode": "reference", "precision": "fp32", "compile": False, "channels_last": False,
+           "threads": torch.get_num_threads(),
            "pipeline": f"per-image PIL Dataset + DataLoader (num_workers={workers})",
            "train": _figures(blocks, s.steps, s.batch_size, 3 * flops, peak), "train_warmup_s": warm}
     if s.eval:

@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="DataLoader workers of the reference pipeline (default 0)")
     parser.add_argument("--no-eval", dest="eval", action="store_false", help="skip the eval throughput")
     parser.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default 10)")
+    parser.add_argument("--threads", default="0",
+                        help="fast mode's CPU threads: 0 = torch's default, N, or auto (probe and keep the fastest)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -43,6 +45,8 @@ def command_line(s, as_json: bool = False) -> str:
         parts += ["--reference-workers", str(s.reference_workers)]
     if not s.eval:
         parts.append("--no-eval")
+    if s.threads not in ("0", ""):
+        parts += ["--threads", s.threads]
     if s.num_classes != 10:
         parts += ["--num-classes", str(s.num_classes)]
     if as_json:
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                              steps=args.steps, warmup=args.warmup, repeats=args.repeats,
                              input_size=args.input_size, reference=args.reference,
                              num_classes=args.num_classes, reference_workers=args.reference_workers,
-                             eval=args.eval)
+                             eval=args.eval, threads=str(args.threads))
     result = run_bench(settings)
     result["command"] = command_line(settings, args.json)
     if args.json:

@@ -9,7 +9,10 @@ from pathlib import Path
 
 HELP = "train a model: wrn train --preset quick --data cifar10 [key=value ...]"
 
-DATASET_NAMES = ("cifar10", "cifar100", "svhn", "imagenet")
+def _dataset_names() -> tuple[str, ...]:
+    from wrn.data import NAMES  # the names load_dataset downloads
+
+    return tuple(NAMES)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,11 +39,11 @@ def data_overrides(data: str | None) -> list[str]:
         return []
     if os.path.exists(data) or os.sep in data or data.startswith("."):
         if not os.path.exists(data):
-            raise UserError(f"--data {data!r} does not exist: check the path, or give a name ({', '.join(DATASET_NAMES)})")
+            raise UserError(f"--data {data!r} does not exist: check the path, or give a name ({', '.join(_dataset_names())})")
         return [f"data.path={os.path.abspath(data)}"]
-    if data not in DATASET_NAMES:
+    if data not in _dataset_names():
         raise UserError(f"--data {data!r} is neither a file/folder nor a dataset name: use a path or one of "
-                        f"{', '.join(DATASET_NAMES)}")
+                        f"{', '.join(_dataset_names())}")
     return [f"data.name={data}", "data.path=none"]
 
 

@@ -290,6 +290,12 @@ def _fmt_duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} d"
 
 
+def _blocks_per_group(model: str) -> str:
+    """N = (depth - 4) / 6 of a WRN name (the paper's naming, whatever the block); "-" otherwise."""
+    m = re.fullmatch(r"wrn-(\d+)-\d+", model)
+    return str((int(m.group(1)) - 4) // 6) if m else "-"
+
+
 def format_plan(table: Table, planned: list[PlannedRun], budget: Budget, *, tflops: float) -> str:
     """The dry-run listing: one line per network (seeds folded), with params next to the paper's."""
     seeds = sorted({p.seed for p in planned})
@@ -315,7 +321,7 @@ def format_plan(table: Table, planned: list[PlannedRun], budget: Budget, *, tflo
         rows.append([
             p.run.label, p.run.dataset, p.model,
             ",".join(map(str, block)) if block else ("3,3" if p.model.startswith("wrn-") else "-"),
-            str(p.run.model_kwargs.get("blocks_per_group", "-")),
+            str(p.run.model_kwargs.get("blocks_per_group") or _blocks_per_group(p.model)),
             str(p.epochs), str(p.train_images), _fmt_params(p.params),
             f"{p.run.paper_params_m:g}M" if p.run.paper_params_m else "-",
             "?" if p.forward_flops is None else f"{p.forward_flops / 1e9:.2f}",
@@ -328,10 +334,9 @@ def format_plan(table: Table, planned: list[PlannedRun], budget: Budget, *, tflo
     for r in [header, *rows]:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     lines.append("")
-    lines.append(
-        f"total: {len(planned)} runs, {total_flops / 1e15:.3f} PFLOP: ~{_fmt_duration(total_flops / (tflops * 1e12))} "
-        f"on this CPU, ~{_fmt_duration(total_flops / (H100_TFLOPS * 1e12))} on one H100"
-    )
+    cpu, gpu = (_fmt_duration(total_flops / (t * 1e12)) for t in (tflops, H100_TFLOPS))
+    lines.append(f"total: {len(planned)} runs, {total_flops / 1e15:.3f} PFLOP: ~{cpu} on this CPU, ~{gpu} on one H100"
+                 .replace("~<", "<"))
     if planned and planned[0].epochs and first[0].milestones:
         lines.append(f"lr drops at epochs {', '.join(map(str, first[0].milestones))} of {first[0].epochs}")
     return "\n".join(lines)

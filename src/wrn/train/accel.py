@@ -92,10 +92,10 @@ def compile_cache_warm() -> bool:
 
 
 # Steps a compiled run needs before its warm-up pays back, from measurements on the 2-core CPU
-# (BENCHMARKS.md): cold warm-up ~40-60 s, warm-cache warm-up ~5 s, and compile saves ~10-25 ms per
-# step of a small WRN at batch 64-256 on CPU. On GPU, compile + CUDA graphs save far more per
-# step but the warm-up is similar, so fewer steps pay it back.
-MIN_STEPS_TO_COMPILE = {"cpu": {"cold": 3000, "warm": 400}, "cuda": {"cold": 500, "warm": 100}}
+# (BENCHMARKS.md, WRN-16-4 batch 64 bf16 channels_last): compile saves ~17 ms of ~216 ms per step;
+# warm-up is ~37 s with a cold cache (break-even ~2,200 steps) and ~4.5 s with a warm one (~260).
+# On GPU, compile + CUDA graphs save far more per step for a similar warm-up.
+MIN_STEPS_TO_COMPILE = {"cpu": {"cold": 2000, "warm": 250}, "cuda": {"cold": 500, "warm": 100}}
 
 
 def should_compile(requested: bool, total_steps: int, device: torch.device) -> tuple[bool, str]:
@@ -132,6 +132,80 @@ def fast_optimizer(optimizer, device: torch.device):
     return optimizer
 
 
+# -- CPU threads on a shared machine ---------------------------------------------------------------
+
+class ThreadTuner:
+    """``accel.threads=auto`` on CPU: every ``period`` steps, time a few steps at each candidate
+    thread count and keep the fastest.
+
+    Why: torch's OpenMP splits every kernel evenly over all cores, so when another process holds
+    one core of a 2-core machine, each kernel waits for the descheduled half and a step gets ~3x
+    slower than with one thread (measured: WRN-16-4 bf16 batch 64, 30 vs 92 img/s). On a quiet
+    machine all cores win again. Off by default: a thread count change may change the rounding
+    of some reductions, and a bit-exact resume needs the same count throughout.
+    """
+
+    def __init__(self, candidates: tuple[int, ...] | None = None, *, period: int = 200, probe: int = 3,
+                 skip: int = 5, clock: Callable[[], float] | None = None,
+                 set_threads: Callable[[int], None] = torch.set_num_threads):
+        cores = os.cpu_count() or 1
+        self.candidates = candidates or tuple(sorted({cores, max(1, cores - 1), max(1, cores // 2)}, reverse=True))
+        self.period, self.probe, self.skip = period, probe, skip
+        self.clock = clock or __import__("time").perf_counter
+        self.set_threads = set_threads
+        self.best = self.candidates[0]
+        self._step = 0
+        self._times: dict[int, list[float]] = {}
+        self._start = 0.0
+        self._current = self.best
+
+    def _plan(self, step: int) -> int | None:
+        """The candidate this step probes, or None outside a probe window."""
+        if len(self.candidates) < 2 or step < self.skip:
+            return None
+        offset = (step - self.skip) % self.period
+        index = offset // self.probe
+        return self.candidates[index] if index < len(self.candidates) else None
+
+    def before_step(self) -> None:
+        n = self._plan(self._step)
+        want = n if n is not None else self.best
+        if want != self._current:
+            self.set_threads(want)
+            self._current = want
+        self._start = self.clock()
+
+    def after_step(self) -> None:
+        n = self._plan(self._step)
+        if n is not None:
+            self._times.setdefault(n, []).append(self.clock() - self._start)
+            offset = (self._step - self.skip) % self.period
+            if offset == self.probe * len(self.candidates) - 1:  # window done: keep the fastest
+                # The median ignores a step disturbed by a one-off event (a checkpoint, an eval).
+                medians = {k: sorted(v)[len(v) // 2] for k, v in self._times.items()}
+                self.best = min(medians, key=medians.get)
+                self._times = {}
+        self._step += 1
+
+
+def make_thread_tuner(threads: int | str | None, device: torch.device) -> ThreadTuner | None:
+    """``threads``: None/0 = torch's default, N = fixed, ``auto`` = ThreadTuner (CPU only)."""
+    if threads in (None, 0, "0", ""):
+        return None
+    if device.type != "cpu":
+        return None
+    if threads == "auto":
+        return ThreadTuner()
+    try:
+        n = int(threads)
+    except (TypeError, ValueError):
+        raise UserError(f"accel.threads={threads!r}: use auto, 0 (torch's default) or a number of threads") from None
+    if n < 0:
+        raise UserError(f"accel.threads={n}: use auto, 0 (torch's default) or a positive number of threads")
+    torch.set_num_threads(n)
+    return None
+
+
 # -- steps -----------------------------------------------------------------------------------------
 
 def _compile(fn: Callable, device: torch.device, compile_mode: str | None, cuda_graphs: bool) -> Callable:
@@ -149,13 +223,14 @@ def _compile(fn: Callable, device: torch.device, compile_mode: str | None, cuda_
 def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, *, precision: str,
                     device: torch.device, compile: bool = False, label_smoothing: float = 0.0,
                     compile_mode: str | None = None, cuda_graphs: bool = True,
-                    fused_optimizer: bool = True
+                    fused_optimizer: bool = True, threads: int | str | None = None
                     ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """One SGD step on a batch: returns (summed loss, number correct) as device tensors.
 
     ``compile``: torch.compile the forward + loss (inductor also compiles the matching backward);
     ``compile_mode``: a torch.compile mode; ``cuda_graphs``: on CUDA with compile, replay the
-    compiled graphs as CUDA graphs (ignored on CPU); ``fused_optimizer``: see fast_optimizer.
+    compiled graphs as CUDA graphs (ignored on CPU); ``fused_optimizer``: see fast_optimizer;
+    ``threads``: CPU threads (None = torch's default, N, or ``auto``: see ThreadTuner).
     The loss is computed in fp32 from the (bf16) logits; the parameters stay fp32.
     """
     if precision not in PRECISIONS:
@@ -171,14 +246,19 @@ def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, *, preci
 
     fwd = _compile(forward_loss, device, compile_mode, cuda_graphs) if compile else forward_loss
     graphed = compile and cuda_graphs and device.type == "cuda"
+    tuner = make_thread_tuner(threads, device)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if tuner is not None:
+            tuner.before_step()
         if graphed:
             torch.compiler.cudagraph_mark_step_begin()
         loss, correct = fwd(x, y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if tuner is not None:
+            tuner.after_step()  # CPU: the step has finished when its ops return
         # New tensors (not views of CUDA-graph memory, which the next replay overwrites).
         return loss.detach() * y.numel(), correct.clone()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from wrn.errors import UserError
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 SCHEDULES = ("step", "cosine", "onecycle")
+MAX_MODEL_NUMBER = 2000
 PRECISIONS = ("fp32", "bf16")
 NORMALIZATIONS = ("dataset", "paper", "none")
 
@@ -374,6 +376,13 @@ def validate(cfg: Config) -> None:
     """Every value in range, before any work; raises a one-line UserError naming the key."""
     m, d, t, o, a, lg = cfg.model, cfg.data, cfg.train, cfg.optim, cfg.accel, cfg.log
     _check(bool(m.name.strip()), "model.name", "is empty: give a model, e.g. wrn-16-4")
+    # Validation builds the model on the meta device: cap the numbers first so that a typo like
+    # wrn-1000000-1 is an instant error, not millions of modules (preact-resnet-1001 is the deepest).
+    big = max((int(n) for n in re.findall(r"\d+", m.name)), default=0)
+    _check(big <= MAX_MODEL_NUMBER, "model.name",
+           f"{big} is too large for a depth or width (at most {MAX_MODEL_NUMBER}): e.g. wrn-28-10")
+    _check(m.blocks_per_group is None or m.blocks_per_group <= MAX_MODEL_NUMBER, "model.blocks_per_group",
+           f"{m.blocks_per_group} is too large (at most {MAX_MODEL_NUMBER})")
     _check(0.0 <= m.dropout < 1.0, "model.dropout", f"{m.dropout} is out of range: use 0 <= dropout < 1")
     _check(m.block is None or (len(m.block) > 0 and all(k >= 1 and k % 2 == 1 for k in m.block)),
            "model.block", f"{m.block} is not a tuple of odd kernel sizes: e.g. model.block=3,3 or 3,1,3")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from wrn.errors import UserError
 from wrn.train import accel, checkpoint, dist
-from wrn.train.config import PAPER_STATS, Config, config_from_dict, model_kwargs
+from wrn.train.config import PAPER_STATS, Config, model_kwargs
 from wrn.train.log import RunLog, git_commit, truncate_log, write_atomic, write_json
 from wrn.train.optim import Schedule, build_optimizer, scaled, set_lr
 
@@ -420,7 +420,7 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
                             f"config gives {spe}: resume with the run's own data and train.batch_size")
     start = state["step"] if state else 0
     if is_main:
-        truncate_log(out_dir, start)
+        truncate_log(out_dir, start if state else -1)  # a start-over keeps none of the old lines
     log = RunLog(out_dir, enabled=is_main, quiet=quiet)
 
     do_compile, reason = accel.should_compile(cfg.accel.compile, total_steps - start, device)

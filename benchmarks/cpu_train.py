@@ -1,0 +1,47 @@
+"""CPU training throughput for BENCHMARKS.md: WRN-16-4, batch 64, end to end (data + step).
+
+1. The headline: the fast path (bf16 autocast + channels_last + torch.compile, device-resident
+   data, batched augmentation) beside the plain fp32 eager per-image-DataLoader reference, in
+   the same `wrn bench` run.
+2. The ladder: each switch alone (fp32 eager -> bf16 -> + channels_last -> + compile), fast
+   pipeline throughout, so each switch's share of the speed-up shows.
+
+    flock /tmp/wrn-cpu.lock python benchmarks/cpu_train.py [--model wrn-16-4] [--batch-size 64]
+
+Prints markdown rows for BENCHMARKS.md; the JSON of every run lands in benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from common import bench, rows
+
+LADDER = [
+    ("fp32-eager", ["--precision", "fp32", "--no-channels-last", "--no-compile"]),
+    ("bf16", ["--precision", "bf16", "--no-channels-last", "--no-compile"]),
+    ("bf16-cl", ["--precision", "bf16", "--channels-last", "--no-compile"]),
+    ("bf16-cl-compile", ["--precision", "bf16", "--channels-last", "--compile"]),
+]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="wrn-16-4")
+    p.add_argument("--batch-size", default="64")
+    p.add_argument("--steps", default="10")
+    p.add_argument("--repeats", default="3")
+    p.add_argument("--no-ladder", dest="ladder", action="store_false")
+    a = p.parse_args()
+    common = [a.model, "--batch-size", a.batch_size, "--device", "cpu", "--steps", a.steps,
+              "--repeats", a.repeats]
+    lines = rows(bench([*common, "--compile"], f"cpu-{a.model}-b{a.batch_size}-headline"))
+    if a.ladder:
+        for name, flags in LADDER:
+            r = bench([*common, *flags, "--no-reference", "--no-eval"], f"cpu-{a.model}-b{a.batch_size}-{name}")
+            lines += rows(r, name)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
