@@ -16,6 +16,15 @@ from wrn.train import accel
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models are all overhead; one thread avoids OpenMP waits on a busy shared CPU.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny(width: int = 1) -> nn.Module:
     torch.manual_seed(0)
     return create_model(f"wrn-10-{width}", num_classes=10)
@@ -132,6 +141,10 @@ def test_should_compile_skips_short_runs_and_says_why(tmp_path, monkeypatch):
 def test_compile_cache_dir_default_and_override(tmp_path, monkeypatch):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert accel.compile_cache_dir() == tmp_path / "xdg" / "wrn" / "inductor"
+    # Importing torch._inductor writes torch's /tmp default into the variable: still ours.
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
     assert accel.compile_cache_dir() == tmp_path / "xdg" / "wrn" / "inductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert accel.compile_cache_dir() == tmp_path / "mine"

@@ -68,6 +68,7 @@ REJECTED = [
     (["model.name=wrn-27-4"], ["model.name", "27"]),  # depth that does not fit B(3,3)
     (["model.name=wrn-16-4", "model.block=3,1,3", "model.blocks_per_group=0"], ["model.blocks_per_group"]),
     (["model.name=wrn-99x"], ["model.name", "unknown model"]),
+    (["model.name=wrn-1000000-1"], ["model.name", "too large"]),  # instant, not a million modules
     (["optim.lr=-0.1"], ["optim.lr"]),
     (["train.batch_size=0"], ["train.batch_size"]),
     (["accel.precision=fp16"], ["accel.precision", "fp16"]),

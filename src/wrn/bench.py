@@ -55,6 +55,7 @@ class BenchSettings:
     num_classes: int = 10
     reference_workers: int = 0  # DataLoader workers of the reference pipeline (2 cores: 0)
     eval: bool = True
+    peak_size: int = 2048  # n of the n x n matmul whose GFLOP/s is the "peak"
     threads: str = "0"  # fast mode's CPU threads: 0 = torch's default, N, or auto (accel.ThreadTuner)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -253,7 +254,6 @@ def bench_fast(s: BenchSettings, device: torch.device, flops: int, peak: float) 
 
 
 def bench_reference(s: BenchSettings, device: torch.device, flops: int, peak: float) -> dict:
-    torch.set_num_threads(os.cpu_count() or 1)  # what a plain script gets: every core
     model = _build(s, device).to(device)
     optimizer = _sgd(model)  # torch's default SGD implementation for the device
     ds = random_cifar(s.batch_size * 8, s.input_size, s.num_classes)
@@ -327,12 +327,15 @@ def run_bench(s: BenchSettings) -> dict:
     flops = forward_flops(probe, s.input_size)
     params = sum(p.numel() for p in probe.parameters())
     del probe
-    peaks = {"bf16": matmul_peak_gflops(device, torch.bfloat16)}
-    peaks["fp32"] = matmul_peak_gflops(device, torch.float32)
+    quick = s.peak_size < 1024  # tests: a token measurement
+    peaks = {name: matmul_peak_gflops(device, dtype, s.peak_size, seconds=0.05 if quick else 0.5)
+             for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
     result = {"model": s.model, "params": params, "forward_gflop_per_image": flops / 1e9,
               "device": str(device), "machine": machine(), "settings": asdict(s),
               "matmul_peak_gflops": peaks, "modes": []}
+    threads = torch.get_num_threads()
     result["modes"].append(bench_fast(s, device, flops, peaks[s.precision]))
+    torch.set_num_threads(threads)  # the reference runs with torch's setting, whatever --threads did
     if s.reference:
         result["modes"].append(bench_reference(s, device, flops, peaks["fp32"]))
         fast, ref = result["modes"]
@@ -346,7 +349,7 @@ def format_result(r: dict) -> str:
     lines = [f"{r['model']}: {r['params'] / 1e6:.2f}M params, {r['forward_gflop_per_image']:.3f} GFLOP/image "
              f"forward | {r['device']} ({m['cpu'] if r['device'] == 'cpu' else m.get('gpu')}, "
              f"{m['cpu_threads']} threads, torch {m['torch']}) | batch {r['settings']['batch_size']}",
-             "matmul peak (2048^2): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in r["matmul_peak_gflops"].items()),
+             f"matmul peak ({r['settings']['peak_size']}^2): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in r["matmul_peak_gflops"].items()),
              f"{'mode':<10} {'what':<6} {'img/s':>16} {'ms/step':>16} {'GFLOP/s':>8} {'% peak':>7} "
              f"{'warm-up s':>9} {'memory MB':>10}"]
     for mode in r["modes"]:

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default 10)")
     parser.add_argument("--threads", default="0",
                         help="fast mode's CPU threads: 0 = torch's default, N, or auto (probe and keep the fastest)")
+    parser.add_argument("--peak-size", type=int, default=2048,
+                        help="n of the n x n matmul measured as the peak (default 2048)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -47,6 +49,8 @@ def command_line(s, as_json: bool = False) -> str:
         parts.append("--no-eval")
     if s.threads not in ("0", ""):
         parts += ["--threads", s.threads]
+    if s.peak_size != 2048:
+        parts += ["--peak-size", str(s.peak_size)]
     if s.num_classes != 10:
         parts += ["--num-classes", str(s.num_classes)]
     if as_json:
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from wrn.bench import BenchSettings, format_result, run_bench
     from wrn.errors import UserError
 
-    for name in ("batch_size", "steps", "repeats", "input_size", "num_classes"):
+    for name in ("batch_size", "steps", "repeats", "input_size", "num_classes", "peak_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.warmup < 0 or args.reference_workers < 0:
@@ -68,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
                              steps=args.steps, warmup=args.warmup, repeats=args.repeats,
                              input_size=args.input_size, reference=args.reference,
                              num_classes=args.num_classes, reference_workers=args.reference_workers,
-                             eval=args.eval, threads=str(args.threads))
+                             eval=args.eval, threads=str(args.threads),
+                             peak_size=args.peak_size)
     result = run_bench(settings)
     result["command"] = command_line(settings, args.json)
     if args.json:

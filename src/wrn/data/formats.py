@@ -153,7 +153,7 @@ def read_svhn_mat(path: Path) -> ArrayDataset:
             raise MatFormatError(f"expected X of shape 32x32x3xN and y of N labels, got {x.shape} and {y.shape}")
         if y.size and (y.min() < 1 or y.max() > 10 or not np.array_equal(y, np.round(y))):
             # Labels are the digits 1..10 (10 = digit 0); the modulo below would hide anything else.
-            raise MatFormatError(f"label {y.min() if y.min() < 1 else y.max()} is out of range (SVHN labels are 1..10)")
+            raise MatFormatError(f"label {float(y.min() if y.min() < 1 else y.max()):g} is out of range (SVHN labels are 1..10)")
     except DAMAGED as e:
         raise damaged(path, e) from e
     images = np.ascontiguousarray(x.transpose(3, 0, 1, 2), dtype=np.uint8)  # HxWxCxN -> NHWC
@@ -193,7 +193,8 @@ def _decode_chunk(items: list[tuple[str, bytes | None]]) -> tuple[np.ndarray | N
 
 def member_split_class(name: str) -> tuple[str, str] | None:
     """(split, class) of a member ``[prefix/]split/class/file.ext``, or None if not an image."""
-    parts = name.replace("\\", "/").strip("/").split("/")
+    # "./train/cat/1.png" is what `tar -C root .` writes: "." parts are not folders.
+    parts = [p for p in name.replace("\\", "/").strip("/").split("/") if p != "."]
     if len(parts) < 3 or not parts[-1].lower().endswith(IMAGE_EXTENSIONS):
         return None
     if any(p.startswith(".") or p == "__MACOSX" for p in parts):

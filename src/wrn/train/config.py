@@ -368,6 +368,8 @@ def _check_model(cfg: Config) -> None:
         message = str(e).splitlines()[0] if str(e) else "invalid model settings"
         # Name the key whose argument the constructor complains about ('block' etc.), else the model.
         bad = next((k for k in ("blocks_per_group", "block", "dropout", "num_classes") if f"'{k}'" in message), None)
+        if bad is None and cfg.model.block is not None and message.startswith("block "):
+            bad = "block"  # "block (2, 3) has kernel size 2: ..."
         key = f"model.{bad}" if bad else "model.name"
         raise UserError(f"{key}: {message}") from None
 

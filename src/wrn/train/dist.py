@@ -28,6 +28,7 @@ import functools
 import hashlib
 import os
 import sys
+import warnings
 from typing import Any, Callable, TypeVar
 
 import torch
@@ -116,6 +117,10 @@ def wrap_model(model: nn.Module, device: torch.device, *, sync_bn: bool = False)
             setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
     if not active():
         return model
+    # The gradient of a 1x1 conv weight [O, I, 1, 1] may come back with channels_last strides: the
+    # same memory layout as the weight's (size-1 dims), but DDP compares strides and warns once per
+    # process about a possible slowdown that does not happen here.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     # forward_sync_buffers=False: no broadcast of BN buffers before every forward (a collective per
     # step); they are averaged before each evaluation/checkpoint instead (average_buffers).
     return nn.parallel.DistributedDataParallel(

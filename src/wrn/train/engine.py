@@ -306,6 +306,24 @@ def _streaming_data(cfg: Config, device: torch.device, rank: int, world_size: in
     return Data(loaders, augment, list(first.classes), mean, std, n)
 
 
+def _check_classes(cfg: Config, train_split, classes: list[str]) -> None:
+    """Labels a classifier can learn, checked before any work: >= 2 classes, each with training
+    images, all within model.num_classes (else the loss fails mid-run with an index error)."""
+    import numpy as np
+
+    if len(classes) < 2:
+        raise UserError(f"{cfg.source()}: the data has only {len(classes)} class {classes}: a classifier needs at "
+                        "least 2 (one folder per class, e.g. train/cat/, train/dog/)")
+    counts = np.bincount(np.asarray(train_split.labels), minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts) if n == 0]
+    if empty:
+        raise UserError(f"{cfg.source()}: class {empty[0]!r} has no training images (an empty train/{empty[0]}/ folder, "
+                        "or data.val_size / data.subset took them all): add images or remove the class everywhere")
+    if cfg.model.num_classes and cfg.model.num_classes < len(classes):
+        raise UserError(f"model.num_classes: {cfg.model.num_classes} is fewer than the {len(classes)} classes in the "
+                        f"data: set it to {len(classes)}, or 0 to take it from the data")
+
+
 def build_data(cfg: Config, device: torch.device, *, rank: int = 0, world_size: int = 1,
                splits: tuple[str, ...] = ("train", "val", "test"),
                stats: tuple[list[float], list[float]] | None = None) -> Data:
@@ -321,6 +339,12 @@ def build_data(cfg: Config, device: torch.device, *, rank: int = 0, world_size: 
     if "train" in splits and len(train) < cfg.train.batch_size:
         raise UserError(f"train.batch_size: {cfg.train.batch_size} is larger than the training split "
                         f"({len(train)} images): lower it")
+    if "train" in splits:
+        _check_classes(cfg, train, list(train.classes))
+        h, w = train.images.shape[1:3]
+        if cfg.data.augment and min(h, w) <= 4:  # else the first step fails inside the reflect padding
+            raise UserError(f"data.augment: the images are {w}x{h}, too small for the 4-pixel reflect-pad crop: "
+                            "set data.augment=false")
     mean, std = stats or _normalization(cfg, train)
     augment = Augment(mean, std, crop_padding=4 if cfg.data.augment else 0, flip=cfg.data.augment,
                       cutout=cfg.data.cutout)
