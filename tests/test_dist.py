@@ -169,3 +169,29 @@ def test_sync_bn_on_cpu_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(dist, "active", lambda: True)  # as under torchrun with gloo
     with pytest.raises(UserError, match="accel.sync_bn=true needs CUDA"):
         dist.wrap_model(create_model("wrn-10-1", num_classes=2), torch.device("cpu"), sync_bn=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_sync_bn_on_two_gpus_matches_one_gpu(tmp_path):
+    """NCCL + SyncBatchNorm: with varied images the BN statistics are the global batch's, so 2 GPUs
+    match 1 GPU (tolerance for cuDNN/TF32 rounding) - what the CPU tests cannot show."""
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 128), ("test", 33)):
+        for i in range(n):
+            d = tmp_path / "data" / split / f"class{i % CLASSES}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)).save(d / f"{i:04d}.png")
+    common = ["--data", str(tmp_path / "data"), *ARGS, "accel.device=cuda", "accel.sync_bn=true",
+              f"data.cache_dir={tmp_path / 'cache'}"]
+    assert wrn_main(["train", "--quiet", "--out", str(tmp_path / "one"), *common]) == 0
+    torchrun("--out", str(tmp_path / "two"), *common)
+    end = records(tmp_path / "two", "end")[0]
+    assert end["world_size"] == 2 and end["replicas_identical"]
+    a, b = weights(tmp_path / "two"), weights(tmp_path / "one")
+    torch.manual_seed(0)
+    init = create_model("wrn-10-1", num_classes=CLASSES).state_dict()
+    params = [k for k in a if "running_" not in k and "num_batches" not in k]
+    diff = sum(float(((a[k] - b[k]).double() ** 2).sum()) for k in params) ** 0.5
+    travelled = sum(float(((b[k] - init[k]).double() ** 2).sum()) for k in params) ** 0.5
+    assert diff < 1e-2 * travelled

@@ -311,7 +311,9 @@ def machine() -> dict:
     except OSError:
         pass
     info = {"cpu": cpu, "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(),
+            # Other jobs on a shared CPU slow every figure: the load says how quiet it was.
+            "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -348,8 +350,9 @@ def format_result(r: dict) -> str:
     m = r["machine"]
     lines = [f"{r['model']}: {r['params'] / 1e6:.2f}M params, {r['forward_gflop_per_image']:.3f} GFLOP/image "
              f"forward | {r['device']} ({m['cpu'] if r['device'] == 'cpu' else m.get('gpu')}, "
-             f"{m['cpu_threads']} threads, torch {m['torch']}) | batch {r['settings']['batch_size']}",
-             f"matmul peak ({r['settings']['peak_size']}^2): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in r["matmul_peak_gflops"].items()),
+             f"{m['cpu_threads']} threads, torch {m['torch']}, load {m.get('loadavg_1m') or 0:.1f}) "
+             f"| batch {r['settings']['batch_size']}",
+             f"matmul peak ({r['settings'].get('peak_size', 2048)}^2): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in r["matmul_peak_gflops"].items()),
              f"{'mode':<10} {'what':<6} {'img/s':>16} {'ms/step':>16} {'GFLOP/s':>8} {'% peak':>7} "
              f"{'warm-up s':>9} {'memory MB':>10}"]
     for mode in r["modes"]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -163,7 +164,7 @@ class ThreadTuner:
         cores = os.cpu_count() or 1
         self.candidates = candidates or tuple(sorted({cores, max(1, cores - 1), max(1, cores // 2)}, reverse=True))
         self.period, self.probe, self.skip = period, probe, skip
-        self.clock = clock or __import__("time").perf_counter
+        self.clock = clock or time.perf_counter
         self.set_threads = set_threads
         self.best = self.candidates[0]
         self._step = 0

@@ -37,7 +37,7 @@ import torch.nn as nn
 
 from wrn.errors import UserError
 
-F = TypeVar("F", bound=Callable[..., Any])
+FitFn = TypeVar("FitFn", bound=Callable[..., Any])
 
 
 def world() -> tuple[int, int, int]:
@@ -84,7 +84,7 @@ def init(device: torch.device) -> bool:
     return True
 
 
-def with_process_group(fit: F) -> F:
+def with_process_group(fit: FitFn) -> FitFn:
     """Decorator for ``fit(cfg, ...)``: under torchrun, init the process group before and destroy
     it after, also when the run fails (torchrun then stops the other processes)."""
 
