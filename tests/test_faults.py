@@ -281,3 +281,21 @@ def test_disk_full_at_a_checkpoint_keeps_the_previous_one_and_resumes(setup, tmp
     finally:
         torch.set_num_threads(threads)
     assert_same_weights(out, ref, "resume after a full disk")
+
+
+def test_disk_full_while_logging_is_one_line(setup, tmp_path, capsys, monkeypatch):
+    root, train, ref = setup
+    from wrn.train.log import RunLog
+
+    real, calls = RunLog.write, []
+
+    def write(self, record):
+        calls.append(record)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, record)
+
+    monkeypatch.setattr(RunLog, "write", write)
+    assert main([*train, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["wrn: error: [Errno 28] No space left on device"], err

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only the runs on this dataset (cifar10, cifar100, svhn)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="REDUCED budget: train E epochs, lr milestones scaled to keep their fractions")
-    parser.add_argument("--subset", type=int, default=0, help="REDUCED budget: first K training images")
+    parser.add_argument("--subset", type=int, default=0, help="REDUCED budget: train on K training images (data.subset)")
     parser.add_argument("--model-scale", type=float, default=1.0,
                         help="REDUCED budget: multiply each WRN's width k (0.5: k=2 -> 1)")
     parser.add_argument("--tflops", type=float, default=None,

@@ -377,7 +377,7 @@ def _save(fig, path: Path) -> Path:
 
     buf = io.BytesIO()
     try:
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(buf, format="png", dpi=110)
     finally:
         plt.close(fig)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -509,7 +509,7 @@ def plot_vs_paper(section: Section, path: Path) -> Path:
         if len(errs) > 1:  # the spread over seeds
             ax.plot([x - 0.2, x - 0.2], [min(errs), max(errs)], color="k", lw=1.5)
     ax.set_ylabel("test error %")
-    ax.legend(fontsize=8)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8)
     ax.set_title("test error", fontsize=9)
     gap_ax.set_ylabel("error - best error of the column (points)")
     gap_ax.set_title("gap to the best net (the table's shape)", fontsize=9)
