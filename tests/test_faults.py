@@ -31,7 +31,7 @@ from wrn.train import checkpoint
 from wrn.train.config import load_config
 
 STEPS_PER_EPOCH = 6  # 192 train images / batch 32
-EPOCHS = 4
+EPOCHS = 6
 TOTAL = EPOCHS * STEPS_PER_EPOCH
 ARGS = ["model.name=wrn-10-1", "model.dropout=0.3", f"train.epochs={EPOCHS}", "train.batch_size=32",
         "train.checkpoint_every=2", "train.keep_every=1", "data.val_size=0", "optim.schedule=step",
@@ -146,7 +146,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(setup):
         run, log = root / f"trial{trial}", root / f"trial{trial}.log"
         resume = ["train", "--quiet", "--resume", str(run)]
         for kill in range(2 if kind == "twice" else 1):
-            target = rng.randrange(3, TOTAL - 6)
+            target = rng.randrange(3, TOTAL - 14)  # >= 15 steps left: the kill always lands before the end
             env = {"WRN_TEST_CHECKPOINT_PAUSE": "0.3"} if kind in ("inside_write", "between_renames") else {}
             pid = fork_wrn([*train, "--out", str(run)] if kill == 0 else resume, log, env)
             deadline = time.monotonic() + 60

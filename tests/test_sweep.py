@@ -79,6 +79,31 @@ def test_reduced_budget_is_applied_and_labelled(tmp_path, capsys):
     assert "lr drops at epochs 1, 2, 3 of 4" in out
 
 
+def test_a_changed_lr_schedule_is_allowed_and_labelled(tmp_path, capsys):
+    """optim.schedule=onecycle (a short-budget schedule) must not hide behind the step recipe's label."""
+    table = paper.get_table("deepening")
+    planned = sweep.plan(table, out=tmp_path, budget=sweep.Budget(epochs=3),
+                         overrides=("optim.schedule=onecycle", "optim.warmup_epochs=0.5"))
+    p = planned[0]
+    assert p.run_dir.parent == tmp_path / "deepening" / "reduced-e3-onecycle"
+    cfg = load_config(preset=p.preset, overrides=p.overrides)
+    assert cfg.optim.schedule == "onecycle" and cfg.train.epochs == 3 and p.milestones == []
+    budget = sweep.Budget(epochs=3)  # what the CLI passes: the manifest records the planned budget
+    manifest = json.loads(sweep.write_manifest(table, planned, budget, ["wrn"]).read_text())
+    assert manifest["budget"]["label"] == "reduced-e3-onecycle" and manifest["budget"]["schedule"] == "onecycle"
+    assert "onecycle lr schedule instead of the recipe's" in manifest["budget"]["description"]
+    # Without any other knob the run is still not the paper's budget.
+    only = sweep.plan(table, out=tmp_path, overrides=("optim.schedule=cosine",))[0]
+    assert only.budget.label == "reduced-cosine" and not only.budget.full
+    # The recipe's own schedule named explicitly changes nothing.
+    assert sweep.plan(table, out=tmp_path, overrides=("optim.schedule=step",))[0].budget.label == "full"
+
+    assert main(["sweep", "deepening", "--dry-run", "--out", str(tmp_path), "--epochs", "3",
+                 "optim.schedule=onecycle"]) == 0
+    out = capsys.readouterr().out
+    assert "reduced-e3-onecycle" in out and "lr drops" not in out
+
+
 @pytest.mark.parametrize("epochs, expected", [(200, [60, 120, 160]), (10, [3, 6, 8]), (4, [1, 2, 3]),
                                                (3, [1, 2]), (1, [])])
 def test_milestones_scale_with_epochs(epochs, expected):

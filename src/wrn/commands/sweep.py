@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     budget = sweep.Budget(epochs=args.epochs, subset=args.subset, model_scale=args.model_scale)
     planned = sweep.plan(table, out=args.out, seeds=args.seeds, budget=budget, data=args.data,
                          dataset=args.dataset, overrides=tuple(args.overrides))
+    budget = planned[0].budget  # plan() adds an lr schedule override to the label
     print(sweep.format_plan(table, planned, budget, tflops=args.tflops or sweep.DEFAULT_CPU_TFLOPS))
     if args.dry_run:
         return 0

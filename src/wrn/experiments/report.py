@@ -394,6 +394,16 @@ def _lr_drops(epochs: list[dict]) -> list[int]:
     return drops
 
 
+def _schedule(run_dir: Path) -> str:
+    """The run's lr schedule from its config.yaml ("step" when unreadable: the recipes' default)."""
+    import yaml
+
+    try:
+        return str(yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["schedule"])
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return "step"
+
+
 def _title(section: Section, what: str) -> str:
     budget = "FULL budget" if section.budget == "full" else f"REDUCED budget: {section.budget}"
     return f"{section.table.name} ({section.dataset}) - {what}\n[{budget}]"
@@ -414,6 +424,8 @@ def plot_learning_curves(section: Section, path: Path) -> Path:
     for ax in axes.flat[len(rows):]:
         ax.axis("off")
     for ax, row in zip(axes.flat, rows):
+        # Only a step schedule has drops to mark; cosine/onecycle decay the lr at every step.
+        schedule = _schedule(row.records[0].path)
         for rec in row.records:
             ep = rec.epochs
             x = [e["epoch"] + 1 for e in ep]  # epochs completed
@@ -424,13 +436,13 @@ def plot_learning_curves(section: Section, path: Path) -> Path:
                 if pts:
                     ax.plot(*zip(*pts), color=color, lw=1.2, alpha=0.8, marker=".",
                             label=name if first else None)
-            for d in _lr_drops(ep) if first else []:
+            for d in _lr_drops(ep) if first and schedule == "step" else []:
                 ax.axvline(d, color="gray", ls="--", lw=0.8)
             if rec.finished:
                 ax.plot([x[-1] if x else 0], [rec.test_error], "k*", ms=8,
                         label="final test" if first else None)
         ax.set_title(f"{row.run.label} ({row.model})", fontsize=9)
-        ax.set_xlabel("epoch (dashed: lr drop)", fontsize=8)
+        ax.set_xlabel("epoch (dashed: lr drop)" if schedule == "step" else f"epoch (lr: {schedule})", fontsize=8)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("error %")

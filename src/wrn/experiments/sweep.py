@@ -21,7 +21,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -53,6 +53,9 @@ class Budget:
     epochs: int | None = None  # None = the recipe's (200 for CIFAR); lr milestones scale with it
     subset: int = 0  # first K training images; 0 = all
     model_scale: float = 1.0  # width k -> max(1, round(k * scale)) for WRNs
+    # An lr schedule other than the recipe's (set by plan() from an optim.schedule override), so
+    # e.g. a one-cycle run is labelled as such and never passes for the paper's step schedule.
+    schedule: str | None = None
 
     def __post_init__(self):
         if self.epochs is not None and self.epochs < 1:
@@ -64,7 +67,7 @@ class Budget:
 
     @property
     def full(self) -> bool:
-        return self.epochs is None and self.subset == 0 and self.model_scale == 1.0
+        return self.epochs is None and self.subset == 0 and self.model_scale == 1.0 and self.schedule is None
 
     @property
     def label(self) -> str:
@@ -77,6 +80,8 @@ class Budget:
             parts.append(f"sub{self.subset}")
         if self.model_scale != 1.0:
             parts.append(f"k{self.model_scale:g}")
+        if self.schedule:
+            parts.append(self.schedule)
         return "-".join(parts)
 
     def describe(self) -> str:
@@ -84,11 +89,13 @@ class Budget:
             return "FULL paper budget (recipe epochs, all training images, the paper's widths)"
         parts = []
         if self.epochs is not None:
-            parts.append(f"{self.epochs} epochs (lr milestones scaled)")
+            parts.append(f"{self.epochs} epochs" + ("" if self.schedule else " (lr milestones scaled)"))
         if self.subset:
             parts.append(f"first {self.subset} training images")
         if self.model_scale != 1.0:
             parts.append(f"width k x {self.model_scale:g}")
+        if self.schedule:
+            parts.append(f"{self.schedule} lr schedule instead of the recipe's")
         return "REDUCED budget, not the paper's: " + ", ".join(parts)
 
 
@@ -131,6 +138,7 @@ class PlannedRun:
     train_images: int
     params: int | None = None
     forward_flops: int | None = None
+    budget: Budget = Budget()  # as labelled in run_dir (plan() adds a changed lr schedule)
 
     @property
     def name(self) -> str:
@@ -158,12 +166,13 @@ class PlannedRun:
         return "new"
 
 
-def _recipe_schedule(preset: str, overrides: list[str]) -> tuple[int, list[int], int]:
-    """(epochs, lr milestones, val_size) of the recipe with the user's overrides applied."""
+def _recipe_schedule(preset: str, overrides: list[str]) -> tuple[int, list[int], int, str | None]:
+    """(epochs, lr milestones, val_size, lr schedule when the overrides change the recipe's)."""
     from wrn.train.config import load_config
 
     cfg = load_config(preset=preset, overrides=overrides)
-    return cfg.train.epochs, list(cfg.optim.milestones), cfg.data.val_size
+    changed = cfg.optim.schedule if cfg.optim.schedule != load_config(preset=preset).optim.schedule else None
+    return cfg.train.epochs, list(cfg.optim.milestones), cfg.data.val_size, changed
 
 
 def plan(
@@ -202,15 +211,17 @@ def plan(
             f"--data {data} would feed every dataset of table {table.name} "
             f"({', '.join(table.datasets())}): pick one with --dataset"
         )
-    base = Path(out) / table.name / budget.label
-    schedules: dict[str, tuple[int, list[int], int]] = {}
+    schedules: dict[str, tuple[int, list[int], int, str | None]] = {}
     planned = []
     for run in runs:
         if run.recipe not in schedules:
             schedules[run.recipe] = _recipe_schedule(run.recipe, list(overrides))
-        recipe_epochs, recipe_milestones, val_size = schedules[run.recipe]
+        recipe_epochs, recipe_milestones, val_size, schedule = schedules[run.recipe]
+        run_budget = replace(budget, schedule=schedule) if schedule else budget
+        base = Path(out) / table.name / run_budget.label
         epochs = budget.epochs or recipe_epochs
-        milestones = scale_milestones(recipe_milestones, recipe_epochs, epochs)
+        # Milestones only mean something to the step schedule.
+        milestones = [] if schedule else scale_milestones(recipe_milestones, recipe_epochs, epochs)
         model = scale_model(run.model, budget.model_scale)
         train_images = TRAIN_IMAGES[run.dataset] - val_size
         if budget.subset:
@@ -229,12 +240,15 @@ def plan(
                     value = ",".join(str(v) for v in value)
                 ov.append(f"model.{key}={value}")
             if budget.epochs is not None:
-                ov += [f"train.epochs={epochs}", "optim.milestones=" + ",".join(map(str, milestones))]
+                ov.append(f"train.epochs={epochs}")
+                if not schedule:
+                    ov.append("optim.milestones=" + ",".join(map(str, milestones)))
             if budget.subset:
                 ov.append(f"data.subset={budget.subset}")
             ov += list(overrides)
             planned.append(PlannedRun(table.name, run, seed, model, run.recipe, ov,
-                                      base / f"{run.id}-seed{seed}", epochs, milestones, train_images))
+                                      base / f"{run.id}-seed{seed}", epochs, milestones, train_images,
+                                      budget=run_budget))
     if count:
         _count(planned)
     return planned
@@ -298,6 +312,7 @@ def _blocks_per_group(model: str) -> str:
 
 def format_plan(table: Table, planned: list[PlannedRun], budget: Budget, *, tflops: float) -> str:
     """The dry-run listing: one line per network (seeds folded), with params next to the paper's."""
+    budget = planned[0].budget if planned else budget  # as planned: with a changed lr schedule
     seeds = sorted({p.seed for p in planned})
     first = [p for p in planned if p.seed == seeds[0]]
     lines = [
@@ -347,12 +362,14 @@ def format_plan(table: Table, planned: list[PlannedRun], budget: Budget, *, tflo
 
 def write_manifest(table: Table, planned: list[PlannedRun], budget: Budget, command: list[str]) -> Path:
     """sweep.json beside the run directories: what each is, so `wrn report` needs no guessing."""
+    budget = planned[0].budget if planned else budget  # as planned: with a changed lr schedule
     path = planned[0].run_dir.parent / "sweep.json"
     manifest = {
         "table": table.name,
         "title": table.title,
         "budget": {"label": budget.label, "full": budget.full, "description": budget.describe(),
-                   "epochs": budget.epochs, "subset": budget.subset, "model_scale": budget.model_scale},
+                   "epochs": budget.epochs, "subset": budget.subset, "model_scale": budget.model_scale,
+                   "schedule": budget.schedule},
         "command": command,
         "runs": [
             {"dir": p.name, "id": p.run.id, "label": p.run.label, "seed": p.seed, "model": p.model,
