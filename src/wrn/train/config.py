@@ -22,12 +22,12 @@ from typing import Any, Iterable, Optional
 import yaml
 
 from wrn.errors import UserError
+from wrn.train.accel import COMPILE_MODES, PRECISIONS
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 SCHEDULES = ("step", "cosine", "onecycle")
 MAX_MODEL_NUMBER = 2000
-PRECISIONS = ("fp32", "bf16")
 NORMALIZATIONS = ("dataset", "paper", "none")
 
 
@@ -98,6 +98,12 @@ class AccelConfig:
     channels_last: bool = False
     # torchrun/DDP on CUDA: BatchNorm statistics over the global batch instead of each GPU's slice.
     sync_bn: bool = False
+    compile_mode: str = "default"  # a torch.compile mode (accel.COMPILE_MODES)
+    cuda_graphs: bool = True  # with compile on CUDA: replay the step as CUDA graphs
+    fused_optimizer: bool = True  # fused SGD on CUDA, foreach on CPU (same arithmetic)
+    # CPU threads: 0 = torch's default, N, or auto (re-picks the fastest count on a shared machine;
+    # a count change may change rounding, so a bit-exact resume wants a fixed count).
+    threads: str = "0"
 
 
 @dataclass
@@ -428,6 +434,10 @@ def validate(cfg: Config) -> None:
     _check(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
            "accel.device", f"unknown device {dev!r}: use auto, cpu or cuda")
     _check(a.precision in PRECISIONS, "accel.precision", f"unknown precision {a.precision!r}: use {' | '.join(PRECISIONS)}")
+    _check(a.compile_mode in COMPILE_MODES, "accel.compile_mode",
+           f"unknown compile mode {a.compile_mode!r}: use {' | '.join(COMPILE_MODES)}")
+    _check(a.threads == "auto" or a.threads.isdigit(), "accel.threads",
+           f"accel.threads={a.threads!r}: use auto, 0 (torch's default) or a number of threads")
     _check(lg.every_steps >= 1, "log.every_steps", f"{lg.every_steps} must be >= 1")
     _check_model(cfg)
 

@@ -449,8 +449,11 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
 
     do_compile, reason = accel.should_compile(cfg.accel.compile, total_steps - start, device)
     train_step = accel.make_train_step(train_model, skipper or optimizer, precision=cfg.accel.precision, device=device,
-                                       compile=do_compile, label_smoothing=cfg.optim.label_smoothing)
-    eval_step = accel.make_eval_step(model, precision=cfg.accel.precision, device=device, compile=do_compile)
+                                       compile=do_compile, label_smoothing=cfg.optim.label_smoothing,
+                                       compile_mode=cfg.accel.compile_mode, cuda_graphs=cfg.accel.cuda_graphs,
+                                       fused_optimizer=cfg.accel.fused_optimizer, threads=cfg.accel.threads)
+    eval_step = accel.make_eval_step(model, precision=cfg.accel.precision, device=device, compile=do_compile,
+                                     compile_mode=cfg.accel.compile_mode, cuda_graphs=cfg.accel.cuda_graphs)
     run = Run(cfg=cfg, out_dir=out_dir, device=device, model=model, optimizer=optimizer, train_step=train_step,
               eval_step=eval_step, schedule=Schedule(cfg.optim, hyper, spe, cfg.train.epochs), augment=augment,
               loaders=loaders, log=log, rank=rank, is_main=is_main,
