@@ -20,7 +20,8 @@ wrn sweep block-types --dry-run --out $OUT --data $DATA $BUDGET $RECIPE $FAST
 # 1 seed of each table (10 runs).
 nice -n 10 wrn sweep block-types --out $OUT --data $DATA $BUDGET $RECIPE $FAST
 nice -n 10 wrn sweep deepening --out $OUT --data $DATA $BUDGET $RECIPE $FAST
-#@SEED2@
+# A 2nd seed of the deepening table (seed 0 is skipped as finished).
+nice -n 10 wrn sweep deepening --seeds 2 --out $OUT --data $DATA $BUDGET $RECIPE $FAST
 
 # Tables + plots (REPORT.md, plots/*.png) into results/:
 wrn report $OUT --out results --timing-note "shared 2-core CPU, 1 thread, provisional"
