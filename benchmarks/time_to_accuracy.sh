@@ -4,7 +4,7 @@
 # summary's test_acc and wall_time_s. Overrides: see BENCHMARKS.md ("Time to accuracy").
 #   flock /tmp/wrn-cpu.lock benchmarks/time_to_accuracy.sh [extra key=value ...]
 set -euo pipefail
-DATA=${DATA:-/work/shared/data/cifar10-jpeg.tar.xz}
+DATA=${DATA:-../shared/data/cifar10-jpeg.tar.xz}
 OUT=${OUT:-runs/tta-$(date +%Y%m%d-%H%M%S)}
 /usr/bin/time -v wrn train --preset quick --data "$DATA" --out "$OUT" "$@"
 python - "$OUT" <<'PY'

@@ -16,13 +16,7 @@ from wrn.train import accel
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models are all overhead; one thread avoids OpenMP waits on a busy shared CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(width: int = 1) -> nn.Module:

@@ -10,13 +10,7 @@ import torch
 
 from wrn.cli import main
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny steps are all overhead; one thread avoids OpenMP waits on a busy shared CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = ["wrn-10-1", "--input", "8", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--repeats", "2",
