@@ -25,7 +25,7 @@ from wrn.data import STATS, load_dataset
 from wrn.data.augment import Augment
 from wrn.data.loader import DeviceLoader
 
-DEFAULT_DATA = "/work/shared/data/cifar10-jpeg.tar.xz"
+DEFAULT_DATA = "../shared/data/cifar10-jpeg.tar.xz"  # the copy beside the repository root
 
 
 class PerImagePIL(torch.utils.data.Dataset):

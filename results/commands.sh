@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The reduced reproduction behind results/README.md, exactly as it ran (2026-11-23, from 14:00 UTC,
-# on the shared 2-core CPU machine). Run from the repository root; runs go outside the repository.
+# on the shared 2-core CPU machine). Run from the repository root; runs go to runs/repro (git-ignored; the original run used /work/runs-repro2).
 set -eu
-DATA=/work/shared/data/cifar10-jpeg.tar.xz   # ../shared/data/cifar10-jpeg.tar.xz from the repo
-OUT=/work/runs-repro2
+DATA=${DATA:-../shared/data/cifar10-jpeg.tar.xz}   # run from the repository root
+OUT=${OUT:-runs/repro}
 BUDGET="--epochs 3 --subset 10000 --model-scale 0.5"
 # A short-budget recipe instead of the paper's step schedule (which, squeezed into 3 epochs, drops
 # the lr after every epoch): one-cycle (linear warmup over half an epoch to lr 0.2, linear decay to

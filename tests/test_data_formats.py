@@ -21,7 +21,8 @@ from wrn.data import load_dataset
 from wrn.data.formats import CIFAR10_CLASSES, class_order, read_source
 from wrn.errors import UserError
 
-REAL_CIFAR10 = Path("/work/shared/data/cifar10-jpeg.tar.xz")
+# The real JPEG CIFAR-10 that lies beside the repository (../shared/data), where there is one.
+REAL_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.xz"
 
 # ------------------------------------------------------------------ writers of official formats
 
