@@ -5,8 +5,6 @@ documented handling (RELIABILITY.md). Everything runs in-process through ``wrn.c
 from __future__ import annotations
 
 import contextlib
-import io
-import math
 import pickle
 import signal
 import struct

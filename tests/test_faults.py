@@ -19,16 +19,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 import wrn
 from wrn.cli import main
 from wrn.train import checkpoint
 from wrn.train.config import load_config
+
+from helpers import write_image_folder  # tests/helpers.py
 
 STEPS_PER_EPOCH = 6  # 192 train images / batch 32
 EPOCHS = 6
@@ -37,20 +37,6 @@ ARGS = ["model.name=wrn-10-1", "model.dropout=0.3", f"train.epochs={EPOCHS}", "t
         "train.checkpoint_every=2", "train.keep_every=1", "data.val_size=0", "optim.schedule=step",
         "optim.milestones=2", "optim.lr=0.05", "accel.precision=fp32", "accel.channels_last=false",
         "accel.compile=false", "log.every_steps=1", "train.eval_batch_size=64"]
-
-
-def write_images(root: Path, n_train: int = 192, n_test: int = 32, size: int = 8, classes: int = 3) -> Path:
-    """root/{train,test}/c<k>/*.png: noise with a per-class colour cast (learnable)."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_train), ("test", n_test)):
-        for i in range(n):
-            c = i % classes
-            img = rng.integers(0, 120, (size, size, 3)).astype(np.uint8)
-            img[..., c % 3] += 80
-            d = root / split / f"c{c}"
-            d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(d / f"{i:04d}.png")
-    return root
 
 
 def fork_wrn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
@@ -116,7 +102,7 @@ def between_renames(run: Path) -> bool:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
-    data = write_images(root / "data")
+    data = write_image_folder(root / "data", 192, 32, 8, classes=3)
     load_config(overrides=ARGS)  # imports what the children need once, here (the meta-device build)
     train = ["train", "--quiet", "--data", str(data), *ARGS, f"data.cache_dir={root / 'cache'}"]
     ref = root / "reference"

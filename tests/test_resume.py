@@ -12,11 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
+
+from helpers import write_image_folder  # tests/helpers.py
 
 STEPS_PER_EPOCH = 16  # 256 train images / batch 16
 EPOCHS = 12
@@ -24,20 +24,6 @@ ARGS = ["model.name=wrn-10-1", "model.dropout=0.3", f"train.epochs={EPOCHS}", "t
         "train.checkpoint_every=7", "data.val_size=64", "optim.schedule=onecycle", "optim.warmup_epochs=1",
         "optim.lr=0.05", "accel.precision=fp32", "accel.channels_last=false",
         "accel.compile=false", "log.every_steps=4", "train.eval_batch_size=64"]
-
-
-def write_image_folder(root: Path, n_train: int, n_test: int, size: int, classes: int = 4, seed: int = 0) -> Path:
-    """root/{train,test}/<class>/*.png: noisy images whose class is a colour cast (learnable)."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("test", n_test)):
-        for i in range(n):
-            c = i % classes
-            img = rng.integers(0, 120, (size, size, 3)).astype(np.uint8)
-            img[..., c % 3] += np.uint8(80 + 40 * (c // 3))
-            d = root / split / f"class{c}"
-            d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(d / f"{i:05d}.png")
-    return root
 
 
 def train_cmd(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:

@@ -4,33 +4,17 @@ lr schedules. Datasets are image folders written by the tests (PNG), read by the
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from wrn.cli import main
 from wrn.train.config import load_config
 from wrn.train.engine import NonFiniteLoss, fit
 from wrn.train.optim import Schedule, param_groups, scaled
 
-
-def write_folder(root: Path, n_train: int, n_test: int, size: int, *, random_labels: bool, seed: int = 0) -> Path:
-    """root/{train,test}/<class>/*.png with 4 classes: a colour cast per class (learnable), or
-    pure noise with random labels (only memorisable)."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("test", n_test)):
-        for i in range(n):
-            c = int(rng.integers(0, 4)) if random_labels else i % 4
-            img = rng.integers(0, 256 if random_labels else 120, (size, size, 3)).astype(np.uint8)
-            if not random_labels:
-                img[..., c % 3] += np.uint8(80 + 40 * (c // 3))
-            d = root / split / f"class{c}"
-            d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(d / f"{i:05d}.png")
-    return root
+from helpers import write_image_folder  # tests/helpers.py
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -46,7 +30,7 @@ def one_thread():
 def quick_run(tmp_path_factory):
     """A short run of the quick preset (bf16, channels_last; too short to compile, so eager)."""
     root = tmp_path_factory.mktemp("quick")
-    data = write_folder(root / "data", 288, 64, 16, random_labels=False)
+    data = write_image_folder(root / "data", 288, 64, 16)
     out = root / "run"
     rc = main(["train", "--preset", "quick", "--data", str(data), "--out", str(out), "--quiet",
                "model.name=wrn-10-1", "train.epochs=3", "train.batch_size=32", "data.val_size=32",
@@ -107,7 +91,7 @@ def test_nonempty_out_is_refused(quick_run, capsys):
 def test_streaming_imagenet_recipe_on_a_tiny_folder(tmp_path, capsys):
     """paper-imagenet's code path (DataLoader streaming, val/ as the test split, lr scaled to the
     batch) on a tiny image folder, then `wrn eval` on the result."""
-    data = write_folder(tmp_path / "data", 64, 32, 16, random_labels=False)
+    data = write_image_folder(tmp_path / "data", 64, 32, 16)
     (data / "test").rename(data / "val")
     out = tmp_path / "run"
     assert main(["train", "--preset", "paper-imagenet", "--data", str(data), "--out", str(out), "--quiet",
@@ -125,7 +109,7 @@ def test_streaming_imagenet_recipe_on_a_tiny_folder(tmp_path, capsys):
 
 def test_overfits_256_images(tmp_path):
     """A tiny WRN memorises 256 noise images with random labels (> 95% training accuracy)."""
-    data = write_folder(tmp_path / "noise", 256, 16, 8, random_labels=True)
+    data = write_image_folder(tmp_path / "noise", 256, 16, 8, random_labels=True)
     cfg = load_config(overrides=[
         "model.name=wrn-10-2", "model.dropout=0", f"data.path={data}", "data.val_size=0", "data.augment=false",
         f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=15", "train.batch_size=32", "optim.lr=0.1",
@@ -156,7 +140,7 @@ def _nan_at_step(monkeypatch, bad_step: int) -> None:
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("small")
-    return write_folder(root / "data", 128, 32, 8, random_labels=False), root / "cache"
+    return write_image_folder(root / "data", 128, 32, 8), root / "cache"
 
 
 def _small_cfg(small_data, *extra):

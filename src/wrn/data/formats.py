@@ -23,7 +23,6 @@ import tarfile
 import zipfile
 import zlib
 import lzma
-import bz2
 from pathlib import Path
 from typing import Iterable, Iterator
 

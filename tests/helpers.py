@@ -1,0 +1,25 @@
+"""Tiny datasets the tests write: image folders in the layout `wrn train --data FOLDER` reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def write_image_folder(root: Path, n_train: int, n_test: int, size: int, *, classes: int = 4,
+                       random_labels: bool = False, seed: int = 0) -> Path:
+    """root/{train,test}/class<k>/*.png. By default noisy images whose class is a colour cast
+    (learnable); with ``random_labels`` pure noise under random labels (only memorisable)."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for i in range(n):
+            c = int(rng.integers(0, classes)) if random_labels else i % classes
+            img = rng.integers(0, 256 if random_labels else 120, (size, size, 3)).astype(np.uint8)
+            if not random_labels:
+                img[..., c % 3] += np.uint8(80 + 40 * (c // 3))
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(d / f"{i:05d}.png")
+    return root
