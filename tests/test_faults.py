@@ -206,7 +206,7 @@ def test_truncated_checkpoint_without_fallback_is_an_error_not_a_restart(setup, 
 
 
 def _failing_write(fail_on: str, after: int, code: int):
-    real, calls = checkpoint._write, []
+    real, calls = checkpoint.write_synced, []
 
     def write(path, data):
         if Path(path).name.startswith(fail_on):
@@ -221,7 +221,7 @@ def _failing_write(fail_on: str, after: int, code: int):
 @pytest.mark.parametrize("code,words", [(errno.EROFS, "Read-only file system"), (errno.ENOSPC, "No space left")])
 def test_unwritable_output_dir_fails_before_training(setup, tmp_path, capsys, monkeypatch, code, words):
     root, train, ref = setup
-    monkeypatch.setattr(checkpoint, "_write", _failing_write(".write-test", 0, code))
+    monkeypatch.setattr(checkpoint, "write_synced", _failing_write(".write-test", 0, code))
     loaded = []
     monkeypatch.setattr("wrn.train.engine.load_splits", lambda cfg: loaded.append(1))
     out = tmp_path / "run"
@@ -254,7 +254,7 @@ def test_disk_full_at_a_checkpoint_keeps_the_previous_one_and_resumes(setup, tmp
     torch.set_num_threads(1)  # as the reference run, for the bit-identity below
     try:
         with monkeypatch.context() as m:  # the 4th checkpoint (step 8) hits a full disk
-            m.setattr(checkpoint, "_write", _failing_write("model.safetensors", 3, errno.ENOSPC))
+            m.setattr(checkpoint, "write_synced", _failing_write("model.safetensors", 3, errno.ENOSPC))
             assert main([*train, "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"wrn: error: cannot write a checkpoint in {out}"), err

@@ -8,13 +8,13 @@ with the classic one. onnx/onnxruntime are the optional extra ``pip install 'wrn
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 
 import torch
 import torch.nn as nn
 
 from wrn.errors import UserError
+from wrn.fsio import fsync_path, replacing
 
 DEFAULT_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -39,30 +39,24 @@ def export_onnx(model: nn.Module, file: str | os.PathLike, input_size: int | Non
     x = _input(model, input_size, batch=1)
     was_training = model.training
     model.eval()
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=folder)
-    os.close(fd)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with replacing(file) as tmp, torch.no_grad(), warnings.catch_warnings():
             # The legacy exporter announces its own deprecation; the message is for us, not the user.
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             warnings.filterwarnings("ignore", message=".*opset version .* is not supported.*")
             try:
-                torch.onnx.export(model, (x,), tmp, dynamo=False, opset_version=opset, do_constant_folding=True,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                torch.onnx.export(model, (x,), str(tmp), dynamo=False, opset_version=opset,
+                                  do_constant_folding=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                   dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
             except RuntimeError as e:
                 if "opset" in str(e).splitlines()[0]:
                     raise UserError(f"opset {opset} is not supported by this PyTorch's ONNX exporter: "
                                     f"use --opset {DEFAULT_OPSET} (the default) or another up to 20") from None
                 raise
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, file)
+            fsync_path(tmp)
     finally:
         model.train(was_training)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return file
 
 

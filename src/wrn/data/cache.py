@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from wrn.data.dataset import ArrayDataset
+from wrn.fsio import synced_open, write_synced
 
 CACHE_VERSION = 1  # bump when a reader's output changes, so old entries are not reused
 
@@ -48,10 +49,8 @@ def source_key(path: Path, options: dict) -> str:
 
 
 def _save(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:
+    with synced_open(path) as f:
         np.save(f, np.ascontiguousarray(array))
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _load(entry: Path) -> dict[str, ArrayDataset]:
@@ -94,7 +93,7 @@ def cached_decode(
             _save(tmp / f"{split}.labels.npy", ds.labels)
         classes = next(iter(datasets.values())).classes
         meta = {"source": str(source.resolve()), "options": options, "splits": list(datasets), "classes": classes}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        write_synced(tmp / "meta.json", json.dumps(meta, indent=1).encode())  # last: marks the entry complete
         try:
             os.replace(tmp, entry)
         except OSError:  # another process finished the same entry first: use theirs

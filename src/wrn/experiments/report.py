@@ -20,7 +20,7 @@ from pathlib import Path
 
 from wrn.errors import UserError
 from wrn.experiments.paper import Run, Table, tables
-from wrn.train.log import write_atomic
+from wrn.fsio import write_atomic
 
 # Test split sizes, for the binomial standard error of a test error (what one seed can resolve).
 TEST_IMAGES = {"cifar10": 10_000, "cifar100": 10_000, "svhn": 26_032}

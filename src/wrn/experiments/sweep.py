@@ -27,7 +27,7 @@ from typing import Callable
 
 from wrn.errors import UserError
 from wrn.experiments.paper import NUM_CLASSES, Run, Table
-from wrn.train.log import write_atomic
+from wrn.fsio import write_atomic
 
 # Training images per dataset after the default validation split is carved out (estimates only).
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "svhn": 604_388}

@@ -29,32 +29,12 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from wrn.errors import UserError
+from wrn.fsio import fsync_dir, write_synced
 
 CHECKPOINT = "checkpoint"
 OLD = ".checkpoint.old"
 KEPT = "checkpoints"  # every N epochs: RUN/checkpoints/epoch-0010/
 FORMAT = 1
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write(path: Path, data: bytes) -> int:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return len(data)
 
 
 def check_writable(run_dir: Path) -> None:
@@ -64,7 +44,7 @@ def check_writable(run_dir: Path) -> None:
     probe = run_dir / f".write-test-{os.getpid()}"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write(probe, b"\0" * 65536)
+        write_synced(probe, b"\0" * 65536)
     except OSError as e:
         raise UserError(f"cannot write to the output directory {run_dir} ({e.strerror or e}): "
                         "choose another --out, or free disk space") from None
@@ -140,15 +120,16 @@ def save_checkpoint(run_dir: Path, *, model: nn.Module, optimizer: torch.optim.O
         for stale in run_dir.glob(".checkpoint.tmp-*"):  # ours, or a killed writer's (one writer per run)
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
-        files = {"model.safetensors": _write(tmp / "model.safetensors", st_save(_cpu(unwrap(model).state_dict())))}
+        model_bytes = st_save(_cpu(unwrap(model).state_dict()))
+        files = {"model.safetensors": write_synced(tmp / "model.safetensors", model_bytes)}
         _test_pause()
         if optimizer is not None:
             tensors, rest = _optimizer_parts(optimizer)
-            files["optimizer.safetensors"] = _write(tmp / "optimizer.safetensors", st_save(tensors))
-            files["optimizer.json"] = _write(tmp / "optimizer.json", json.dumps(rest).encode())
+            files["optimizer.safetensors"] = write_synced(tmp / "optimizer.safetensors", st_save(tensors))
+            files["optimizer.json"] = write_synced(tmp / "optimizer.json", json.dumps(rest).encode())
         state = {"format": FORMAT, **state, "rng": rng_state(), "files": files}
-        _write(tmp / "state.json", (json.dumps(state, indent=1) + "\n").encode())  # last: marks it complete
-        _fsync_dir(tmp)
+        write_synced(tmp / "state.json", (json.dumps(state, indent=1) + "\n").encode())  # last: marks it complete
+        fsync_dir(tmp)
     except OSError as e:  # disk full, quota, read-only: the previous checkpoint is untouched
         shutil.rmtree(tmp, ignore_errors=True)
         kept = f"the previous checkpoint {run_dir / CHECKPOINT} is kept" if (run_dir / CHECKPOINT).exists() \
@@ -163,7 +144,7 @@ def save_checkpoint(run_dir: Path, *, model: nn.Module, optimizer: torch.optim.O
         os.rename(final, old)
     _test_pause()
     os.rename(tmp, final)
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
     if old.exists():
         shutil.rmtree(old)
     return final

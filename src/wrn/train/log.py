@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from wrn.fsio import write_atomic
 
 
 def _clean(value: Any) -> Any:
@@ -80,17 +81,6 @@ def truncate_log(out_dir: Path, step: int) -> None:
         if record.get("step", 0) <= step:
             kept.append(line)
     write_atomic(path, "".join(line + "\n" for line in kept).encode())
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same directory + fsync + rename: readers see the old or the new file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_json(path: Path, obj: Any) -> None:
