@@ -42,6 +42,7 @@ def rows(result: dict, label: str = "") -> list[str]:
             ratio = f"{f['img_per_s'] / ref[what]['img_per_s']:.2f}x" if ref and what in ref else "-"
             what_mode = (f"{m['mode']}{' ' + label if label and m['mode'] == 'fast' else ''}: {m['precision']}"
                          f"{', channels_last' if m['channels_last'] else ''}{', compile' if m['compile'] else ''}"
+                         f"{', keep memory' if m.get('keep_memory') else ''}"
                          f" ({what})")
             out.append(f"| {result['model']} b{result['settings']['batch_size']} | {result['device']} | {what_mode} "
                        f"| {f['img_per_s']:.1f} ± {f['img_per_s_std']:.1f} | {ratio} | {f['pct_of_peak']:.0f}% "

@@ -1,10 +1,11 @@
 """CPU training throughput for BENCHMARKS.md: WRN-16-4, batch 64, end to end (data + step).
 
 1. The headline: the fast path (bf16 autocast + channels_last + torch.compile, device-resident
-   data, batched augmentation) beside the plain fp32 eager per-image-DataLoader reference, in
-   the same `wrn bench` run.
-2. The ladder: each switch alone (fp32 eager -> bf16 -> + channels_last -> + compile), fast
-   pipeline throughout, so each switch's share of the speed-up shows.
+   data, batched augmentation, freed memory kept for reuse) beside the plain fp32 eager
+   per-image-DataLoader reference, in the same `wrn bench` run; then the same with the
+   reference given the fast path's allocator setting too.
+2. The ladder: each switch alone (fp32 eager -> bf16 -> + channels_last -> + compile -> + keeping
+   freed memory), fast pipeline throughout, so each switch's share of the speed-up shows.
 
     flock /tmp/wrn-cpu.lock python benchmarks/cpu_train.py [--model wrn-16-4] [--batch-size 64]
 
@@ -18,10 +19,11 @@ import argparse
 from common import bench, rows
 
 LADDER = [
-    ("fp32-eager", ["--precision", "fp32", "--no-channels-last", "--no-compile"]),
-    ("bf16", ["--precision", "bf16", "--no-channels-last", "--no-compile"]),
-    ("bf16-cl", ["--precision", "bf16", "--channels-last", "--no-compile"]),
-    ("bf16-cl-compile", ["--precision", "bf16", "--channels-last", "--compile"]),
+    ("fp32-eager", ["--precision", "fp32", "--no-channels-last", "--no-compile", "--no-keep-memory"]),
+    ("bf16", ["--precision", "bf16", "--no-channels-last", "--no-compile", "--no-keep-memory"]),
+    ("bf16-cl", ["--precision", "bf16", "--channels-last", "--no-compile", "--no-keep-memory"]),
+    ("bf16-cl-compile", ["--precision", "bf16", "--channels-last", "--compile", "--no-keep-memory"]),
+    ("bf16-cl-compile-keep-memory", ["--precision", "bf16", "--channels-last", "--compile", "--keep-memory"]),
 ]
 
 
@@ -36,6 +38,9 @@ def main() -> None:
     common = [a.model, "--batch-size", a.batch_size, "--device", "cpu", "--steps", a.steps,
               "--repeats", a.repeats]
     lines = rows(bench([*common, "--compile"], f"cpu-{a.model}-b{a.batch_size}-headline"))
+    # The same comparison with the fast mode's allocator setting given to the reference too.
+    lines += rows(bench([*common, "--compile", "--reference-keep-memory", "--no-eval"],
+                        f"cpu-{a.model}-b{a.batch_size}-headline-same-allocator"), "same allocator")
     if a.ladder:
         for name, flags in LADDER:
             r = bench([*common, *flags, "--no-reference", "--no-eval"], f"cpu-{a.model}-b{a.batch_size}-{name}")

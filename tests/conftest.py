@@ -13,9 +13,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
-    """Tiny models are all overhead: one thread avoids OpenMP waits on a busy shared CPU."""
+    """Tiny models are all overhead: one thread avoids OpenMP waits on a busy shared CPU.
+    Module-scoped so that module-scoped fixtures (a shared training run) can use it too."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -4,6 +4,9 @@ what the plain fp32 eager path computes, within bf16 tolerance. Tiny models, 8x8
 from __future__ import annotations
 
 import copy
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -206,3 +209,37 @@ def test_cuda_graph_step_matches_eager_on_gpu():
         e_loss, _ = e_step(x, y)
         f_loss, _ = f_step(x.contiguous(memory_format=torch.channels_last), y)
         assert f_loss.item() == pytest.approx(e_loss.item(), rel=3e-2)
+
+
+GLIBC = platform.libc_ver()[0] == "glibc"
+
+
+@pytest.mark.skipif(not GLIBC, reason="keep_freed_memory tunes glibc's malloc")
+def test_keep_freed_memory_stops_page_faulting_freed_buffers_back_in():
+    """A 64 MB buffer freed and allocated again is page-faulted in afresh each time with glibc's
+    defaults (~16k faults); once freed memory is kept, the next allocation reuses it. Run in a
+    child process: the setting is process-wide and cannot be undone."""
+    script = """
+import resource, torch
+from wrn.train import accel
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(4):
+        torch.ones(16 << 20)  # 64 MB written, then freed
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+torch.set_num_threads(1)
+faults()
+default = faults()
+kept = accel.keep_freed_memory(torch.device("cpu"))
+faults()
+print(default, kept, faults())
+"""
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    default, kept, after = out.split()
+    assert kept == "True"
+    assert int(default) > 4 * 10_000  # each 64 MB allocation faulted in again (16,384 pages of 4 KB)
+    assert int(after) < int(default) / 10
+
+
+def test_keep_freed_memory_is_a_cpu_setting():
+    assert accel.keep_freed_memory(torch.device("cuda")) is False

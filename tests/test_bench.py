@@ -38,6 +38,22 @@ def test_json_has_both_modes_and_every_figure(capsys):
         assert mode["peak_memory_mb"] > 0 and mode["memory_kind"] == "peak_rss"
     assert set(r["speedup"]) == {"train", "eval"}
     assert r["command"].startswith("wrn bench wrn-10-1 --batch-size 4") and "--no-compile" in r["command"]
+    assert "keep_memory" in fast and "--no-keep-memory" not in r["command"]
+
+
+def test_no_keep_memory_is_recorded_and_in_the_command(capsys):
+    assert main(["bench", *TINY, "--no-reference", "--no-eval", "--no-keep-memory", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["modes"][0]["keep_memory"] is False and "--no-keep-memory" in r["command"]
+
+
+def test_reference_runs_with_the_default_allocator_unless_asked(capsys):
+    assert main(["bench", *TINY, "--no-eval", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["modes"][1]["keep_memory"] is False and "--reference-keep-memory" not in r["command"]
+    assert main(["bench", *TINY, "--no-eval", "--reference-keep-memory", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["modes"][1]["keep_memory"] is r["modes"][0]["keep_memory"] and "--reference-keep-memory" in r["command"]
 
 
 def test_table_without_reference(capsys):
@@ -49,6 +65,7 @@ def test_table_without_reference(capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["wrn-10-1", "--steps", "0"], "--steps must be at least 1"),
+    (["wrn-10-1", "--reference-keep-memory", "--no-keep-memory"], "process-wide"),
     (["wrn-9-1"], "depth 9"),
     pytest.param(["wrn-10-1", "--device", "cuda:0"], "no CUDA GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),

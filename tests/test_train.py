@@ -4,6 +4,7 @@ lr schedules. Datasets are image folders written by the tests (PNG), read by the
 from __future__ import annotations
 
 import json
+import platform
 
 import numpy as np
 import pytest
@@ -17,17 +18,11 @@ from wrn.train.optim import Schedule, param_groups, scaled
 from helpers import write_image_folder  # tests/helpers.py
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from threads, and OpenMP threads spin badly on a shared 2-core box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def quick_run(tmp_path_factory, one_thread):
     """A short run of the quick preset (bf16, channels_last; too short to compile, so eager)."""
     root = tmp_path_factory.mktemp("quick")
     data = write_image_folder(root / "data", 288, 64, 16)
@@ -51,6 +46,8 @@ def test_quick_preset_runs_and_loss_falls(quick_run):
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [0, 1, 2]
     assert steps[-1]["loss"] < steps[0]["loss"]
+    start = next(r for r in records if r["kind"] == "start")
+    assert start["keep_memory"] is (platform.libc_ver()[0] == "glibc")  # accel.keep_memory default
     for r in epochs:
         assert {"lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "img_per_s", "elapsed_s"} <= r.keys()
         assert 0 <= r["train_acc"] <= 1 and 0 <= r["val_acc"] <= 1

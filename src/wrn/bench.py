@@ -57,6 +57,10 @@ class BenchSettings:
     eval: bool = True
     peak_size: int = 2048  # n of the n x n matmul whose GFLOP/s is the "peak"
     threads: str = "0"  # fast mode's CPU threads: 0 = torch's default, N, or auto (accel.ThreadTuner)
+    # CPU: accel.keep_freed_memory for the fast mode. The reference runs first, with glibc's
+    # defaults as a plain script has them, unless reference_keep_memory gives it the setting too.
+    keep_memory: bool = True
+    reference_keep_memory: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -209,6 +213,7 @@ def bench_fast(s: BenchSettings, device: torch.device, flops: int, peak: float) 
     from wrn.data.augment import Augment
     from wrn.data.loader import DeviceLoader
 
+    kept_memory = s.keep_memory and accel.keep_freed_memory(device)  # process-wide from here on
     model = accel.prepare_model(_build(s, device), device, s.channels_last)
     optimizer = _sgd(model)
     step = accel.make_train_step(model, optimizer, precision=s.precision, device=device, compile=s.compile,
@@ -233,7 +238,7 @@ def bench_fast(s: BenchSettings, device: torch.device, flops: int, peak: float) 
     warm, blocks = time_loop(train_one, steps=s.steps, warmup=s.warmup, repeats=s.repeats, device=device)
     out = {"mode": "fast", "precision": s.precision, "compile": s.compile, "channels_last": s.channels_last,
            "threads": s.threads if s.threads == "auto" else torch.get_num_threads(),
-           "pipeline": "DeviceLoader + batched Augment on the device",
+           "keep_memory": kept_memory, "pipeline": "DeviceLoader + batched Augment on the device",
            "train": _figures(blocks, s.steps, s.batch_size, 3 * flops, peak), "train_warmup_s": warm}
     if s.eval:
         eval_step = accel.make_eval_step(model, precision=s.precision, device=device, compile=s.compile)
@@ -254,6 +259,7 @@ def bench_fast(s: BenchSettings, device: torch.device, flops: int, peak: float) 
 
 
 def bench_reference(s: BenchSettings, device: torch.device, flops: int, peak: float) -> dict:
+    kept_memory = s.reference_keep_memory and accel.keep_freed_memory(device)
     model = _build(s, device).to(device)
     optimizer = _sgd(model)  # torch's default SGD implementation for the device
     ds = random_cifar(s.batch_size * 8, s.input_size, s.num_classes)
@@ -284,7 +290,7 @@ def bench_reference(s: BenchSettings, device: torch.device, flops: int, peak: fl
     model.train()
     warm, blocks = time_loop(train_one, steps=s.steps, warmup=s.warmup, repeats=s.repeats, device=device)
     out = {"mode": "reference", "precision": "fp32", "compile": False, "channels_last": False,
-           "threads": torch.get_num_threads(),
+           "threads": torch.get_num_threads(), "keep_memory": kept_memory,
            "pipeline": f"per-image PIL Dataset + DataLoader (num_workers={workers})",
            "train": _figures(blocks, s.steps, s.batch_size, 3 * flops, peak), "train_warmup_s": warm}
     if s.eval:
@@ -335,12 +341,11 @@ def run_bench(s: BenchSettings) -> dict:
     result = {"model": s.model, "params": params, "forward_gflop_per_image": flops / 1e9,
               "device": str(device), "machine": machine(), "settings": asdict(s),
               "matmul_peak_gflops": peaks, "modes": []}
-    threads = torch.get_num_threads()
-    result["modes"].append(bench_fast(s, device, flops, peaks[s.precision]))
-    torch.set_num_threads(threads)  # the reference runs with torch's setting, whatever --threads did
-    if s.reference:
-        result["modes"].append(bench_reference(s, device, flops, peaks["fp32"]))
-        fast, ref = result["modes"]
+    # The reference first: the fast mode's process-wide allocator setting cannot be undone.
+    ref = bench_reference(s, device, flops, peaks["fp32"]) if s.reference else None
+    fast = bench_fast(s, device, flops, peaks[s.precision])
+    result["modes"] = [fast] + ([ref] if ref else [])
+    if ref:
         result["speedup"] = {k: fast[k]["img_per_s"] / ref[k]["img_per_s"] for k in ("train", "eval") if k in fast}
     return result
 

@@ -31,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default 10)")
     parser.add_argument("--threads", default="0",
                         help="fast mode's CPU threads: 0 = torch's default, N, or auto (probe and keep the fastest)")
+    parser.add_argument("--keep-memory", action=argparse.BooleanOptionalAction, default=True,
+                        help="CPU, fast mode: keep freed memory for reuse instead of page-faulting it back "
+                             "every step (default on)")
+    parser.add_argument("--reference-keep-memory", action="store_true",
+                        help="give the reference the same allocator setting (default: glibc's, as a plain script)")
     parser.add_argument("--peak-size", type=int, default=2048,
                         help="n of the n x n matmul measured as the peak (default 2048)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -49,6 +54,10 @@ def command_line(s, as_json: bool = False) -> str:
         parts.append("--no-eval")
     if s.threads not in ("0", ""):
         parts += ["--threads", s.threads]
+    if not s.keep_memory:
+        parts.append("--no-keep-memory")
+    if s.reference_keep_memory:
+        parts.append("--reference-keep-memory")
     if s.peak_size != 2048:
         parts += ["--peak-size", str(s.peak_size)]
     if s.num_classes != 10:
@@ -67,12 +76,16 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.warmup < 0 or args.reference_workers < 0:
         raise UserError("--warmup and --reference-workers must be >= 0")
+    if args.reference_keep_memory and not args.keep_memory:
+        raise UserError("--reference-keep-memory with --no-keep-memory: the setting is process-wide and would "
+                        "reach the fast mode too; drop one of them")
     settings = BenchSettings(model=args.model, batch_size=args.batch_size, device=args.device,
                              precision=args.precision, compile=args.compile, channels_last=args.channels_last,
                              steps=args.steps, warmup=args.warmup, repeats=args.repeats,
                              input_size=args.input_size, reference=args.reference,
                              num_classes=args.num_classes, reference_workers=args.reference_workers,
-                             eval=args.eval, threads=str(args.threads),
+                             eval=args.eval, threads=str(args.threads), keep_memory=args.keep_memory,
+                             reference_keep_memory=args.reference_keep_memory,
                              peak_size=args.peak_size)
     result = run_bench(settings)
     result["command"] = command_line(settings, args.json)

@@ -8,8 +8,10 @@ fp32; autocast runs convolutions and the linear layer in bf16 (on CPU: oneDNN's 
 bf16 kernels). Measured on a 2-core Sapphire Rapids CPU (BENCHMARKS.md), WRN-16-4 batch 64:
 bf16 + channels_last is ~3x fp32 eager; casting the whole model to bf16 (fp32 master copy kept
 by hand) gained nothing over autocast, so autocast it is. torch.compile adds fused BN/ReLU/add
-kernels on top (a few % on CPU once warm, more on GPU); its warm-up is amortised by a persistent
-compile cache (``compile_cache_dir``) and skipped for short runs (``should_compile``).
+kernels on top (~15% on CPU once warm, more on GPU); its warm-up is amortised by a persistent
+compile cache (``compile_cache_dir``) and skipped for short runs (``should_compile``). On CPU,
+``keep_freed_memory`` stops glibc from returning activation buffers to the kernel every step
+(another ~15%).
 On CUDA, CUDA graphs (compile mode ``reduce-overhead``) remove the per-kernel launch cost and the
 optimizer runs as one fused kernel. Every switch also runs on CPU tensors, so tests cover it.
 """
@@ -105,10 +107,10 @@ def compile_cache_warm() -> bool:
 
 
 # Steps a compiled run needs before its warm-up pays back, from measurements on the 2-core CPU
-# (BENCHMARKS.md, WRN-16-4 batch 64 bf16 channels_last): compile saves ~17 ms of ~216 ms per step;
-# warm-up is ~37 s with a cold cache (break-even ~2,200 steps) and ~4.5 s with a warm one (~260).
-# On GPU, compile + CUDA graphs save far more per step for a similar warm-up.
-MIN_STEPS_TO_COMPILE = {"cpu": {"cold": 2000, "warm": 250}, "cuda": {"cold": 500, "warm": 100}}
+# (BENCHMARKS.md, WRN-16-4 batch 64, bf16 + channels_last, freed memory kept): compile saves
+# ~33 ms of ~205 ms per step; warm-up is ~31 s with a cold cache (break-even ~950 steps) and
+# ~5 s with a warm one (~150). On GPU, compile + CUDA graphs save far more per step.
+MIN_STEPS_TO_COMPILE = {"cpu": {"cold": 1000, "warm": 200}, "cuda": {"cold": 500, "warm": 100}}
 
 
 def should_compile(requested: bool, total_steps: int, device: torch.device) -> tuple[bool, str]:
@@ -143,6 +145,36 @@ def fast_optimizer(optimizer, device: torch.device):
         if "foreach" in group:
             group["foreach"] = not fused
     return optimizer
+
+
+# -- CPU memory ------------------------------------------------------------------------------------
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory(device: torch.device) -> bool:
+    """CPU: keep freed memory in the process's heap instead of handing it back to the kernel.
+
+    With glibc's defaults a compiled training step gives its large activation buffers back to the
+    kernel (munmap, heap trim) and page-faults them in again, zeroed, on the next step: ~26,000
+    faults (~100 MB) per WRN-16-4 batch-64 step, ~15% of the step on the 2-core machine
+    (BENCHMARKS.md). Raising the mmap and trim thresholds lets malloc reuse that memory; the
+    process keeps its peak size until it exits. Process-wide; a no-op off glibc, and on GPU.
+    Returns whether the setting is in force.
+    """
+    if device.type != "cpu":
+        return False
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, Windows)
+        return False
+    # Older glibc caps the mmap threshold at HEAP_MAX_SIZE / 2 (32 MiB) and rejects more (returns 0).
+    mmap_ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) or mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    trim_ok = mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    return bool(mmap_ok and trim_ok)
 
 
 # -- CPU threads on a shared machine ---------------------------------------------------------------

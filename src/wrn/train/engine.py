@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from wrn.errors import UserError
 from wrn.train import accel, checkpoint, dist
 from wrn.train.config import PAPER_STATS, Config, model_kwargs
-from wrn.train.log import RunLog, git_commit, truncate_log, write_atomic, write_json
+from wrn.fsio import write_atomic
+from wrn.train.log import RunLog, git_commit, truncate_log, write_json
 from wrn.train.optim import Schedule, build_optimizer, scaled, set_lr
 
 
@@ -447,6 +448,7 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
         truncate_log(out_dir, start if state else -1)  # a start-over keeps none of the old lines
     log = RunLog(out_dir, enabled=is_main, quiet=quiet)
 
+    kept_memory = cfg.accel.keep_memory and accel.keep_freed_memory(device)
     do_compile, reason = accel.should_compile(cfg.accel.compile, total_steps - start, device)
     train_step = accel.make_train_step(train_model, skipper or optimizer, precision=cfg.accel.precision, device=device,
                                        compile=do_compile, label_smoothing=cfg.optim.label_smoothing,
@@ -466,7 +468,7 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
                "world_size": world_size,
                "steps_per_epoch": spe, "total_steps": total_steps, "lr": hyper.lr,
                "weight_decay": hyper.weight_decay, "warmup_epochs": hyper.warmup_epochs, "compile": do_compile,
-               "compile_reason": reason, "elapsed_s": run.elapsed()})
+               "compile_reason": reason, "keep_memory": kept_memory, "elapsed_s": run.elapsed()})
     log.info(f"{cfg.model.name}: {params / 1e6:.2f}M params | {data.train_images} train images, {spe} steps/epoch, "
              f"{cfg.train.epochs} epochs | {device}, {cfg.accel.precision}"
              f"{', channels_last' if cfg.accel.channels_last else ''} | {reason}"
