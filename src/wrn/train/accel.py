@@ -156,10 +156,10 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 def keep_freed_memory(device: torch.device) -> bool:
     """CPU: keep freed memory in the process's heap instead of handing it back to the kernel.
 
-    With glibc's defaults a compiled training step gives its large activation buffers back to the
-    kernel (munmap, heap trim) and page-faults them in again, zeroed, on the next step: ~26,000
-    faults (~100 MB) per WRN-16-4 batch-64 step, ~15% of the step on the 2-core machine
-    (BENCHMARKS.md). Raising the mmap and trim thresholds lets malloc reuse that memory; the
+    With glibc's defaults a training step gives its large activation buffers back to the kernel
+    (munmap, heap trim) and page-faults them in again, zeroed, on the next step: ~22,000-26,000
+    faults (~100 MB) per WRN-16-4 batch-64 step, 11-15% of the step (eager / compiled) on the
+    2-core machine (BENCHMARKS.md). Raising the mmap and trim thresholds lets malloc reuse that memory; the
     process keeps its peak size until it exits. Process-wide; a no-op off glibc, and on GPU.
     Returns whether the setting is in force.
     """
@@ -169,7 +169,7 @@ def keep_freed_memory(device: torch.device) -> bool:
         import ctypes
 
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, Windows)
+    except (OSError, AttributeError, TypeError):  # not glibc: no mallopt (macOS), no CDLL(None) (Windows)
         return False
     # Older glibc caps the mmap threshold at HEAP_MAX_SIZE / 2 (32 MiB) and rejects more (returns 0).
     mmap_ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) or mallopt(_M_MMAP_THRESHOLD, 32 << 20)
