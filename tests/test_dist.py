@@ -33,6 +33,8 @@ from wrn.errors import UserError
 from wrn.models import create_model
 from wrn.train import dist
 
+from helpers import write_image_folder  # tests/helpers.py
+
 ARGS = ["model.name=wrn-10-1", "model.dropout=0", "data.augment=false", "data.val_size=0", "train.epochs=2",
         "train.batch_size=16", "train.eval_batch_size=8", "train.keep_every=1", "optim.lr=0.05",
         "accel.device=cpu", "accel.precision=fp32", "accel.compile=false", "accel.channels_last=false",
@@ -176,12 +178,7 @@ def test_sync_bn_on_cpu_is_a_clear_error(monkeypatch):
 def test_sync_bn_on_two_gpus_matches_one_gpu(tmp_path):
     """NCCL + SyncBatchNorm: with varied images the BN statistics are the global batch's, so 2 GPUs
     match 1 GPU (tolerance for cuDNN/TF32 rounding) - what the CPU tests cannot show."""
-    rng = np.random.default_rng(1)
-    for split, n in (("train", 128), ("test", 33)):
-        for i in range(n):
-            d = tmp_path / "data" / split / f"class{i % CLASSES}"
-            d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)).save(d / f"{i:04d}.png")
+    write_image_folder(tmp_path / "data", 128, 33, 16, classes=CLASSES, seed=1)
     common = ["--data", str(tmp_path / "data"), *ARGS, "accel.device=cuda", "accel.sync_bn=true",
               f"data.cache_dir={tmp_path / 'cache'}"]
     assert wrn_main(["train", "--quiet", "--out", str(tmp_path / "one"), *common]) == 0

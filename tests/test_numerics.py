@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 import wrn.models
 from wrn.cli import main
 from wrn.data.augment import Augment
 from wrn.train import checkpoint
+
+from helpers import write_image_folder  # tests/helpers.py
 
 ARGS = ["model.name=wrn-10-1", "model.dropout=0", "train.epochs=2", "train.batch_size=32",
         "train.checkpoint_every=2", "data.val_size=0", "optim.lr=0.05", "accel.precision=fp32",
@@ -26,12 +27,7 @@ STEPS_PER_EPOCH = 6
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("numerics")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 192), ("test", 32)):
-        for i in range(n):
-            d = root / "images" / split / f"c{i % 3}"
-            d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 255, (8, 8, 3)).astype(np.uint8)).save(d / f"{i:04d}.png")
+    write_image_folder(root / "images", 192, 32, 8, classes=3)
     # Options first, then every key=value together (argparse takes one run of positionals).
     return ["--quiet", "--data", str(root / "images"), f"data.cache_dir={root / 'cache'}"]
 
