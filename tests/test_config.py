@@ -24,6 +24,13 @@ def test_presets_load_with_the_papers_recipes():
     q = load_config("quick")
     assert (q.accel.precision, q.accel.channels_last, q.accel.compile) == ("bf16", True, True)
     assert load_config().to_dict() == c.to_dict()  # the defaults are the paper's CIFAR recipe
+    assert q.data.val_size == 5000  # quick is tuned, so it keeps a validation split
+
+
+@pytest.mark.parametrize("preset", ["paper-cifar", "paper-svhn"])
+def test_paper_presets_train_on_the_whole_training_set(preset):
+    # The paper holds nothing out (it tunes nothing and reports the final epoch's test error).
+    assert load_config(preset).data.val_size == 0
 
 
 def test_overrides_are_typed():

@@ -126,6 +126,31 @@ def _depth_width() -> Table:
     )
 
 
+# The rows of the depth x width table that isolate one factor each (the CPU reproduction's tables).
+WIDTH_ROWS = ((40, 1), (40, 2), (40, 4))  # width k at a fixed depth of 40
+DEPTH_ROWS = ((16, 8), (22, 8), (40, 8))  # depth at a fixed width of 8
+
+
+def _subset_of_depth_width(name: str, title: str, claim: str, rows: tuple[tuple[int, int], ...]) -> Table:
+    """The depth x width table's CIFAR-10 runs for ``rows`` (depth, k), with the paper's numbers."""
+    wanted = {f"wrn-{d}-{k}" for d, k in rows}
+    runs = tuple(r for r in _depth_width().runs if r.dataset == "cifar10" and r.model in wanted)
+    return Table(name, title, claim, runs, notes="rows of the depth x width table (paper Table 4).")
+
+
+def _width() -> Table:
+    return _subset_of_depth_width(
+        "width", "Width at a fixed depth, WRN-40-k, CIFAR-10 (paper Table 4)",
+        "At a fixed depth of 40, error falls as the width k grows from 1 to 2 to 4.", WIDTH_ROWS)
+
+
+def _depth() -> Table:
+    return _subset_of_depth_width(
+        "depth", "Depth at a fixed width, WRN-n-8, CIFAR-10 (paper Table 4)",
+        "At a fixed width of 8, depth 22 is best: going from 16 to 22 layers helps, 40 layers is worse "
+        "again (4.81 / 4.38 / 4.66).", DEPTH_ROWS)
+
+
 def _dropout() -> Table:
     # (depth, k, params M, {dataset: (error without, error with dropout)})
     rows = [
@@ -195,7 +220,7 @@ def _speed() -> Table:
 
 def tables() -> dict[str, Table]:
     """Every table by CLI name (built fresh: callers may not mutate shared state)."""
-    return {t.name: t for t in (_block_types(), _deepening(), _depth_width(), _dropout(),
+    return {t.name: t for t in (_block_types(), _deepening(), _depth_width(), _width(), _depth(), _dropout(),
                                 _thin_vs_wide(), _speed())}
 
 
