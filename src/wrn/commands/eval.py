@@ -23,7 +23,7 @@ def evaluate_checkpoint(checkpoint: str, *, data: str | None = None, split: str 
                         precision: str | None = None, batch_size: int | None = None) -> dict:
     """Rebuild the model from the checkpoint and evaluate it the way training did (same
     normalisation statistics, split, precision and batch size)."""
-    from wrn.commands.train import data_overrides
+    from wrn.train.config import data_overrides
     from wrn.errors import UserError
     from wrn.train import accel
     from wrn.train.checkpoint import find_checkpoint, load_checkpoint

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 HELP = "train a model: wrn train --preset quick --data cifar10 [key=value ...]"
-
-def _dataset_names() -> tuple[str, ...]:
-    from wrn.data import NAMES  # the names load_dataset downloads
-
-    return tuple(NAMES)
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from wrn.train.config import list_presets, valid_keys
@@ -31,25 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.epochs=10 model.block=3,1,3")
 
 
-def data_overrides(data: str | None) -> list[str]:
-    """--data X: a path when X exists (or looks like one), else a dataset name."""
-    from wrn.errors import UserError
-
-    if data is None:
-        return []
-    if os.path.exists(data) or os.sep in data or data.startswith("."):
-        if not os.path.exists(data):
-            raise UserError(f"--data {data!r} does not exist: check the path, or give a name ({', '.join(_dataset_names())})")
-        return [f"data.path={os.path.abspath(data)}"]
-    if data not in _dataset_names():
-        raise UserError(f"--data {data!r} is neither a file/folder nor a dataset name: use a path or one of "
-                        f"{', '.join(_dataset_names())}")
-    return [f"data.name={data}", "data.path=none"]
-
-
 def run(args: argparse.Namespace) -> int:
     from wrn.errors import UserError
-    from wrn.train.config import load_config
+    from wrn.train.config import data_overrides, load_config
     from wrn.train.dist import is_main
     from wrn.train.engine import fit
 

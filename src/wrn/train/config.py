@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -325,6 +326,23 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
         set_value(cfg, key, value)
     validate(cfg)
     return cfg
+
+
+def data_overrides(data: str | None) -> list[str]:
+    """The overrides for ``--data X`` (every command that reads data takes it): a path when X
+    exists (or looks like one), else a dataset name."""
+    from wrn.data import NAMES  # the names load_dataset downloads
+
+    if data is None:
+        return []
+    if os.path.exists(data) or os.sep in data or data.startswith("."):
+        if not os.path.exists(data):
+            raise UserError(f"--data {data!r} does not exist: check the path, or give a name ({', '.join(NAMES)})")
+        return [f"data.path={os.path.abspath(data)}"]
+    if data not in NAMES:
+        raise UserError(f"--data {data!r} is neither a file/folder nor a dataset name: use a path or one of "
+                        f"{', '.join(NAMES)}")
+    return [f"data.name={data}", "data.path=none"]
 
 
 def config_from_dict(data: dict) -> Config:
