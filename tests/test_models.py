@@ -63,6 +63,21 @@ def test_baseline_parameter_counts(name, millions, tol):
     assert params(name) / 1e6 == pytest.approx(millions, abs=tol + 1e-7)
 
 
+def test_blocks_per_group_must_match_the_depth_in_the_name():
+    with pytest.raises(ValueError, match=r"^depth 41 does not match blocks_per_group=4 with block B\(3,3\): that "
+                                         r"net has 28 layers \(3 groups x 4 blocks x 2 convs \+ 4\), so name it "
+                                         r"wrn-28-2$"):
+        create_model("wrn-41-2", blocks_per_group=4)
+    with pytest.raises(ValueError, match=r"has 40 layers .* name it wrn-40-2$"):
+        create_model("wrn-41-2", block=(3, 3, 3), blocks_per_group=4)
+    with pytest.raises(ValueError, match="name it wrn-40-2"):
+        create_model("wrn-28-2", block=(3, 3, 3, 3), blocks_per_group=3)
+    with torch.device("meta"):  # control: the names that fit build (the deepening table is tested above)
+        assert len(create_model("wrn-28-2", blocks_per_group=4).conv2) == 4
+        # The paper's naming made explicit: N = (40 - 4) / 6 whatever the block.
+        assert len(create_model("wrn-40-2", block=(1, 3, 1), blocks_per_group=6).conv2) == 6
+
+
 def test_depth_that_does_not_fit_names_the_nearest_valid_depths():
     with pytest.raises(ValueError, match=r"depth 27 does not fit block \(3, 3\): use 6N\+4, e.g. 22, 28"):
         create_model("wrn-27-2")
@@ -156,21 +171,70 @@ def test_same_seed_gives_the_same_weights():
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_stochastic_depth_decays_linearly_to_half_and_is_off_at_eval():
+def test_stochastic_depth_decays_linearly_to_half():
     model = create_model("wrn-16-1", stochastic_depth=0.5)
     rates = [m.rate for m in model.modules() if isinstance(m, DropPath)]
     assert len(rates) == 6
-    assert rates == pytest.approx([0.5 * (i + 1) / 6 for i in range(6)])
+    assert rates == pytest.approx([0.5 * (i + 1) / 6 for i in range(6)])  # survival 1 - l/L * 0.5
+    assert {m.mode for m in model.modules() if isinstance(m, DropPath)} == {"batch"}  # Huang et al.'s
     model.eval()
     x = torch.randn(4, 3, 16, 16)
     torch.testing.assert_close(model(x), model(x))
-    drop = DropPath(0.5).train()
-    y = drop(torch.ones(4000, 1))
-    assert set(y.unique().tolist()) <= {0.0, 2.0}  # kept branches scaled by 1 / survival
-    assert y.mean().item() == pytest.approx(1.0, abs=0.1)
-    assert torch.equal(drop.eval()(torch.ones(3, 1)), torch.ones(3, 1))
     res = create_model("resnet-20", stochastic_depth=0.5)
     assert max(m.rate for m in res.modules() if isinstance(m, DropPath)) == pytest.approx(0.5)
+
+
+def branch_and_shortcut(block, x):
+    """What a pre-activation block adds: (shortcut, branch) for input ``x``, computed by hand."""
+    o = block.act(block.bn(x))
+    skip = x if block.shortcut is None else block.shortcut(o)
+    return skip, block.se(block.branch(o))
+
+
+def frozen_bn_block(mode):
+    """A block in train mode (drop-path on) with BN on its running stats, so outputs compare exactly."""
+    torch.manual_seed(0)
+    block = PreActBlock(8, 8, (3, 3), drop_path=0.5, drop_path_mode=mode).train()
+    for m in block.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    return block
+
+
+@pytest.mark.parametrize("mode", ["batch", "sample"])
+def test_stochastic_depth_drops_the_whole_branch_per_mini_batch(mode):
+    block = frozen_bn_block(mode)
+    x = torch.randn(16, 8, 6, 6)
+    with torch.no_grad():
+        skip, branch = branch_and_shortcut(block, x)
+        outcomes = []
+        for _ in range(20):  # P(20 equal coins) = 2^-19
+            y = block(x)
+            dropped = [torch.equal(y[i], skip[i]) for i in range(len(x))]
+            kept = [torch.equal(y[i], (skip + branch)[i]) for i in range(len(x))]
+            outcomes.append("dropped" if all(dropped) else "kept" if all(kept) else "mixed")
+    if mode == "batch":  # one coin per step for the whole batch, the kept branch unscaled
+        assert set(outcomes) == {"dropped", "kept"}
+    else:  # control: per-image coins mix within a batch
+        assert "mixed" in outcomes
+
+
+@pytest.mark.parametrize("mode, factor", [("batch", 0.5), ("sample", 1.0)])
+def test_stochastic_depth_scales_the_branch_by_its_survival_at_test_time(mode, factor):
+    block = PreActBlock(8, 16, (3, 3), stride=2, drop_path=0.5, drop_path_mode=mode).eval()
+    x = torch.randn(4, 8, 8, 8)
+    with torch.no_grad():
+        skip, branch = branch_and_shortcut(block, x)
+        torch.testing.assert_close(block(x), skip + factor * branch)
+    drop = DropPath(0.5, "sample").train()  # per image: kept branches scaled by 1 / survival
+    y = drop(torch.ones(4000, 1))
+    assert set(y.unique().tolist()) <= {0.0, 2.0}
+    assert y.mean().item() == pytest.approx(1.0, abs=0.1)
+
+
+def test_drop_path_mode_is_checked():
+    with pytest.raises(ValueError, match="drop_path_mode='row' is not one of batch, sample"):
+        create_model("wrn-10-1", stochastic_depth=0.5, drop_path_mode="row")
 
 
 def test_squeeze_excitation_and_grouped_convs_are_block_options():

@@ -19,9 +19,10 @@ FAMILIES = {
         ("wrn-10-2", {"dropout": 0.3, "se": True, "groups": 2, "stochastic_depth": 0.5, "num_classes": 7}),
         *(("wrn-10-1", {"block": b, "dropout": 0.2 if len(b) > 1 else 0.0})
           for b in [(3, 1, 3), (1, 3, 1), (1, 3), (3, 1), (3, 1, 1), (3,), (3, 3, 3), (3, 3, 3, 3)]),
-        ("wrn-40-1", {"block": (3, 3, 3), "blocks_per_group": 1}),
+        ("wrn-13-1", {"block": (3, 3, 3), "blocks_per_group": 1}),
     ],
-    r"resnet-\d+": [("resnet-8", {}), ("resnet-8", {"shortcut": "B", "se": True, "stochastic_depth": 0.5})],
+    r"resnet-\d+": [("resnet-8", {}), ("resnet-8", {"shortcut": "B", "se": True, "stochastic_depth": 0.5}),
+                    ("resnet-8", {"stochastic_depth": 0.5, "drop_path_mode": "sample"})],
     r"preact-resnet-\d+": [
         ("preact-resnet-8", {"dropout": 0.1}),
         ("preact-resnet-11", {"bottleneck": True, "groups": 2, "se": True, "stochastic_depth": 0.5}),

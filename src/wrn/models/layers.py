@@ -57,25 +57,50 @@ def drop_path_rates(num_blocks: int, last_rate: float) -> list[float]:
     return [last_rate * (i + 1) / num_blocks for i in range(num_blocks)]
 
 
+DROP_PATH_MODES = ("batch", "sample")
+
+
+def check_drop_path_mode(mode: str) -> str:
+    if mode not in DROP_PATH_MODES:
+        raise ValueError(f"drop_path_mode={mode!r} is not one of {', '.join(DROP_PATH_MODES)}: 'batch' drops the "
+                         "whole branch for the mini-batch (Huang et al.), 'sample' per image")
+    return mode
+
+
 class DropPath(nn.Module):
-    """Drops the residual branch per sample with probability ``rate`` while training.
+    """Stochastic depth on a residual branch: drops it with probability ``rate`` while training.
 
-    Kept branches are scaled by 1/survival during training, so evaluation uses the branch as is
-    (the same expectation as Huang et al.'s scaling of the branch by p_l at test time)."""
+    ``mode="batch"`` is Huang et al.'s: one coin per block per training step drops the branch for
+    the whole mini-batch, a kept branch is used as it is, and at test time the branch is scaled by
+    its survival probability 1 - rate (its expectation during training). ``mode="sample"`` (timm's
+    drop_path) draws a coin per image and scales kept branches by 1/survival while training, so
+    evaluation uses the branch as it is.
 
-    def __init__(self, rate: float = 0.0):
+    A dropped branch is still computed and multiplied by 0 (Huang et al. skip it): one graph for
+    every step (torch.compile, CUDA graphs), every parameter takes part (DDP), and the coin comes
+    from torch's seeded RNG on the branch's device, with no host sync. So its BN running statistics
+    also see the dropped steps. Under DDP each process draws its own coins for its slice.
+    """
+
+    def __init__(self, rate: float = 0.0, mode: str = "batch"):
         super().__init__()
-        self.rate = rate
+        self.rate, self.mode = rate, check_drop_path_mode(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.rate == 0.0:
+        if self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
+        if self.mode == "batch":
+            if not self.training:
+                return x * keep
+            return x * x.new_empty(()).bernoulli_(keep)  # 0 or 1: exactly dropped or exactly kept
+        if not self.training:
+            return x
         mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
         return x * mask / keep
 
     def extra_repr(self) -> str:
-        return f"rate={self.rate:.3f}"
+        return f"rate={self.rate:.3f}, mode={self.mode}"
 
 
 class SqueezeExcite(nn.Module):
@@ -116,7 +141,7 @@ class PreActBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernels: Sequence[int], *, stride: int = 1,
                  mid_channels: int | None = None, dropout: float = 0.0, groups: int = 1, se: bool = False,
-                 drop_path: float = 0.0):
+                 drop_path: float = 0.0, drop_path_mode: str = "batch"):
         super().__init__()
         kernels = tuple(kernels)
         mid = mid_channels or out_channels
@@ -136,7 +161,7 @@ class PreActBlock(nn.Module):
             channels = out
         self.branch = nn.Sequential(*layers)
         self.se = SqueezeExcite(out_channels) if se else nn.Identity()
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = DropPath(drop_path, drop_path_mode)
         self.shortcut = (conv(in_channels, out_channels, 1, stride)
                          if stride != 1 or in_channels != out_channels else None)
 
@@ -194,7 +219,7 @@ class PreActNet(nn.Module):
 
     def __init__(self, *, in_channels: int, num_classes: int, stem_width: int, widths: Sequence[int],
                  mid_widths: Sequence[int], kernels: Sequence[int], blocks_per_group: int, dropout: float,
-                 groups: int, se: bool, stochastic_depth: float):
+                 groups: int, se: bool, stochastic_depth: float, drop_path_mode: str):
         super().__init__()
         self.num_classes, self.in_channels = num_classes, in_channels
         rates = drop_path_rates(len(widths) * blocks_per_group, stochastic_depth)
@@ -206,7 +231,8 @@ class PreActNet(nn.Module):
             for i in range(blocks_per_group):
                 blocks.append(PreActBlock(channels, out, kernels, stride=2 if (g > 0 and i == 0) else 1,
                                           mid_channels=mid, dropout=dropout, groups=groups, se=se,
-                                          drop_path=rates[g * blocks_per_group + i]))
+                                          drop_path=rates[g * blocks_per_group + i],
+                                          drop_path_mode=drop_path_mode))
                 channels = out
             stages.append(nn.Sequential(*blocks))
         # The paper's group names: conv2, conv3, conv4 (conv1 is the stem).

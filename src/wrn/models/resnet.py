@@ -6,7 +6,8 @@
 - ``preact-resnet-{depth}``: the pre-activation ResNet (He et al. 2016b) with basic blocks (6n+2)
   or bottleneck blocks 1x1 (c/4) -> 3x3 (c/4) -> 1x1 (c) with c = 64/128/256 (9n+2: 164, 1001).
 
-Both take stochastic depth (Huang et al.: linear decay of survival to p_L = 1 - stochastic_depth)
+Both take stochastic depth (Huang et al.: linear decay of survival to p_L = 1 - stochastic_depth,
+the whole branch dropped per mini-batch; ``drop_path_mode="sample"`` drops it per image)
 and squeeze-and-excitation; the pre-activation net also takes dropout and grouped 3x3 convs.
 """
 
@@ -16,8 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wrn.models.layers import (DropPath, PreActNet, SqueezeExcite, block_name, check_groups, check_positive_int,
-                               check_rate, conv, drop_path_rates, init_weights)
+from wrn.models.layers import (DropPath, PreActNet, SqueezeExcite, block_name, check_drop_path_mode, check_groups,
+                               check_positive_int, check_rate, conv, drop_path_rates, init_weights)
 from wrn.models.registry import register_model
 
 WIDTHS = (16, 32, 64)
@@ -56,7 +57,7 @@ class BasicBlock(nn.Module):
     """Post-activation block: conv-BN-ReLU-conv-BN, (SE), (drop-path), add shortcut, ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, shortcut: str, *,
-                 se: bool = False, drop_path: float = 0.0):
+                 se: bool = False, drop_path: float = 0.0, drop_path_mode: str = "batch"):
         super().__init__()
         self.conv1 = conv(in_channels, out_channels, 3, stride)
         self.bn1 = nn.BatchNorm2d(out_channels)
@@ -64,7 +65,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.act = nn.ReLU(inplace=True)
         self.se = SqueezeExcite(out_channels) if se else nn.Identity()
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = DropPath(drop_path, drop_path_mode)
         if stride == 1 and in_channels == out_channels:
             self.shortcut: nn.Module = nn.Identity()
         elif shortcut == "A":
@@ -84,7 +85,7 @@ class ResNet(nn.Module):
     default_input_size = 32
 
     def __init__(self, depth: int, num_classes: int = 10, shortcut: str = "A", stochastic_depth: float = 0.0,
-                 se: bool = False, in_channels: int = 3):
+                 se: bool = False, in_channels: int = 3, drop_path_mode: str = "batch"):
         n = _blocks_per_group(depth, 2, "the original ResNet (basic blocks)")
         check_positive_int("num_classes", num_classes, "e.g. 10 for CIFAR-10, 100 for CIFAR-100")
         check_positive_int("in_channels", in_channels, "3 for RGB images")
@@ -93,6 +94,7 @@ class ResNet(nn.Module):
                              "or 'B' (1x1 projection)")
         stochastic_depth = check_rate("stochastic_depth", stochastic_depth,
                                       "it is the last block's drop rate 1 - p_L; Huang et al. use 0.5")
+        check_drop_path_mode(drop_path_mode)
         super().__init__()
         self.depth, self.shortcut, self.blocks_per_group = depth, shortcut, n
         self.num_classes, self.in_channels = num_classes, in_channels
@@ -106,7 +108,7 @@ class ResNet(nn.Module):
             blocks = []
             for i in range(n):
                 blocks.append(BasicBlock(channels, out, 2 if (g > 0 and i == 0) else 1, shortcut, se=se,
-                                         drop_path=rates[g * n + i]))
+                                         drop_path=rates[g * n + i], drop_path_mode=drop_path_mode))
                 channels = out
             stages.append(nn.Sequential(*blocks))
         self.conv2, self.conv3, self.conv4 = stages
@@ -146,7 +148,8 @@ class PreActResNet(PreActNet):
     """
 
     def __init__(self, depth: int, num_classes: int = 10, bottleneck: bool | None = None, dropout: float = 0.0,
-                 stochastic_depth: float = 0.0, se: bool = False, groups: int = 1, in_channels: int = 3):
+                 stochastic_depth: float = 0.0, se: bool = False, groups: int = 1, in_channels: int = 3,
+                 drop_path_mode: str = "batch"):
         if bottleneck is None:
             bottleneck = isinstance(depth, int) and depth >= BOTTLENECK_FROM_DEPTH
         if bottleneck:
@@ -161,9 +164,10 @@ class PreActResNet(PreActNet):
         stochastic_depth = check_rate("stochastic_depth", stochastic_depth,
                                       "it is the last block's drop rate 1 - p_L; Huang et al. use 0.5")
         check_groups(groups, mids, kernels, mid_is_out=not bottleneck)
+        check_drop_path_mode(drop_path_mode)
         super().__init__(in_channels=in_channels, num_classes=num_classes, stem_width=WIDTHS[0], widths=widths,
                          mid_widths=mids, kernels=kernels, blocks_per_group=n, dropout=dropout, groups=groups,
-                         se=se, stochastic_depth=stochastic_depth)
+                         se=se, stochastic_depth=stochastic_depth, drop_path_mode=drop_path_mode)
         self.depth, self.bottleneck, self.blocks_per_group = depth, bool(bottleneck), n
         self.block, self.mid_widths, self.widths, self.dropout = kernels, mids, widths, dropout
 
@@ -187,14 +191,15 @@ class PreActResNet(PreActNet):
 @register_model("resnet-{depth}", examples=("resnet-20", "resnet-32", "resnet-44", "resnet-56", "resnet-110",
                                             "resnet-1202"))
 def resnet(depth: int, num_classes: int = 10, shortcut: str = "A", stochastic_depth: float = 0.0,
-           se: bool = False, in_channels: int = 3) -> ResNet:
+           se: bool = False, in_channels: int = 3, drop_path_mode: str = "batch") -> ResNet:
     """The original CIFAR ResNet, e.g. ``create_model("resnet-110")`` (option A shortcuts)."""
-    return ResNet(depth, num_classes, shortcut, stochastic_depth, se, in_channels)
+    return ResNet(depth, num_classes, shortcut, stochastic_depth, se, in_channels, drop_path_mode)
 
 
 @register_model("preact-resnet-{depth}", examples=("preact-resnet-110", "preact-resnet-164", "preact-resnet-1001"))
 def preact_resnet(depth: int, num_classes: int = 10, bottleneck: bool | None = None, dropout: float = 0.0,
                   stochastic_depth: float = 0.0, se: bool = False, groups: int = 1,
-                  in_channels: int = 3) -> PreActResNet:
+                  in_channels: int = 3, drop_path_mode: str = "batch") -> PreActResNet:
     """Pre-activation ResNet, e.g. ``create_model("preact-resnet-164")`` (bottleneck)."""
-    return PreActResNet(depth, num_classes, bottleneck, dropout, stochastic_depth, se, groups, in_channels)
+    return PreActResNet(depth, num_classes, bottleneck, dropout, stochastic_depth, se, groups, in_channels,
+                        drop_path_mode)
