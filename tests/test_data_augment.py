@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from wrn.data.augment import Augment
+from wrn.models import create_model
+from wrn.train import accel
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -81,6 +83,54 @@ def test_cutout_zeroes_a_square_at_most_size_wide():
         assert rows.max() - rows.min() + 1 == len(rows) and cols.max() - cols.min() + 1 == len(cols)
     sizes = torch.stack([(out[i, 0] == 0).sum() for i in range(len(out))])
     assert (sizes == 64).float().mean() > 0.3  # interior centres give the full 8x8 square
+
+
+def _is_nchw(x: torch.Tensor) -> bool:
+    return x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _is_nhwc(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_output_memory_format_follows_channels_last(channels_last):
+    # accel.channels_last=false must feed NCHW to the model (BENCHMARKS' NCHW rows), true NHWC:
+    # for training (crop/flip/cutout), evaluation (normalize) and whitening alike.
+    x = batch(8)
+    is_format = _is_nhwc if channels_last else _is_nchw
+    plain = Augment(MEAN, STD, cutout=8, channels_last=channels_last)
+    assert is_format(plain(x, torch.Generator().manual_seed(0)))
+    assert is_format(plain.normalize(x))
+    assert is_format(Augment(MEAN, STD, crop_padding=0, flip=False, channels_last=channels_last)(x))
+    # Same values either way: only the memory layout differs.
+    other = Augment(MEAN, STD, cutout=8, channels_last=not channels_last)
+    assert torch.equal(plain(x, torch.Generator().manual_seed(0)), other(x, torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_activations_follow_channels_last(channels_last):
+    # What the flag is for: the convs run in the requested format. A tiny WRN prepared as the
+    # engine prepares it, fed Augment's output as is.
+    model = accel.prepare_model(create_model("wrn-10-1", num_classes=10), torch.device("cpu"), channels_last)
+    aug = Augment(MEAN, STD, channels_last=channels_last)
+    x = batch(4)
+    is_format = _is_nhwc if channels_last else _is_nchw
+    with torch.no_grad():
+        for inputs in (aug(x, torch.Generator().manual_seed(0)), aug.normalize(x)):
+            assert is_format(inputs)
+            stem = model.conv1(inputs)  # [4, 16, 32, 32]
+            assert is_format(stem)
+            assert is_format(model.conv2[0].branch[0](torch.relu(model.conv2[0].bn(stem))))
+
+
+def test_control_channels_last_input_turns_an_nchw_model_channels_last():
+    # The old Augment always returned a channels_last view: with a plain NCHW model the convs
+    # then ran channels_last anyway, which the test above would catch.
+    model = accel.prepare_model(create_model("wrn-10-1", num_classes=10), torch.device("cpu"), False)
+    old_style = Augment(MEAN, STD, channels_last=True).normalize(batch(4))
+    with torch.no_grad():
+        assert not _is_nchw(model.conv1(old_style))
 
 
 def test_rejects_float_input():

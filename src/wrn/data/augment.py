@@ -4,7 +4,12 @@ Reflect-pad + random crop and the horizontal flip are one gather: output pixel (
 reads input pixel (reflect(i + dy[n] - p), reflect(j' + dx[n] - p)) with j' = W - 1 - j for a
 flipped image, where reflect() mirrors an index that falls outside the image like
 ``F.pad(mode="reflect")`` does. The gather runs on the uint8 batch (4x less memory traffic than
-float), then one fused multiply-add converts and normalises.
+float), then one fused multiply-add converts and normalises - or, with ``whiten``, one matmul
+applies a ZCA whitening (``wrn.data.zca``) to each flattened image instead.
+
+The output's memory format is the one the model was prepared with (``accel.channels_last``):
+the batch is computed in NHWC memory, so channels_last is a free view and NCHW costs one copy.
+Callers feed the output to the model as is.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+
+from wrn.data.zca import Whitening
 
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
@@ -21,37 +28,52 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class Augment:
-    """``aug(x, generator)``: uint8 ``[N, H, W, C]`` -> float32 ``[N, C, H, W]`` (channels_last).
+    """``aug(x, generator)``: uint8 ``[N, H, W, C]`` -> float32 ``[N, C, H, W]``, in channels_last
+    memory when ``channels_last`` else contiguous NCHW.
 
     Per image: a random crop of the ``crop_padding``-reflect-padded image (same size as the
-    input), a horizontal flip with probability 0.5 (``flip``), a ``cutout``-pixel square set to
-    zero (after normalisation, i.e. to the mean colour) centred anywhere in the image, then
-    ``(x / 255 - mean) / std``. ``crop_padding=0, flip=False`` only normalises (SVHN).
-    Deterministic given the generator, which lives on x's device.
+    input), a horizontal flip with probability 0.5 (``flip``), then either ``(x / 255 - mean) /
+    std`` or, given ``whiten`` (instead of mean/std), the fitted ZCA whitening; last a
+    ``cutout``-pixel square set to zero (the mean) centred anywhere in the image.
+    ``crop_padding=0, flip=False`` only normalises (SVHN, evaluation). Deterministic given the
+    generator, which lives on x's device.
     """
 
     def __init__(
         self,
-        mean: Sequence[float],
-        std: Sequence[float],
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         *,
         crop_padding: int = 4,
         flip: bool = True,
         cutout: int = 0,
+        channels_last: bool = False,
+        whiten: Whitening | None = None,
     ):
-        if len(mean) != len(std) or any(s <= 0 for s in std):
+        if whiten is not None:
+            if mean is not None or std is not None:
+                raise ValueError("give either mean/std or whiten: the whitening replaces the mean/std normalisation")
+        elif mean is None or std is None or len(mean) != len(std) or any(s <= 0 for s in std):
             raise ValueError(f"mean and std need one value per channel and std > 0, got {mean}, {std}")
         if crop_padding < 0 or cutout < 0:
             raise ValueError(f"crop_padding ({crop_padding}) and cutout ({cutout}) must be >= 0")
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
+        self.mean = None if mean is None else tuple(float(m) for m in mean)
+        self.std = None if std is None else tuple(float(s) for s in std)
         self.crop_padding = int(crop_padding)
         self.flip = bool(flip)
         self.cutout = int(cutout)
+        self.channels_last = bool(channels_last)
+        self.whiten = whiten
         self._consts: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __repr__(self) -> str:
-        return f"Augment(mean={self.mean}, std={self.std}, crop_padding={self.crop_padding}, flip={self.flip}, cutout={self.cutout})"
+        norm = f"whiten={self.whiten!r}" if self.whiten is not None else f"mean={self.mean}, std={self.std}"
+        return (f"Augment({norm}, crop_padding={self.crop_padding}, flip={self.flip}, cutout={self.cutout}, "
+                f"channels_last={self.channels_last})")
+
+    @property
+    def channels(self) -> int:
+        return self.whiten.shape[-1] if self.whiten is not None else len(self.mean)
 
     def _scale_shift(self, device: torch.device, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         # (x / 255 - mean) / std == x * scale + shift, with scale and shift repeated along a whole
@@ -65,15 +87,26 @@ class Augment:
         return self._consts[key]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[N, H, W, C]`` -> normalised float32 ``[N, C, H, W]`` (channels_last memory)."""
+        """uint8 ``[N, H, W, C]`` -> normalised (or whitened) float32 ``[N, C, H, W]`` in the
+        requested memory format: evaluation's whole preprocessing."""
+        return self._to_model_format(self._normalize_nhwc(x))
+
+    def _normalize_nhwc(self, x: torch.Tensor) -> torch.Tensor:
+        # -> float32 [N, C, H, W] as a view of NHWC memory (channels_last strides).
         if x.dtype != torch.uint8 or x.dim() != 4:
             raise ValueError(f"expected a uint8 [N, H, W, C] batch, got {x.dtype} {tuple(x.shape)}")
         n, h, w, c = x.shape
-        if c != len(self.mean):
-            raise ValueError(f"batch has {c} channels, mean/std have {len(self.mean)}")
-        scale, shift = self._scale_shift(x.device, w)
-        out = torch.addcmul(shift, x.reshape(n, h, w * c).float(), scale)
+        if c != self.channels:
+            raise ValueError(f"batch has {c} channels, the normalisation has {self.channels}")
+        if self.whiten is not None:
+            out = self.whiten.apply(x.reshape(n, h * w * c))  # [N, H*W*C], HWC order as stored
+        else:
+            scale, shift = self._scale_shift(x.device, w)
+            out = torch.addcmul(shift, x.reshape(n, h, w * c).float(), scale)
         return out.view(n, h, w, c).permute(0, 3, 1, 2)
+
+    def _to_model_format(self, out: torch.Tensor) -> torch.Tensor:
+        return out if self.channels_last else out.contiguous()
 
     def crop_flip(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """The random crop + flip alone, still uint8 NHWC (exposed for tests and visualisation)."""
@@ -100,10 +133,10 @@ class Augment:
             raise ValueError(f"expected a uint8 [N, H, W, C] batch, got {x.dtype} {tuple(x.shape)}")
         if self.crop_padding or self.flip:
             x = self.crop_flip(x, generator)
-        out = self.normalize(x)
+        out = self._normalize_nhwc(x)
         if self.cutout:
             out.masked_fill_(self._cutout_hole(out.shape, x.device, generator), 0.0)
-        return out
+        return self._to_model_format(out)
 
     def _cutout_hole(self, shape: torch.Size, dev: torch.device, generator: torch.Generator | None) -> torch.Tensor:
         n, _, h, w = shape
