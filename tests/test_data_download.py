@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import threading
@@ -10,8 +11,7 @@ import numpy as np
 import pytest
 from test_data_formats import write_cifar10_archive, write_svhn
 
-from wrn.data import load_dataset
-from wrn.data import download as dl
+from wrn.data import catalog, load_dataset
 from wrn.errors import UserError
 
 
@@ -64,9 +64,8 @@ def cifar_server(tmp_path, monkeypatch):
     path, batches = write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz", np.random.default_rng(0))
     data = path.read_bytes()
     server = Server({"cifar-10-python.tar.gz": data})
-    spec = dl.DATASETS["cifar10"]
-    fake = dl.RemoteDataset(spec.base_url, (dl.Remote("cifar-10-python.tar.gz", hashlib.md5(data).hexdigest()),), spec.folder)
-    monkeypatch.setitem(dl.DATASETS, "cifar10", fake)
+    fake = dataclasses.replace(catalog.get("cifar10"), files=(catalog.RemoteFile("cifar-10-python.tar.gz", hashlib.md5(data).hexdigest()),))
+    monkeypatch.setitem(catalog.DATASETS, "cifar10", fake)
     yield server, data, batches
     server.close()
 
@@ -132,9 +131,9 @@ def test_svhn_by_name_downloads_three_mat_files(tmp_path, monkeypatch):
     truth = write_svhn(tmp_path / "src", np.random.default_rng(1))
     files = {p.name: p.read_bytes() for p in (tmp_path / "src").iterdir()}
     server = Server({n: b for n, b in files.items()})
-    spec = dl.DATASETS["svhn"]
-    remotes = tuple(dl.Remote(r.filename, hashlib.md5(files[r.filename]).hexdigest()) for r in spec.files)
-    monkeypatch.setitem(dl.DATASETS, "svhn", dl.RemoteDataset(spec.base_url, remotes, spec.folder))
+    spec = catalog.get("svhn")
+    remotes = tuple(catalog.RemoteFile(r.filename, hashlib.md5(files[r.filename]).hexdigest()) for r in spec.files)
+    monkeypatch.setitem(catalog.DATASETS, "svhn", dataclasses.replace(spec, files=remotes))
     try:
         ds = load_dataset("svhn", cache_dir=tmp_path / "c", mirror=server.url, quiet=True)
     finally:
@@ -144,6 +143,6 @@ def test_svhn_by_name_downloads_three_mat_files(tmp_path, monkeypatch):
 
 
 def test_official_table():
-    assert dl.DATASETS["cifar10"].files[0].md5 == "c58f30108f718f92721af3b95e74349a"
-    assert dl.DATASETS["cifar100"].files[0].md5 == "eb9058c3a382ffc7106e4002c42a8d85"
-    assert [f.filename for f in dl.DATASETS["svhn"].files] == ["train_32x32.mat", "test_32x32.mat", "extra_32x32.mat"]
+    assert catalog.get("cifar10").files[0].md5 == "c58f30108f718f92721af3b95e74349a"
+    assert catalog.get("cifar100").files[0].md5 == "eb9058c3a382ffc7106e4002c42a8d85"
+    assert [f.filename for f in catalog.get("svhn").files] == ["train_32x32.mat", "test_32x32.mat", "extra_32x32.mat"]

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import io
 import pickle
-import struct
 import tarfile
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.io import savemat
 
 from wrn.data import load_dataset
 from wrn.data.formats import CIFAR10_CLASSES, class_order, read_source
@@ -96,29 +95,6 @@ def write_cifar100_archive(path: Path, rng: np.random.Generator, n: int = 12):
     return write_tar_gz(path, "cifar-100-python", files), splits, fine_names, coarse_names
 
 
-def _mat_element(mi_type: int, data: bytes) -> bytes:
-    return struct.pack("<II", mi_type, len(data)) + data + b"\0" * (-len(data) % 8)
-
-
-def write_mat(path: Path, variables: dict[str, tuple[np.ndarray, int, int]]) -> Path:
-    """MATLAB v5, compressed like MATLAB's own save: {name: (array, mx class, mi storage type)}."""
-    mi_dtype = {2: "<u1", 9: "<f8"}
-    out = bytearray(b"MATLAB 5.0 MAT-file, Platform: GLNXA64, Created on: Mon Dec  5 17:02:53 2011".ljust(116, b" "))
-    out += b"\0" * 8 + struct.pack("<H", 0x0100) + b"IM"
-    for name, (array, mx_class, mi_type) in variables.items():
-        body = _mat_element(6, struct.pack("<II", mx_class, 0))  # array flags (miUINT32)
-        body += _mat_element(5, np.asarray(array.shape, "<i4").tobytes())  # dimensions (miINT32)
-        raw = name.encode()
-        assert len(raw) <= 4
-        body += struct.pack("<I", (len(raw) << 16) | 1) + raw.ljust(4, b"\0")  # small miINT8 name
-        body += _mat_element(mi_type, np.asarray(array, mi_dtype[mi_type]).tobytes(order="F"))
-        matrix = struct.pack("<II", 14, len(body)) + body
-        packed = zlib.compress(matrix)
-        out += struct.pack("<II", 15, len(packed)) + packed
-    path.write_bytes(bytes(out))
-    return path
-
-
 def write_svhn(folder: Path, rng: np.random.Generator, sizes=None, y_double: bool = True):
     """SVHN format 2: X is 32x32x3xN uint8, y is Nx1 with 10 for digit 0."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -129,9 +105,9 @@ def write_svhn(folder: Path, rng: np.random.Generator, sizes=None, y_double: boo
         digits[0] = 0
         y = np.where(digits == 0, 10, digits).reshape(n, 1)
         x = images.transpose(1, 2, 3, 0)  # N,H,W,C -> H,W,C,N
-        # MATLAB stores y (class double) as uint8 bytes when the values fit.
-        y_spec = (y.astype(np.float64), 6, 2) if y_double else (y.astype(np.uint8), 9, 2)
-        write_mat(folder / f"{split}_32x32.mat", {"X": (x, 9, 2), "y": y_spec})
+        # The official files hold y as class double; a uint8 y must read the same.
+        y = y.astype(np.float64 if y_double else np.uint8)
+        savemat(folder / f"{split}_32x32.mat", {"X": x, "y": y}, do_compression=True)  # v5, as MATLAB saves
         data[split] = (images, digits)
     return data
 

@@ -10,13 +10,15 @@ import os
 from pathlib import Path
 
 from wrn.data.cache import cache_root, cached_decode
-from wrn.data.dataset import STATS, ArrayDataset, channel_stats, make_splits
-from wrn.data.download import DATASETS, fetch_dataset
+from wrn.data.catalog import DATASETS, NAMES, DatasetInfo
+from wrn.data.dataset import ArrayDataset, channel_stats, make_splits
+from wrn.data.download import fetch_dataset
 from wrn.data.formats import read_source
 from wrn.errors import UserError
 
-# Names accepted by load_dataset besides paths; "-coarse" selects CIFAR-100's 20 superclasses.
-NAMES = ("cifar10", "cifar100", "cifar100-coarse", "svhn")
+# (mean, std) by dataset name: a view of the catalog kept for existing callers; new code reads
+# ``catalog.get(name).mean`` / ``.std``.
+STATS = {n: (d.mean, d.std) for n, d in DATASETS.items() if d.mean is not None}
 
 
 def load_dataset(
@@ -48,4 +50,4 @@ def load_dataset(
     return cached_decode(path, lambda: read_source(path, coarse=coarse), cache_dir=root, options=options, quiet=quiet)
 
 
-__all__ = ["ArrayDataset", "load_dataset", "make_splits", "channel_stats", "STATS", "DATASETS", "NAMES"]
+__all__ = ["ArrayDataset", "DatasetInfo", "load_dataset", "make_splits", "channel_stats", "STATS", "DATASETS", "NAMES"]

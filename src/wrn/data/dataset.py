@@ -8,27 +8,6 @@ import numpy as np
 
 from wrn.errors import UserError
 
-# Per-channel mean/std on the [0, 1] scale, computed over each training set. The CIFAR-10 std is
-# the population std over all pixels (0.2470, ...), not the often-copied (0.2023, 0.1994, 0.2010),
-# which is a mean of per-image stds.
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
-# The paper only divides SVHN pixels by 255: mean 0, std 1 reproduces that.
-SVHN_MEAN = (0.0, 0.0, 0.0)
-SVHN_STD = (1.0, 1.0, 1.0)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
-    "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
-    "svhn": (SVHN_MEAN, SVHN_STD),
-    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
-}
-
-
 @dataclass
 class ArrayDataset:
     """Images ``uint8 [N, H, W, 3]`` (often a read-only memory map), labels ``int64 [N]``."""

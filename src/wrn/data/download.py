@@ -13,46 +13,10 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
+from wrn.data import catalog
 from wrn.errors import UserError
-
-
-@dataclass(frozen=True)
-class Remote:
-    filename: str
-    md5: str
-
-
-@dataclass(frozen=True)
-class RemoteDataset:
-    base_url: str
-    files: tuple[Remote, ...]
-    folder: str  # under <cache>/downloads
-
-
-DATASETS: dict[str, RemoteDataset] = {
-    "cifar10": RemoteDataset(
-        "https://www.cs.toronto.edu/~kriz/",
-        (Remote("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),),
-        "cifar10",
-    ),
-    "cifar100": RemoteDataset(
-        "https://www.cs.toronto.edu/~kriz/",
-        (Remote("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),),
-        "cifar100",
-    ),
-    "svhn": RemoteDataset(
-        "http://ufldl.stanford.edu/housenumbers/",
-        (
-            Remote("train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d8373"),
-            Remote("test_32x32.mat", "eb5a983be6a315427106f1b164d9cef3"),
-            Remote("extra_32x32.mat", "a93ce644f1a588dc4d68dda5feec44a7"),
-        ),
-        "svhn",
-    ),
-}
 
 
 def md5sum(path: Path) -> str:
@@ -118,10 +82,10 @@ def fetch_dataset(name: str, root: Path, *, mirror: str | None = None, quiet: bo
     ``mirror`` (or ``$WRN_DATA_MIRROR``) replaces the official base URL: files are fetched as
     ``<mirror>/<official file name>``.
     """
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} or a path")
-    spec = DATASETS[name]
+    spec = catalog.get(name)
+    if not spec.files:
+        raise UserError(f"{name} cannot be downloaded: pass the path of a local copy with --data PATH")
     base = mirror or os.environ.get("WRN_DATA_MIRROR") or spec.base_url
-    folder = root / "downloads" / spec.folder
+    folder = root / "downloads" / spec.name
     paths = [download(base.rstrip("/") + "/" + f.filename, folder / f.filename, f.md5, quiet=quiet) for f in spec.files]
     return paths[0] if len(paths) == 1 else folder

@@ -27,20 +27,23 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+from scipy.io.matlab import MatReadError, loadmat
 
+from wrn.data import catalog
 from wrn.data.dataset import ArrayDataset
-from wrn.data.matlab import MatFormatError, load_mat
 from wrn.errors import UserError
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_CLASSES = catalog.get("cifar10").classes
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".zip")
 SPLIT_ALIASES = {"valid": "val", "validation": "val", "testing": "test", "training": "train"}
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
 CIFAR100_FILES = ["train", "test", "meta"]
-SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat", "extra": "extra_32x32.mat"}
-# Errors that mean "this file is damaged" from the archive and image libraries.
-DAMAGED = (tarfile.TarError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, MatFormatError, pickle.UnpicklingError, KeyError, ValueError)
+# split -> file name: "train_32x32.mat" holds the train split
+SVHN_FILES = {f.filename.split("_")[0]: f.filename for f in catalog.get("svhn").files}
+# Errors that mean "this file is damaged" from the archive, image and MATLAB readers.
+DAMAGED = (tarfile.TarError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, MatReadError,
+           NotImplementedError, pickle.UnpicklingError, KeyError, TypeError, ValueError)
 
 
 def damaged(path: str | Path, err: BaseException) -> UserError:
@@ -145,19 +148,29 @@ def read_cifar_folder(kind: str, folder: Path, *, coarse: bool = False) -> dict[
 
 
 def read_svhn_mat(path: Path) -> ArrayDataset:
+    """One SVHN format-2 file: ``X`` uint8 [32, 32, 3, N] and ``y`` [N, 1] with digit 0 written as 10."""
     try:
-        mat = load_mat(path)
+        with open(path, "rb") as f:
+            header = f.read(128)
+        # loadmat fails with an IndexError on a file shorter than its header, and reads v7.3 (HDF5) not at all.
+        if len(header) < 128 or not header.startswith(b"MATLAB 5.0 MAT-file"):
+            raise ValueError("not a MATLAB 5.0 MAT-file (v7.3/HDF5 files are not supported)")
+        mat = loadmat(path, variable_names=["X", "y"])
+        if "X" not in mat or "y" not in mat:
+            raise ValueError(f"no {'X' if 'X' not in mat else 'y'} variable (an SVHN file holds X and y)")
         x, y = mat["X"], mat["y"]
         if x.ndim != 4 or x.shape[2] != 3 or y.size != x.shape[3]:
-            raise MatFormatError(f"expected X of shape 32x32x3xN and y of N labels, got {x.shape} and {y.shape}")
+            raise ValueError(f"expected X of shape 32x32x3xN and y of N labels, got {x.shape} and {y.shape}")
+        if x.dtype != np.uint8:
+            raise ValueError(f"X holds {x.dtype} values, not the uint8 pixels of SVHN")
         if y.size and (y.min() < 1 or y.max() > 10 or not np.array_equal(y, np.round(y))):
             # Labels are the digits 1..10 (10 = digit 0); the modulo below would hide anything else.
-            raise MatFormatError(f"label {float(y.min() if y.min() < 1 else y.max()):g} is out of range (SVHN labels are 1..10)")
+            raise ValueError(f"label {float(y.min() if y.min() < 1 else y.max()):g} is out of range (SVHN labels are 1..10)")
     except DAMAGED as e:
         raise damaged(path, e) from e
-    images = np.ascontiguousarray(x.transpose(3, 0, 1, 2), dtype=np.uint8)  # HxWxCxN -> NHWC
+    images = np.ascontiguousarray(x.transpose(3, 0, 1, 2))  # HxWxCxN -> NHWC
     labels = y.reshape(-1).astype(np.int64) % 10  # SVHN writes digit 0 as label 10
-    return ArrayDataset(images, labels, [str(d) for d in range(10)])
+    return ArrayDataset(images, labels, list(catalog.get("svhn").classes))
 
 
 def read_svhn_folder(folder: Path) -> dict[str, ArrayDataset]:
