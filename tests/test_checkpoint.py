@@ -1,8 +1,9 @@
 """Checkpoints: safetensors + JSON (no pickle), atomic swap, fallback to the last complete one,
-rebuild from model_args, clear errors for damaged or mismatched files."""
+rebuild from model_args, clear errors for damaged (truncated or bit-flipped) or mismatched files."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import shutil
@@ -89,7 +90,7 @@ def test_truncated_file_is_detected(tmp_path, capsys):
     data = (path / "model.safetensors").read_bytes()
     (path / "model.safetensors").write_bytes(data[: len(data) // 2])
     assert ck.find_checkpoint(tmp_path) == tmp_path / ck.OLD  # the complete one, with a warning
-    assert "incomplete" in capsys.readouterr().err
+    assert "checkpoint/model.safetensors is truncated" in capsys.readouterr().err
     shutil.rmtree(tmp_path / ck.OLD)
     with pytest.raises(UserError, match="no complete checkpoint"):
         ck.find_checkpoint(tmp_path)
@@ -100,8 +101,9 @@ def test_pickle_is_never_loaded(tmp_path):
     path = _save(tmp_path, model, opt)
     evil = pickle.dumps({"weight": torch.zeros(1)})
     (path / "model.safetensors").write_bytes(evil)
-    state = json.loads((path / "state.json").read_text())
+    state = json.loads((path / "state.json").read_text())  # size and checksum fixed, as an attacker would
     state["files"]["model.safetensors"] = len(evil)
+    state["sha256"]["model.safetensors"] = hashlib.sha256(evil).hexdigest()
     (path / "state.json").write_text(json.dumps(state))
     with pytest.raises(UserError, match="not a readable safetensors file"):
         wrn.load_checkpoint(path)
@@ -129,3 +131,85 @@ def test_keep_copy(tmp_path):
 def test_missing_path_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         wrn.load_checkpoint(tmp_path / "nope")
+
+
+# -- checksums: a same-size bit flip ---------------------------------------------------------------
+
+def flip_byte(path) -> None:
+    """Flip one bit of the byte in the middle of ``path`` (inside the tensor data), keeping its size."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> dict[str, bytes]:
+    return {k: v.numpy().tobytes() for k, v in tensors.items()}
+
+
+def _two_checkpoints(run):
+    """RUN/checkpoint at step 2 and a complete RUN/.checkpoint.old at step 1 (as after a kill mid-swap)."""
+    model, opt = _trained(seed=1)
+    _save(run, model, opt, step=1)
+    shutil.copytree(run / "checkpoint", run.parent / "step1")
+    model, opt = _trained(seed=0)
+    path = _save(run, model, opt, step=2)
+    shutil.copytree(run.parent / "step1", run / ck.OLD)
+    return path, model, opt
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.safetensors"])
+def test_same_size_bit_flip_is_caught_and_falls_back(tmp_path, capsys, name):
+    run = tmp_path / "run"
+    path, model, opt = _two_checkpoints(run)
+    flip_byte(path / name)
+
+    # Control: the sizes still match, so the checks before checksums took the checkpoint, and the
+    # flipped tensor loads silently with another value.
+    assert ck.read_state(path, verify=False) is not None
+    if name == "model.safetensors":
+        fresh = wrn.create_model("wrn-10-1", num_classes=3, dropout=0.1)
+        ck.load_weights(fresh, path)
+        saved, loaded = _tensor_bytes(model.state_dict()), _tensor_bytes(fresh.state_dict())
+    else:
+        fresh = torch.optim.SGD(_trained(seed=2)[0].parameters(), lr=0.1, momentum=0.9)
+        ck.load_optimizer(fresh, path)
+        saved, loaded = ({str(i): s["momentum_buffer"].numpy().tobytes() for i, s in o.state_dict()["state"].items()}
+                         for o in (opt, fresh))
+    assert saved.keys() == loaded.keys() and saved != loaded
+
+    # With checksums: the previous complete checkpoint, with a warning naming the file.
+    assert ck.read_state(path) is None
+    assert ck.find_checkpoint(run) == run / ck.OLD
+    err = capsys.readouterr().err
+    assert err.startswith("wrn: warning:") and f"checkpoint/{name} is damaged" in err and ".checkpoint.old" in err
+    assert wrn.load_checkpoint(run)[1]["step"] == 1
+    capsys.readouterr()
+
+    # Loading or resuming from that one checkpoint directly: one line naming the damaged file.
+    shutil.rmtree(run / ck.OLD)
+    with pytest.raises(UserError, match=f"no complete checkpoint .*checkpoint/{name} is damaged"):
+        wrn.load_checkpoint(path)
+    with pytest.raises(UserError, match=f"cannot resume from .*checkpoint/{name} is damaged"):
+        ck.restore(path, *_trained(seed=3))
+
+
+def test_checkpoint_without_checksums_still_loads_with_size_checks(tmp_path, capsys):
+    # A checkpoint of format 1 (before checksums) has no "sha256" in state.json.
+    model, opt = _trained()
+    path = _save(tmp_path, model, opt)
+    state = json.loads((path / "state.json").read_text())
+    assert state["format"] == 2 and set(state["sha256"]) == set(state["files"])
+    del state["sha256"]
+    state["format"] = 1
+    (path / "state.json").write_text(json.dumps(state))
+
+    loaded, got = wrn.load_checkpoint(tmp_path)
+    assert got["step"] == 2 and "sha256" not in got
+    ck.restore(path, *_trained(seed=1))
+    assert capsys.readouterr().err == ""
+    flip_byte(path / "model.safetensors")  # not detectable without a checksum: the limit of format 1
+    assert ck.find_checkpoint(tmp_path) == path
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[:-1])  # sizes are still checked
+    with pytest.raises(UserError, match="model.safetensors is truncated"):
+        wrn.load_checkpoint(path)

@@ -3,6 +3,7 @@ damaged or mismatched safetensors files are one-line errors that name the file o
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import pickle
@@ -99,10 +100,12 @@ def tiny_checkpoint(run: Path) -> Path:
 
 
 def replace_file(ckpt: Path, name: str, data: bytes) -> None:
-    """Swap a file of a checkpoint and fix its recorded size, as an attacker (or bit rot) would."""
+    """Swap a file of a checkpoint and fix its recorded size and checksum, as an attacker would:
+    what the loader reads must be safe even when state.json vouches for it."""
     (ckpt / name).write_bytes(data)
     state = json.loads((ckpt / "state.json").read_text())
     state["files"][name] = len(data)
+    state["sha256"][name] = hashlib.sha256(data).hexdigest()
     (ckpt / "state.json").write_text(json.dumps(state))
 
 

@@ -3,17 +3,22 @@
     RUN/checkpoint/model.safetensors       the model's state_dict
     RUN/checkpoint/optimizer.safetensors   optimizer tensors (momentum buffers), keyed state.<i>.<name>
     RUN/checkpoint/optimizer.json          the rest of the optimizer state (param groups)
-    RUN/checkpoint/state.json              epoch, step, config, model_args, RNG, metrics, file sizes
+    RUN/checkpoint/state.json              epoch, step, config, model_args, RNG, metrics, and the
+                                           size and sha256 of each file above
 
 A checkpoint is written into a fresh directory (each file fsynced, state.json last), then swapped
 in by two renames: ``checkpoint`` -> ``.checkpoint.old``, new -> ``checkpoint``. A kill at any
 moment leaves at least one complete checkpoint, and ``find_checkpoint`` takes the newest complete
-one. state.json carries ``model_args``, so ``load_checkpoint`` rebuilds the model without a config.
+one. Complete means every file has its recorded size (a cut-short or missing file) and its
+recorded sha256 (a same-size bit flip); checkpoints of format 1 have no sha256 and are checked by
+size only. state.json carries ``model_args``, so ``load_checkpoint`` rebuilds the model without a
+config.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -34,7 +39,7 @@ from wrn.fsio import fsync_dir, write_synced
 CHECKPOINT = "checkpoint"
 OLD = ".checkpoint.old"
 KEPT = "checkpoints"  # every N epochs: RUN/checkpoints/epoch-0010/
-FORMAT = 1
+FORMAT = 2  # 2: state.json records each file's sha256 (1: sizes only)
 
 
 def check_writable(run_dir: Path) -> None:
@@ -120,14 +125,20 @@ def save_checkpoint(run_dir: Path, *, model: nn.Module, optimizer: torch.optim.O
         for stale in run_dir.glob(".checkpoint.tmp-*"):  # ours, or a killed writer's (one writer per run)
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
-        model_bytes = st_save(_cpu(unwrap(model).state_dict()))
-        files = {"model.safetensors": write_synced(tmp / "model.safetensors", model_bytes)}
+        files: dict[str, int] = {}
+        digests: dict[str, str] = {}
+
+        def put(name: str, data: bytes) -> None:
+            files[name] = write_synced(tmp / name, data)
+            digests[name] = hashlib.sha256(data).hexdigest()  # of the bytes in memory: no re-read
+
+        put("model.safetensors", st_save(_cpu(unwrap(model).state_dict())))
         _test_pause()
         if optimizer is not None:
             tensors, rest = _optimizer_parts(optimizer)
-            files["optimizer.safetensors"] = write_synced(tmp / "optimizer.safetensors", st_save(tensors))
-            files["optimizer.json"] = write_synced(tmp / "optimizer.json", json.dumps(rest).encode())
-        state = {"format": FORMAT, **state, "rng": rng_state(), "files": files}
+            put("optimizer.safetensors", st_save(tensors))
+            put("optimizer.json", json.dumps(rest).encode())
+        state = {"format": FORMAT, **state, "rng": rng_state(), "files": files, "sha256": digests}
         write_synced(tmp / "state.json", (json.dumps(state, indent=1) + "\n").encode())  # last: marks it complete
         fsync_dir(tmp)
     except OSError as e:  # disk full, quota, read-only: the previous checkpoint is untouched
@@ -168,60 +179,74 @@ def keep_copy(run_dir: Path, epoch: int) -> Path:
     return dst
 
 
-def read_state(ckpt_dir: Path) -> dict[str, Any] | None:
-    """state.json of a complete checkpoint directory, or None when it is missing or cut short."""
-    try:
-        state = json.loads((Path(ckpt_dir) / "state.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(state, dict) or not isinstance(state.get("files"), dict):
-        return None
-    for name, size in state["files"].items():
-        try:
-            if (Path(ckpt_dir) / name).stat().st_size != size:
-                return None
-        except OSError:
-            return None
-    return state
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()  # streamed, in 256 KiB reads
 
 
-def damage(ckpt_dir: Path) -> str:
-    """Why ``ckpt_dir`` is not a complete checkpoint, naming the file (for warnings and errors)."""
+def check(ckpt_dir: Path, *, verify: bool = True) -> tuple[dict[str, Any] | None, str | None]:
+    """``(state.json, None)`` for a complete checkpoint directory, else ``(None, why)`` where why
+    names the damaged file. ``verify=False`` checks the sizes only (cheap: no file is read)."""
     ckpt_dir = Path(ckpt_dir)
     try:
         state = json.loads((ckpt_dir / "state.json").read_text())
-        files = state["files"]
-        assert isinstance(files, dict)
     except FileNotFoundError:
-        return f"{ckpt_dir / 'state.json'} is missing"
-    except (OSError, ValueError, KeyError, TypeError, AssertionError):
-        return f"{ckpt_dir / 'state.json'} is unreadable or cut short"
+        return None, f"{ckpt_dir / 'state.json'} is missing"
+    except (OSError, ValueError):
+        return None, f"{ckpt_dir / 'state.json'} is unreadable or cut short"
+    files = state.get("files") if isinstance(state, dict) else None
+    digests = state.get("sha256", {}) if isinstance(state, dict) else None  # absent in format 1
+    if not isinstance(files, dict) or not isinstance(digests, dict) or not set(digests) <= set(files):
+        return None, f"{ckpt_dir / 'state.json'} is unreadable or cut short"
     for name, size in files.items():
         try:
             found = (ckpt_dir / name).stat().st_size
         except OSError:
-            return f"{ckpt_dir / name} is missing"
+            return None, f"{ckpt_dir / name} is missing"
         if found != size:
-            return f"{ckpt_dir / name} is truncated or altered ({found} bytes, {size} written)"
-    return f"{ckpt_dir} is incomplete"
+            return None, f"{ckpt_dir / name} is truncated or altered ({found} bytes, {size} written)"
+    for name, digest in digests.items() if verify else ():
+        try:
+            if _sha256(ckpt_dir / name) != digest:
+                return None, (f"{ckpt_dir / name} is damaged (same size, but its sha256 differs from the one "
+                              "recorded when it was written)")
+        except OSError as e:
+            return None, f"{ckpt_dir / name} is unreadable ({e.strerror or e})"
+    return state, None
+
+
+def read_state(ckpt_dir: Path, *, verify: bool = True) -> dict[str, Any] | None:
+    """state.json of a complete checkpoint directory (sizes and checksums hold), else None."""
+    return check(ckpt_dir, verify=verify)[0]
+
+
+def damage(ckpt_dir: Path) -> str:
+    """Why ``ckpt_dir`` is not a complete checkpoint, naming the file (for warnings and errors)."""
+    return check(ckpt_dir)[1] or f"{ckpt_dir} is incomplete"
 
 
 def find_checkpoint(path: str | Path) -> Path:
     """The newest complete checkpoint under ``path`` (a run dir or a checkpoint dir).
 
-    When the newest one is damaged (a file truncated or missing), the newest complete one among
-    ``checkpoint/``, ``.checkpoint.old/`` and the kept ``checkpoints/epoch-NNNN/`` is used instead,
-    with a warning on stderr that names the damaged file.
+    When the newest one is damaged (a file truncated, missing or with another checksum), the
+    newest complete one among ``checkpoint/``, ``.checkpoint.old/`` and the kept
+    ``checkpoints/epoch-NNNN/`` is used instead, with a warning on stderr that names the damaged file.
     """
+    return _find(path)[0]
+
+
+def _find(path: str | Path) -> tuple[Path, dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint {str(path)!r} does not exist: give a run directory or its checkpoint/")
     if not path.is_dir():
         raise UserError(f"checkpoint {str(path)!r} is a file: give a run directory or its checkpoint/ "
                         f"(wrn never loads pickled .pt/.pth checkpoints)")
+    checked: dict[Path, str | None] = {}  # candidate -> why it is damaged
     if (path / "state.json").exists() or path.name in (CHECKPOINT, OLD) or path.parent.name == KEPT:
-        if read_state(path) is not None:
-            return path
+        state, checked[path] = check(path)
+        if state is not None:
+            return path, state
         newest = path
         run_dir = path.parent.parent if path.parent.name == KEPT else path.parent if path.name in (CHECKPOINT, OLD) else None
     else:
@@ -230,17 +255,24 @@ def find_checkpoint(path: str | Path) -> Path:
     if run_dir is not None:
         kept = sorted((run_dir / KEPT).glob("epoch-[0-9]*"), reverse=True) if (run_dir / KEPT).is_dir() else []
         candidates = [run_dir / CHECKPOINT, run_dir / OLD, *kept]
-    complete = [(state["step"] if isinstance(state.get("step"), int) else -1, i, c)
-                for i, c in enumerate(candidates)
-                if not c.name.endswith(".tmp") and (state := read_state(c)) is not None]
-    if complete:
-        _, _, best = max(complete, key=lambda t: (t[0], -t[1]))
-        if best != newest:
-            why = f"{newest} is incomplete ({damage(newest)})" if newest.exists() else f"{newest} is missing"
-            print(f"wrn: warning: {why}; using the last complete checkpoint {best}", file=sys.stderr)
-        return best
+    # Sizes of every candidate first (no file read), then checksums newest first: a resume hashes
+    # only the checkpoints it has to, not every kept epoch.
+    sized = [(state["step"] if isinstance(state.get("step"), int) else -1, i, c)
+             for i, c in enumerate(candidates)
+             if not c.name.endswith(".tmp") and c not in checked and (state := read_state(c, verify=False)) is not None]
+    for _, _, c in sorted(sized, key=lambda t: (-t[0], t[1])):
+        state, checked[c] = check(c)
+        if state is None:
+            continue
+        if c != newest:
+            skipped = [why for why in checked.values() if why]
+            if newest not in checked:
+                skipped.insert(0, damage(newest) if newest.exists() else f"{newest} is missing")
+            print(f"wrn: warning: {'; '.join(skipped)}; using the last complete checkpoint {c}", file=sys.stderr)
+        return c, state
     if newest.exists():
-        raise UserError(f"no complete checkpoint in {str(path)!r}: {damage(newest)} and no earlier checkpoint is "
+        why = checked.get(newest) or damage(newest)
+        raise UserError(f"no complete checkpoint in {str(path)!r}: {why} and no earlier checkpoint is "
                         "kept (train.keep_every keeps some): start the run again in a new --out")
     raise UserError(f"no complete checkpoint in {str(path)!r}: the run wrote none yet (start it again without --resume)")
 
@@ -284,9 +316,9 @@ def load_optimizer(optimizer: torch.optim.Optimizer, ckpt_dir: Path) -> None:
 
 def restore(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
     """Load weights, optimizer state and RNG state for a resume; returns state.json."""
-    state = read_state(ckpt_dir)
+    state, why = check(ckpt_dir)
     if state is None:
-        raise UserError(f"checkpoint {ckpt_dir} is incomplete: resume from another one")
+        raise UserError(f"cannot resume from {ckpt_dir}: {why}: resume from another checkpoint")
     load_weights(model, ckpt_dir)
     if optimizer is not None and "optimizer.safetensors" in state["files"]:
         load_optimizer(optimizer, ckpt_dir)
@@ -299,8 +331,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     saved constructor arguments, weights loaded, in eval mode; state is the checkpoint's state.json."""
     from wrn.models import create_model
 
-    ckpt = find_checkpoint(path)
-    state = read_state(ckpt)
+    ckpt, state = _find(path)
     args = dict(state.get("model_args") or {})
     name = args.pop("name", None)
     if not name:
