@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from wrn.models import create_model, list_models  # noqa: E402
+from wrn.predict import predict  # noqa: E402  (the function shadows its module's name here, on purpose)
 
 
 def __getattr__(name):
@@ -14,4 +15,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'wrn' has no attribute {name!r}")
 
 
-__all__ = ["create_model", "list_models", "load_checkpoint", "__version__"]
+__all__ = ["create_model", "list_models", "load_checkpoint", "predict", "__version__"]

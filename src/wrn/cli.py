@@ -15,7 +15,7 @@ import sys
 
 USER_OSERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
-COMMANDS = ("info", "train", "eval", "bench", "sweep", "report", "export")
+COMMANDS = ("info", "train", "eval", "predict", "runs", "bench", "sweep", "report", "export")
 
 
 class _Parser(argparse.ArgumentParser):
