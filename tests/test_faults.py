@@ -205,6 +205,48 @@ def test_truncated_checkpoint_without_fallback_is_an_error_not_a_restart(setup, 
     assert (run / "log.jsonl").read_text() == log_before  # nothing was started over
 
 
+def flip_byte(path: Path) -> None:
+    """Flip one bit in the middle of ``path`` (inside the tensor data), keeping its size."""
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte ^ 0x01]))
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.safetensors"])
+def test_bit_flip_in_newest_checkpoint_falls_back_with_a_warning(setup, capsys, name):
+    root, train, ref = setup
+    run = root / f"flipped-{name}"
+    shutil.copytree(ref, run)
+    (run / "summary.json").unlink()  # as if killed right after the last checkpoint
+    last = run / "checkpoints" / f"epoch-{EPOCHS:04d}"  # in a real run, hard links to the same files
+    for ckpt in (run / "checkpoint", last):
+        flip_byte(ckpt / name)
+
+    # Control: the sizes match, and the flipped file parses to other values without complaint.
+    assert checkpoint.read_state(run / "checkpoint", verify=False) is not None
+    got, want = load_file(run / "checkpoint" / name), load_file(ref / "checkpoint" / name)
+    assert got.keys() == want.keys() and any(not torch.equal(got[k], want[k]) for k in want)
+
+    # wrn eval on that one checkpoint alone (nothing to fall back to): one line naming the file.
+    alone = root / f"alone-{name}"
+    shutil.copytree(run / "checkpoint", alone / "checkpoint")
+    data = train[train.index("--data") + 1]
+    assert main(["eval", str(alone / "checkpoint"), "--data", data]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("wrn: error: no complete checkpoint"), err
+    assert f"checkpoint/{name} is damaged" in err[0]
+
+    # Resuming falls back to the newest undamaged checkpoint, says so, and still ends bit-identical.
+    log = root / f"flipped-{name}.log"
+    assert wait(fork_wrn(["train", "--quiet", "--resume", str(run)], log)) == 0, log.read_text()
+    warning = [line for line in log.read_text().splitlines() if line.startswith("wrn: warning:")]
+    assert len(warning) == 1 and f"checkpoint/{name} is damaged" in warning[0], warning
+    assert f"epoch-{EPOCHS - 1:04d}" in warning[0]
+    assert_same_weights(run, ref, f"resume after a bit flip in {name}")
+
+
 def _failing_write(fail_on: str, after: int, code: int):
     real, calls = checkpoint.write_synced, []
 
