@@ -150,3 +150,16 @@ def test_cuda_matches_the_cpu_semantics():
     a = aug(x.cuda(), torch.Generator(device="cuda").manual_seed(3))
     b = aug(x.cuda(), torch.Generator(device="cuda").manual_seed(3))
     assert a.device.type == "cuda" and torch.equal(a, b)
+    for channels_last in (False, True):
+        out = Augment(MEAN, STD, channels_last=channels_last)(x.cuda(), torch.Generator(device="cuda").manual_seed(0))
+        assert (_is_nhwc if channels_last else _is_nchw)(out)
+
+
+@pytest.mark.gpu
+def test_cuda_whitening_matches_the_cpu():
+    from wrn.data import zca
+
+    images = batch(512, 8, 8).numpy()
+    aug = Augment(whiten=zca.fit(images), crop_padding=0, flip=False)
+    x = torch.from_numpy(images)
+    torch.testing.assert_close(aug.normalize(x.cuda()).cpu(), aug.normalize(x), atol=1e-3, rtol=1e-3)
