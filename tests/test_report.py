@@ -43,6 +43,18 @@ def write_run(run_dir: Path, *, model: str, test_error: float, epochs: int = 3,
             "git_commit": "abc", "finished": True}))
 
 
+def hide_matplotlib(monkeypatch) -> None:
+    """As if matplotlib were not installed: importing it raises ImportError."""
+    for name in ("matplotlib", "matplotlib.figure"):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def table_rows(text: str, prefix: str) -> dict[str, list[str]]:
+    """The cells of the main table's rows (not the effect-size rows, which read "A -> B")."""
+    return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+            for line in text.splitlines() if line.startswith(prefix) and "->" not in line}
+
+
 @pytest.fixture
 def block_types_runs(tmp_path) -> Path:
     """Two seeds of every block-types net at a reduced budget (seed 1 is 2 points worse), plus
@@ -62,8 +74,7 @@ def test_report_tables_set_our_medians_beside_the_papers(block_types_runs, tmp_p
     path = report.write_report(block_types_runs, tmp_path / "out", plots=False)
     text = path.read_text()
     assert "REDUCED budget" in text and "reduced-e3-k0.5" in text
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
-            for line in text.splitlines() if line.startswith("| B(")}
+    rows = table_rows(text, "| B(")
     assert set(rows) == set(FIXTURE_ERRORS)
     b131 = rows["B(1,3,1)"]
     assert b131[3] == "17.00" and b131[4] == "16.00-18.00"  # median and spread of 16, 18
@@ -111,9 +122,9 @@ def test_plots_are_written_and_embedded(block_types_runs, tmp_path):
 
 
 def test_without_matplotlib_the_tables_still_come_with_a_clear_note(block_types_runs, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    hide_matplotlib(monkeypatch)
     text = report.write_report(block_types_runs, tmp_path / "out").read_text()
-    assert "matplotlib is not installed" in text and "pip install 'wrn[plot]'" in text
+    assert "matplotlib is not installed" in text and 'pip install -e ".[plot]"' in text
     assert "| B(3,3) |" in text
 
 
