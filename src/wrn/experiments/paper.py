@@ -1,23 +1,38 @@
 """The paper's experiments as data: the runs each table needs and the numbers the paper reports.
 
-Source: Zagoruyko & Komodakis, "Wide Residual Networks" (BMVC 2016, arXiv 1605.07146 v4), as
-summarised in PAPER.md. Errors are test error in percent (median of 5 runs for CIFAR, at the end
-of training), params in millions, time in seconds per training epoch (block-types table only).
-Nothing here builds a model or trains; `wrn.experiments.sweep` turns a table into runs.
+Source: Zagoruyko & Komodakis, "Wide Residual Networks" (BMVC 2016, arXiv 1605.07146 v4).
+Errors are test error in percent (median of 5 runs for CIFAR, at the end of training), params in
+millions, time in seconds per training epoch (block-types table only). Nothing here builds a model
+or trains; `wrn.experiments.sweep` turns a table into runs, each with its run's recipe (preset).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from wrn.errors import UserError
+from wrn.train.config import load_config
 
-# Recipe (preset) per dataset: the paper trains CIFAR and SVHN differently (PAPER.md).
+# The WRNs' recipe (preset) per dataset: the paper trains CIFAR and SVHN differently.
 RECIPE = {"cifar10": "paper-cifar", "cifar100": "paper-cifar", "svhn": "paper-svhn"}
+# The thin baselines train with their own papers' recipes (He et al. 2016a/b), not the WRN one:
+# ResNet-110 and pre-act ResNet-1001 with a warm-up at lr 0.01, pre-act ResNet-164 without.
+BASELINE_RECIPE = {"resnet-110": "resnet-cifar-warmup", "preact-resnet-164": "resnet-cifar",
+                   "preact-resnet-1001": "resnet-cifar-warmup"}
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10}
 SHORT = {"cifar10": "c10", "cifar100": "c100", "svhn": "svhn"}
-# The paper's dropout rate: 0.3 on CIFAR, 0.4 on SVHN.
-DROPOUT = {"cifar10": 0.3, "cifar100": 0.3, "svhn": 0.4}
+
+
+def recipe_for(model: str, dataset: str) -> str:
+    """The preset a table's network trains with on ``dataset``."""
+    return BASELINE_RECIPE.get(model) or RECIPE[dataset]
+
+
+@functools.cache
+def recipe_dropout(preset: str) -> float:
+    """The dropout rate a recipe sets: the dropout table's rate for the paper's presets."""
+    return load_config(preset).model.dropout
 
 
 @dataclass(frozen=True)
@@ -32,10 +47,11 @@ class Run:
     paper_params_m: float | None = None
     paper_time_s: float | None = None  # s per epoch (block types) ...
     paper_rel_time: float | None = None  # ... or time relative to the table's reference net
+    recipe: str = ""  # the preset it trains with; "" = recipe_for(model, dataset)
 
-    @property
-    def recipe(self) -> str:
-        return RECIPE[self.dataset]
+    def __post_init__(self):
+        if not self.recipe:
+            object.__setattr__(self, "recipe", recipe_for(self.model, self.dataset))
 
     @property
     def id(self) -> str:
@@ -82,7 +98,7 @@ def _block_types() -> Table:
         "Block types with two or three convolutions of comparable size reach similar error; "
         "B(3,3) is best by a small margin and B(1,3) is worst.",
         runs,
-        notes="depth keeps N = (n-4)/6 blocks per group whatever the block (PAPER.md); "
+        notes="depth keeps N = (n-4)/6 blocks per group whatever the block (the paper's naming); "
         "time = one training epoch on the paper's GPU.",
     )
 
@@ -167,14 +183,15 @@ def _dropout() -> Table:
             name = f"wrn-{depth}-{k}"
             runs.append(Run(f"WRN-{depth}-{k}", name, dataset, {}, plain, params))
             runs.append(Run(f"WRN-{depth}-{k} +dropout", name, dataset,
-                            {"dropout": DROPOUT[dataset]}, dropped, params))
+                            {"dropout": recipe_dropout(RECIPE[dataset])}, dropped, params))
     return Table(
         "dropout",
         "Dropout in residual blocks, CIFAR-10 / CIFAR-100 / SVHN (paper Table 6)",
         "Dropout between the convolutions helps most nets on every dataset (the exception: "
         "WRN-16-4 on CIFAR-10), most clearly on SVHN.",
         tuple(runs),
-        notes="dropout 0.3 on CIFAR, 0.4 on SVHN; SVHN trains on train + extra.",
+        notes=f"dropout {recipe_dropout(RECIPE['cifar10']):g} on CIFAR, {recipe_dropout(RECIPE['svhn']):g} "
+        "on SVHN (the recipes'); SVHN trains on train + extra.",
     )
 
 
@@ -200,6 +217,8 @@ def _thin_vs_wide() -> Table:
         "Every WRN beats the thin ResNets; WRN-40-4 (8.9M) beats pre-act ResNet-1001 (10.2M) and "
         "WRN-16-8 (16 layers) beats the 1000-layer net.",
         runs,
+        notes="the thin ResNets train with their own papers' recipes (presets resnet-cifar and "
+        "resnet-cifar-warmup: 164 epochs, lr 0.1 /10 at epochs 82 and 123, wd 1e-4), the WRNs with paper-cifar.",
     )
 
 

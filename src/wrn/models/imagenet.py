@@ -7,7 +7,7 @@ load with ``strict=True``::
     conv1 bn1 | layer{1..4}.{i}.conv1 bn1 conv2 bn2 conv3 bn3 [downsample.0 (1x1 conv) downsample.1 (BN)] | fc
 
 Stride sits on the 3x3 conv (torchvision's "ResNet v1.5"). No torchvision import: it is not a
-dependency (see DESIGN.md).
+dependency (its PyPI wheel fails to import beside CPU-only torch, and the CUDA build is ~5 GB).
 """
 
 from __future__ import annotations

@@ -21,10 +21,11 @@ class Hyper:
     lr: float
     weight_decay: float
     warmup_epochs: float
+    warmup_lr: float = 0.0  # 0 = a linear warm-up to lr; > 0 = this constant lr during it
 
 
 def scaled(cfg: OptimConfig, batch_size: int, epochs: int) -> Hyper:
-    """PAPER.md "Scaling": lr grows linearly with the batch (Goyal et al. 2017), with warmup.
+    """lr grows linearly with the batch (Goyal et al. 2017), with warmup; so does a constant warm-up lr.
 
     Weight decay is kept unchanged on purpose: what matters with BN is roughly lr x wd per
     update, and with s times the batch there are s times fewer updates per epoch, so s x lr with
@@ -32,12 +33,12 @@ def scaled(cfg: OptimConfig, batch_size: int, epochs: int) -> Hyper:
     larger batch with no warmup asked for gets min(5, epochs / 10) epochs of it.
     """
     if not cfg.scale_with_batch or batch_size == cfg.base_batch_size:
-        return Hyper(cfg.lr, cfg.weight_decay, cfg.warmup_epochs)
+        return Hyper(cfg.lr, cfg.weight_decay, cfg.warmup_epochs, cfg.warmup_lr)
     factor = batch_size / cfg.base_batch_size
     warmup = cfg.warmup_epochs
     if factor > 1 and warmup == 0:
         warmup = min(5.0, epochs / 10)
-    return Hyper(cfg.lr * factor, cfg.weight_decay, warmup)
+    return Hyper(cfg.lr * factor, cfg.weight_decay, warmup, cfg.warmup_lr * factor)
 
 
 def param_groups(model: nn.Module, weight_decay: float, wd_on_bn_bias: bool) -> list[dict]:
@@ -57,23 +58,31 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, hyper: Hyper) -> torch.o
 
 @dataclass(frozen=True)
 class Schedule:
-    """lr as a function of the global step (0-based: the lr used for that step)."""
+    """lr as a function of the global step (0-based: the lr used for that step).
+
+    ``total_steps`` (default ``epochs`` x ``steps_per_epoch``) is the run's length; when a budget
+    (train.steps) makes it differ, the schedule keeps its shape: the warm-up and the milestones
+    stay at the same fractions of training.
+    """
     cfg: OptimConfig
     hyper: Hyper
     steps_per_epoch: int
     epochs: int
+    total_steps: int | None = None
 
     def __call__(self, step: int) -> float:
         base = self.hyper.lr
-        spe = self.steps_per_epoch
-        total = self.epochs * spe
-        warm = round(self.hyper.warmup_epochs * spe)
-        if step < warm:  # linear ramp ending at the base lr
-            return base * (step + 1) / warm
+        recipe = self.epochs * self.steps_per_epoch  # steps of the recipe as written, in epochs
+        total = self.total_steps or recipe
+        per_epoch = self.steps_per_epoch * total / recipe  # steps per recipe epoch after stretching
+        warm = round(self.hyper.warmup_epochs * per_epoch)
+        if step < warm:
+            if self.hyper.warmup_lr > 0:  # a constant, lower lr first (He et al.: 0.01 for ResNet-110/1001)
+                return self.hyper.warmup_lr
+            return base * (step + 1) / warm  # a linear ramp ending at the base lr
         kind = self.cfg.schedule
-        if kind == "step":  # drops at epoch boundaries, as in the paper
-            epoch = step // spe
-            return base * self.cfg.gamma ** sum(epoch >= m for m in self.cfg.milestones)
+        if kind == "step":  # drops at (recipe) epoch boundaries, as in the paper
+            return base * self.cfg.gamma ** sum(step >= round(m * per_epoch) for m in self.cfg.milestones)
         progress = (step - warm) / max(1, total - warm)  # in [0, 1)
         if kind == "cosine":
             return base * 0.5 * (1.0 + math.cos(math.pi * progress))
