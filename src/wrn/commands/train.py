@@ -6,13 +6,21 @@ import argparse
 import time
 from pathlib import Path
 
-HELP = "train a model: wrn train --preset quick --data cifar10 [key=value ...]"
+HELP = "train a model: wrn train --preset quick --data cifar10 [--budget 15m] [key=value ...]"
+# What --resume may change: how the run is watched and stored, never what it computes.
+RESUME_SAFE_KEYS = ("accel.threads", "accel.keep_memory", "data.cache_dir", "data.workers", "log.every_steps",
+                    "log.quiet", "log.test_every_epoch", "log.tensorboard", "train.checkpoint_every",
+                    "train.keep_every")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from wrn.train.config import list_presets, valid_keys
+    from wrn.train.preempt import EXIT_PREEMPTED
 
-    parser.epilog = (f"presets: {', '.join(list_presets())}. "
-                     f"keys: {', '.join(valid_keys())}")
+    parser.epilog = (f"presets: {', '.join(list_presets())}. keys: {', '.join(valid_keys())}. "
+                     f"With --resume only these may be overridden: {', '.join(RESUME_SAFE_KEYS)}. "
+                     f"The first SIGTERM/SIGINT checkpoints after the current step and exits {EXIT_PREEMPTED}; "
+                     "a second one exits at once.")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", metavar="NAME", help="a recipe from wrn/train/recipes (default: paper-cifar)")
     source.add_argument("--config", metavar="FILE", help="a YAML config (may start from a preset with `preset: NAME`)")
@@ -20,38 +28,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a dataset name (cifar10, cifar100, svhn) or a local archive/folder")
     parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-<model>-<time>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    parser.add_argument("--budget", metavar="TIME",
+                        help="wall-clock budget, e.g. 90s, 15m, 2h (train.time_budget): the run fixes its steps "
+                             "after warm-up so that training and the final evaluation end within it")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.epochs=10 model.block=3,1,3")
 
 
+def _resume_config(out: Path, overrides: list[str]):
+    """The run's own config.yaml plus the overrides --resume allows; anything that would change
+    what the run computes is refused (naming the key) before a single file is written."""
+    from wrn.errors import UserError
+    from wrn.train.config import load_config, parse_override, set_value, validate
+
+    if not (out / "config.yaml").is_file():
+        raise UserError(f"--resume {str(out)!r} is not a run directory (no config.yaml): give the --out of a run")
+    cfg = load_config(config_file=out / "config.yaml")
+    saved = cfg.to_dict()
+    for text in overrides:
+        key, value = parse_override(text)
+        set_value(cfg, key, value)
+        section, _, name = key.partition(".")
+        if key not in RESUME_SAFE_KEYS and cfg.to_dict()[section][name] != saved[section][name]:
+            raise UserError(f"--resume cannot change {key} (the run has {saved[section][name]!r}): it would no longer "
+                            "be the same run; drop the override, or start a new run with --out")
+    validate(cfg)
+    return cfg
+
+
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from wrn.errors import UserError
     from wrn.train.config import data_overrides, load_config
     from wrn.train.dist import is_main
     from wrn.train.engine import fit
+    from wrn.train.preempt import Preempted
 
     overrides = list(args.overrides) + data_overrides(args.data)
+    if args.budget is not None:
+        overrides.append(f"train.time_budget={args.budget}")
     if args.resume:
         if args.preset or args.config:
             raise UserError("--resume takes the run's own config.yaml: drop --preset/--config")
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise UserError("--resume continues in its own directory: drop --out")
         out = Path(args.resume)
-        if not (out / "config.yaml").is_file():
-            raise UserError(f"--resume {str(out)!r} is not a run directory (no config.yaml): give the --out of a run")
-        cfg = load_config(config_file=out / "config.yaml", overrides=overrides)
-        fit(cfg, out, resume=True, quiet=args.quiet)
-        return 0
-
-    preset = args.preset or (None if args.config else "paper-cifar")
-    cfg = load_config(preset=preset, config_file=args.config, overrides=overrides)
-    if args.out:
-        out = Path(args.out)
+        cfg = _resume_config(out, overrides)
     else:
-        name = preset or Path(args.config).stem
-        out = Path("runs") / f"{name}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    # Under torchrun only rank 0 checks: it may already have written config.yaml when another starts.
-    if is_main() and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"--out {str(out)!r} is not empty: continue it with --resume {out}, or choose another --out")
-    fit(cfg, out, resume=False, quiet=args.quiet)
+        preset = args.preset or (None if args.config else "paper-cifar")
+        cfg = load_config(preset=preset, config_file=args.config, overrides=overrides)
+        if args.out:
+            out = Path(args.out)
+        else:
+            name = preset or Path(args.config).stem
+            out = Path("runs") / f"{name}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        # Under torchrun only rank 0 checks: it may already have written config.yaml when another starts.
+        if is_main() and out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UserError(f"--out {str(out)!r} is not empty: continue it with --resume {out}, or choose another --out")
+    try:
+        fit(cfg, out, resume=bool(args.resume), quiet=args.quiet)
+    except Preempted as e:
+        print(f"wrn: {e}", file=sys.stderr)
+        return e.exit_status
     return 0

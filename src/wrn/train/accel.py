@@ -100,30 +100,27 @@ def compile_cache_dir() -> Path:
     return path
 
 
-def compile_cache_warm() -> bool:
-    """Whether the compile cache holds compiled graphs already (a previous compiled run)."""
-    fx = _cache_root() / "fxgraph"
-    return fx.is_dir() and any(fx.iterdir())
-
-
 # Steps a compiled run needs before its warm-up pays back, from measurements on the 2-core CPU
 # (BENCHMARKS.md, WRN-16-4 batch 64, bf16 + channels_last, freed memory kept): compile saves
-# ~33 ms of ~205 ms per step; warm-up is ~31 s with a cold cache (break-even ~950 steps) and
-# ~5 s with a warm one (~150). On GPU, compile + CUDA graphs save far more per step.
-MIN_STEPS_TO_COMPILE = {"cpu": {"cold": 1000, "warm": 200}, "cuda": {"cold": 500, "warm": 100}}
+# ~33 ms of ~205 ms per step and its warm-up is ~31 s with a cold compile cache (break-even
+# ~950 steps). On GPU, compile + CUDA graphs save far more per step.
+MIN_STEPS_TO_COMPILE = {"cpu": 1000, "cuda": 500}
 
 
-def should_compile(requested: bool, total_steps: int, device: torch.device) -> tuple[bool, str]:
-    """Whether to compile this run, and why (the engine logs the reason)."""
+def should_compile(requested: bool, total_steps: int, device_type: str) -> tuple[bool, str]:
+    """Whether to compile this run, and why (the engine logs the reason).
+
+    Compiled and eager steps round differently, so this decision shapes the weights: it is a
+    function of the config alone (the run's total steps and device type), never of the steps
+    left after a resume or of whether the compile cache happens to be warm today, and the engine
+    records it in the run and reuses it on resume.
+    """
     if not requested:
         return False, "accel.compile=false"
-    cache = "warm" if compile_cache_warm() else "cold"
-    table = MIN_STEPS_TO_COMPILE.get(device.type, MIN_STEPS_TO_COMPILE["cuda"])
-    need = table[cache]
+    need = MIN_STEPS_TO_COMPILE.get(device_type, MIN_STEPS_TO_COMPILE["cuda"])
     if total_steps < need:
-        return False, (f"run too short to pay back the compile warm-up ({total_steps} < {need} steps, "
-                       f"{cache} compile cache): running eager")
-    return True, f"compiling (accel.compile=true, {cache} compile cache)"
+        return False, f"run too short to pay back the compile warm-up ({total_steps} < {need} steps): running eager"
+    return True, "compiling (accel.compile=true)"
 
 
 # -- optimizer -------------------------------------------------------------------------------------

@@ -26,10 +26,18 @@ from wrn.errors import UserError
 from wrn.train.accel import COMPILE_MODES, PRECISIONS
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+# A duration in seconds; config values and overrides may also say 90s, 15m, 2h (budget.parse_duration).
+Seconds = typing.NewType("Seconds", float)
+# Upper bounds for integer keys: a typo like train.epochs=1e99 is an instant error, not a run.
+INT_LIMITS = {"train.epochs": 100_000, "train.batch_size": 1 << 20, "train.eval_batch_size": 1 << 20,
+              "train.steps": 1 << 40, "train.seed": (1 << 63) - 1, "train.checkpoint_every": 1 << 40,
+              "train.keep_every": 100_000, "data.val_size": 1 << 40, "data.subset": 1 << 40,
+              "data.cutout": 1 << 16, "data.image_size": 1 << 16, "data.workers": 1024,
+              "log.every_steps": 1 << 40, "model.num_classes": 1 << 24}
 
 SCHEDULES = ("step", "cosine", "onecycle")
 MAX_MODEL_NUMBER = 2000
-NORMALIZATIONS = ("dataset", "paper", "none")
+NORMALIZATIONS = ("dataset", "paper", "none", "zca")
 
 
 @dataclass
@@ -50,13 +58,15 @@ class DataConfig:
     # Images carved from train for tuning (seeded, stratified). 0 = train on the whole training set,
     # as the paper did (nothing is tuned; the final epoch's test accuracy is reported).
     val_size: int = 0
-    subset: int = 0  # use only the first K training images (0 = all)
+    subset: int = 0  # train on a seeded, stratified sample of K training images (0 = all)
     use_extra: bool = False  # SVHN: train + extra
     augment: bool = True  # random crop from a 4-pixel reflect pad + horizontal flip
     cutout: int = 0  # side of the cutout square in pixels (0 = off)
     # dataset: mean/std of the training split; paper: the published CIFAR constants;
-    # none: pixels / 255 (the paper's SVHN preprocessing).
+    # none: pixels / 255 (the paper's SVHN preprocessing); zca: contrast normalisation + ZCA
+    # whitening fitted on the training split (wrn.data.zca; the paper's whitened CIFAR tables).
     normalize: str = "dataset"
+    zca_epsilon: float = 0.1  # normalize=zca: added to the covariance's eigenvalues (the paper's 0.1)
     cache_dir: Optional[str] = None
     # Stream from disk through DataLoader workers instead of holding the data on the device
     # (ImageNet): random-resized crop + flip in the workers, centre crop for evaluation.
@@ -74,6 +84,13 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = epoch ends only)
     keep_every: int = 0  # also keep the checkpoint of every N-th epoch (0 = only the last)
     skip_nonfinite: bool = False  # skip a batch whose loss/gradient is NaN/inf instead of stopping
+    # Wall-clock budget in seconds (or 90s / 15m / 2h; --budget): after warm-up the run fixes
+    # train.steps so that the whole schedule and the final evaluation end within it. 0 = none.
+    time_budget: Seconds = 0.0
+    # Total optimizer steps; 0 = train.epochs x steps per epoch. A budget writes its choice here
+    # (so resume and replay never decide again); the schedule keeps its shape: milestones and
+    # warm-up stay at the same fractions of training.
+    steps: int = 0
 
 
 @dataclass
@@ -86,9 +103,13 @@ class OptimConfig:
     schedule: str = "step"  # step | cosine | onecycle (linear warmup then linear decay to 0)
     milestones: tuple[int, ...] = (60, 120, 160)  # epochs (schedule=step)
     gamma: float = 0.2  # lr factor at each milestone
-    warmup_epochs: float = 0.0  # linear warmup from ~0 (may be fractional)
+    warmup_epochs: float = 0.0  # warm-up length (may be fractional, e.g. 400 steps = 400/390 epochs)
+    # 0 = a linear warm-up from ~0 to optim.lr; > 0 = this constant lr during the warm-up, as He et
+    # al.'s 0.01 for ResNet-110/1001 (they stop it when train error < 80%, ~400 steps; a fixed
+    # length keeps a run a function of its config, so it is deterministic and resumable).
+    warmup_lr: float = 0.0
     label_smoothing: float = 0.0
-    # Scale lr linearly with train.batch_size / base_batch_size (PAPER.md "Scaling"); wd is kept.
+    # Scale lr linearly with train.batch_size / base_batch_size (Goyal et al. 2017); wd is kept.
     scale_with_batch: bool = False
     base_batch_size: int = 128
 
@@ -117,6 +138,7 @@ class LogConfig:
     every_steps: int = 50  # a "step" line in log.jsonl every K steps
     test_every_epoch: bool = False  # test accuracy per epoch, for learning curves only
     quiet: bool = False  # no progress bar or epoch lines
+    tensorboard: bool = False  # also write scalars and hparams for TensorBoard (the `tb` extra)
 
 
 @dataclass
@@ -212,23 +234,21 @@ def _coerce(key: str, value: Any, tp) -> Any:
             return value.strip().lower() in _TRUE
         raise UserError(f"{key}={value!r} is not a boolean: use true or false")
     if tp is int:
-        if isinstance(value, bool):
-            raise UserError(f"{key}={value!r} is not an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                try:  # allow 1e3 style for step counts
-                    f = float(value)
-                    if f.is_integer():
-                        return int(f)
-                except ValueError:
-                    pass
-        raise UserError(f"{key}={value!r} is not an integer")
+        # Integers only: 1e3 or 200.0 are refused (1e99 epochs would be "valid" otherwise).
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise UserError(f"{key}={value!r} is not an integer: write it without a decimal point or exponent")
+        try:
+            number = int(value.strip()) if isinstance(value, str) else value
+        except ValueError:
+            raise UserError(f"{key}={value!r} is not an integer: write it without a decimal point or exponent") from None
+        limit = INT_LIMITS.get(key)
+        if limit is not None and number > limit:
+            raise UserError(f"{key}={value!r} is too large (at most {limit})")
+        return number
+    if tp is Seconds:
+        from wrn.train.budget import parse_duration
+
+        return parse_duration(key, value)
     if tp is float:
         if isinstance(value, bool):
             raise UserError(f"{key}={value!r} is not a number")
@@ -432,6 +452,10 @@ def validate(cfg: Config) -> None:
     if d.normalize == "paper":
         _check(d.name in PAPER_STATS, "data.normalize",
                f"'paper' constants exist only for {', '.join(PAPER_STATS)}: use dataset or none")
+    _check(math.isfinite(d.zca_epsilon) and d.zca_epsilon > 0, "data.zca_epsilon",
+           f"{d.zca_epsilon} must be a positive number (the paper's is 0.1)")
+    _check(not (d.normalize == "zca" and d.streaming), "data.normalize",
+           "zca whitens small images held in memory (CIFAR, SVHN), not streamed ones: use dataset or paper")
 
     _check(t.epochs >= 1, "train.epochs", f"{t.epochs} must be >= 1")
     _check(t.batch_size >= 1, "train.batch_size", f"{t.batch_size} must be >= 1")
@@ -439,6 +463,7 @@ def validate(cfg: Config) -> None:
     _check(t.seed >= 0, "train.seed", f"{t.seed} must be >= 0")
     _check(t.checkpoint_every >= 0, "train.checkpoint_every", f"{t.checkpoint_every} must be >= 0 (0 = epoch ends only)")
     _check(t.keep_every >= 0, "train.keep_every", f"{t.keep_every} must be >= 0 (0 = keep only the last)")
+    _check(t.steps >= 0, "train.steps", f"{t.steps} must be >= 0 (0 = train.epochs x steps per epoch)")
 
     _check(math.isfinite(o.lr) and o.lr > 0, "optim.lr", f"{o.lr} must be a positive number")
     _check(0.0 <= o.momentum < 1.0, "optim.momentum", f"{o.momentum} is out of range: use 0 <= momentum < 1")
@@ -450,6 +475,10 @@ def validate(cfg: Config) -> None:
     _check(0.0 < o.gamma <= 1.0, "optim.gamma", f"{o.gamma} is out of range: use 0 < gamma <= 1")
     _check(0.0 <= o.warmup_epochs < t.epochs, "optim.warmup_epochs",
            f"{o.warmup_epochs} must be >= 0 and less than train.epochs ({t.epochs})")
+    _check(math.isfinite(o.warmup_lr) and o.warmup_lr >= 0, "optim.warmup_lr",
+           f"{o.warmup_lr} must be >= 0 (0 = a linear warm-up to optim.lr)")
+    _check(o.warmup_lr == 0 or o.warmup_epochs > 0, "optim.warmup_lr",
+           f"{o.warmup_lr} needs optim.warmup_epochs > 0 (how long to hold it)")
     _check(0.0 <= o.label_smoothing < 1.0, "optim.label_smoothing", f"{o.label_smoothing} is out of range: use 0 <= x < 1")
     _check(o.base_batch_size >= 1, "optim.base_batch_size", f"{o.base_batch_size} must be >= 1")
 

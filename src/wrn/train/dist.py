@@ -151,6 +151,29 @@ def all_sum(*values: Any) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def any_true(flag: bool, device: torch.device) -> bool:
+    """Whether any process has ``flag`` set (a collective: all processes call it), so that a
+    signal that reached one rank a step before another still stops every rank at the same step."""
+    if not active():
+        return flag
+    if device.type == "cpu" and tdist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    t = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def broadcast_int(value: int, device: torch.device) -> int:
+    """Rank 0's ``value`` on every process (a collective), e.g. the step count a budget chose."""
+    if not active():
+        return value
+    if device.type == "cpu" and tdist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    tdist.broadcast(t, src=0)
+    return int(t.item())
+
+
 def first_bad_step(bad_step: torch.Tensor) -> int:
     """The earliest step at which any process saw a non-finite loss (-1: none), so that all
     processes stop together instead of one waiting forever in the next all-reduce."""

@@ -11,8 +11,12 @@ weights bit for bit on CPU. (RNG states are saved in the checkpoint too, for any
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
+import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wrn.errors import UserError
-from wrn.train import accel, checkpoint, dist
-from wrn.train.config import PAPER_STATS, Config, model_kwargs
+from wrn.models import create_model
+from wrn.train import accel, budget, checkpoint, dist, preempt
+from wrn.train.config import Config, model_kwargs
+from wrn.train.data import build_data, num_images
 from wrn.fsio import write_atomic
 from wrn.train.log import RunLog, git_commit, truncate_log, write_json
 from wrn.train.optim import Schedule, build_optimizer, scaled, set_lr
@@ -102,7 +108,7 @@ class EpochSums:
 
 
 @dataclass
-class Run:
+class RunState:
     """What ``fit`` builds once and the epoch functions use."""
     cfg: Config
     out_dir: Path
@@ -114,16 +120,50 @@ class Run:
     schedule: Schedule
     augment: Any
     loaders: dict[str, Any]
-    log: RunLog
+    log: RunLog | None
     rank: int = 0
     is_main: bool = True
     generator: torch.Generator | None = None
     skipper: SkipNonFinite | None = None
+    total_steps: int = 0
+    train_images: int = 0
+    quiet: bool = False
+    # Choices that shape the computation (compile, the steps a budget allowed): made once, from
+    # the config, saved in every checkpoint and reused on resume.
+    decisions: dict[str, Any] = field(default_factory=dict)
+    extra_state: dict[str, Any] = field(default_factory=dict)  # saved with each checkpoint
+    guard: preempt.Guard = field(default_factory=preempt.Guard)
+    clock: "Clock" = None
     start_time: float = field(default_factory=time.perf_counter)
     elapsed_before: float = 0.0  # seconds spent before a resume
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start_time
+
+
+class Clock:
+    """Every run logs its estimated wall time once, after warm-up (compile included): a
+    newcomer's 200-epoch WRN-28-10 on a laptop CPU says it will take weeks, and what to do."""
+
+    def __init__(self, run: RunState, start: int, enabled: bool = True):
+        self.run = run
+        self.mark = start + budget.WARMUP_STEPS if enabled else -1
+        self.end = self.mark + budget.TIMED_STEPS
+        self.t0 = 0.0
+
+    def after_step(self, done: int, loss: torch.Tensor) -> None:
+        if done == self.mark:
+            loss.item()  # wait for the device
+            self.t0 = time.perf_counter()
+        elif done == self.end:
+            loss.item()
+            step_s = (time.perf_counter() - self.t0) / budget.TIMED_STEPS
+            _log_estimate(self.run, self.run.elapsed() + (self.run.total_steps - done) * step_s, step_s)
+
+
+def _log_estimate(run: RunState, total_s: float, step_s: float) -> None:
+    run.log.write({"kind": "estimate", "wall_s": total_s, "step_s": step_s, "elapsed_s": run.elapsed()})
+    run.log.info(budget.estimate_line(total_s))
 
 
 def _all_ranks(sums: EpochSums) -> EpochSums:
@@ -132,7 +172,7 @@ def _all_ranks(sums: EpochSums) -> EpochSums:
     return EpochSums(loss, correct, count, sums.bad_step)
 
 
-def _check_finite(run: Run, sums: EpochSums) -> None:
+def _check_finite(run: RunState, sums: EpochSums) -> None:
     bad = dist.first_bad_step(sums.bad_step)  # the same answer on every process: all stop together
     if bad >= 0:
         spe = len(run.loaders["train"])
@@ -143,7 +183,7 @@ def _check_finite(run: Run, sums: EpochSums) -> None:
                             f"{kept}; lower optim.lr, or set train.skip_nonfinite=true to skip such batches")
 
 
-def _save(run: Run, step: int, sums: EpochSums | None, metrics: dict[str, Any] | None, extra: dict[str, Any]) -> None:
+def _save(run: RunState, step: int, sums: EpochSums | None, metrics: dict[str, Any] | None) -> None:
     # Collectives before rank 0 alone writes: all processes' sums and averaged BN statistics.
     sums = _all_ranks(sums) if sums is not None else None
     dist.average_buffers(run.model)
@@ -162,30 +202,32 @@ def _save(run: Run, step: int, sums: EpochSums | None, metrics: dict[str, Any] |
         return
     state = {"epoch": step // spe, "step": step, "steps_per_epoch": spe, "config": run.cfg.to_dict(),
              "model_args": checkpoint.unwrap(run.model).model_args, "partial": sums.to_json() if sums else None,
-             "metrics": metrics, "elapsed_s": run.elapsed(), **extra}
+             "metrics": metrics, "elapsed_s": run.elapsed(), "decisions": run.decisions, **run.extra_state}
     checkpoint.save_checkpoint(run.out_dir, model=run.model, optimizer=run.optimizer, state=state)
 
 
-def train_one_epoch(run: Run, epoch: int, start_step: int = 0, sums: EpochSums | None = None,
-                    extra_state: dict[str, Any] | None = None) -> EpochSums:
-    """Train ``epoch`` from batch ``start_step`` on; returns the epoch's running sums."""
+def train_one_epoch(run: RunState, epoch: int, start_step: int = 0, sums: EpochSums | None = None,
+                    stop_step: int | None = None) -> EpochSums:
+    """Train ``epoch`` from batch ``start_step`` up to ``stop_step`` (default: the whole epoch; a
+    budgeted run may end mid-epoch); returns the epoch's running sums."""
     cfg = run.cfg
     loader = run.loaders["train"]
     spe = len(loader)
+    stop = spe if stop_step is None else stop_step
     sums = sums or EpochSums.zeros(run.device)
     window = EpochSums.zeros(run.device)  # since the last "step" line
     window_start = time.perf_counter()
     run.model.train()
-    bar = run.log.progress(spe, start_step, f"epoch {epoch + 1}/{cfg.train.epochs}")
+    bar = run.log.progress(stop, start_step, f"epoch {epoch + 1}/{math.ceil(run.total_steps / spe)}")
     for i, (images, labels) in enumerate(loader.epoch(epoch, start_step), start=start_step):
+        if i >= stop:
+            break
         step = epoch * spe + i  # the global step being taken
         lr = run.schedule(step)
         set_lr(run.optimizer, lr)
         torch.manual_seed(step_seed(cfg.train.seed, step, run.rank, 0))  # dropout, drop-path
         run.generator.manual_seed(step_seed(cfg.train.seed, step, run.rank, 1))  # crop, flip, cutout
-        x = run.augment(images, run.generator)  # [B, 3, H, W] float32, normalised
-        if cfg.accel.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = run.augment(images, run.generator)  # [B, 3, H, W] float32, normalised, in the model's memory format
         if run.skipper is not None:
             run.skipper.remember()
         loss_sum, correct = run.train_step(x, labels)
@@ -198,6 +240,7 @@ def train_one_epoch(run: Run, epoch: int, start_step: int = 0, sums: EpochSums |
             sums.bad_step = torch.where(~finite & (sums.bad_step < 0), step, sums.bad_step)
         done = step + 1
         bar.update(1)
+        run.clock.after_step(done, loss_sum)
         if done % cfg.log.every_steps == 0:
             _check_finite(run, sums)
             window = _all_ranks(window)
@@ -210,154 +253,49 @@ def train_one_epoch(run: Run, epoch: int, start_step: int = 0, sums: EpochSums |
             run.log.write(record)
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}")
             window, window_start = EpochSums.zeros(run.device), now
-        every = cfg.train.checkpoint_every
-        # The epoch's last step is covered by the epoch-end checkpoint (written after evaluation).
-        if every and done % every == 0 and i + 1 < spe:
+        last = i + 1 == stop  # covered by the epoch-end checkpoint (written after evaluation)
+        if dist.any_true(run.guard.requested(), run.device) and not last:
             _check_finite(run, sums)
-            _save(run, done, sums, None, extra_state or {})
+            _save(run, done, sums, None)
+            _preempted(run, done)
+        every = cfg.train.checkpoint_every
+        if every and done % every == 0 and not last:
+            _check_finite(run, sums)
+            _save(run, done, sums, None)
     bar.close()
     _check_finite(run, sums)
     return sums
 
 
+def _preempted(run: RunState, step: int) -> None:
+    run.log.write({"kind": "preempted", "step": step, "signal": run.guard.name, "elapsed_s": run.elapsed()})
+    raise preempt.Preempted(f"stopped by {run.guard.name or 'a signal'} after step {step}: a checkpoint was written; "
+                            f"continue with `wrn train --resume {run.out_dir}`")
+
+
 @torch.no_grad()
-def evaluate(run: Run, split: str) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) on a split, without augmentation; one host sync at the end."""
-    loader = run.loaders[split]  # this process's shard under torchrun
-    dist.average_buffers(run.model)
-    run.model.eval()
-    loss = torch.zeros((), device=run.device, dtype=torch.float64)
-    correct = torch.zeros((), device=run.device, dtype=torch.int64)
+def evaluate(model: nn.Module, eval_step: Callable, loader, augment) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` on ``loader``'s split (this process's shard under
+    torchrun), without augmentation; one host sync at the end."""
+    dist.average_buffers(model)
+    model.eval()
+    loss = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.int64)
     n = 0
     for images, labels in loader.epoch(0):
-        x = run.augment.normalize(images)
-        if run.cfg.accel.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        logits = run.eval_step(x)
-        loss += F.cross_entropy(logits, labels, reduction="sum").double()
-        correct += (logits.argmax(1) == labels).sum()
+        logits = eval_step(augment.normalize(images))  # in the model's memory format
+        loss = loss.to(logits.device) + F.cross_entropy(logits, labels, reduction="sum").double()
+        correct = correct.to(logits.device) + (logits.argmax(1) == labels).sum()
         n += labels.numel()
     loss, correct, n = dist.all_sum(loss, correct, n)
-    run.model.train()
+    model.train()
     if n == 0:
         return float("nan"), float("nan")
     return loss.item() / n, correct.item() / n
 
 
-# -- data ------------------------------------------------------------------------------------------
-
-@dataclass
-class Data:
-    """Loaders (``len``, ``epoch(e, start_step)`` -> uint8 NHWC batches on the device), the
-    augmentation/normalisation that turns a batch into model input, and what the run reports."""
-    loaders: dict[str, Any]
-    augment: Any
-    classes: list[str]
-    mean: list[float]
-    std: list[float]
-    train_images: int
-
-
-def _normalization(cfg: Config, train_split) -> tuple[list[float], list[float]]:
-    from wrn.data import channel_stats
-
-    if cfg.data.normalize == "none":  # pixels / 255 (the paper's SVHN)
-        return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
-    if cfg.data.normalize == "paper" or train_split is None:  # (streamed data: no pass over it)
-        mean, std = PAPER_STATS[cfg.data.name if cfg.data.name in PAPER_STATS else "imagenet"]
-        return list(mean), list(std)
-    mean, std = channel_stats(train_split)
-    return [float(m) for m in mean], [float(s) for s in std]
-
-
-def load_splits(cfg: Config) -> dict[str, Any]:
-    """train / val / test ArrayDatasets for the config (the val split is carved from train)."""
-    from wrn.data import load_dataset, make_splits
-
-    datasets = load_dataset(cfg.source(), cache_dir=cfg.data.cache_dir)
-    if cfg.data.use_extra and "extra" not in datasets:
-        raise UserError(f"data.use_extra=true but {cfg.source()!r} has no 'extra' split: set data.use_extra=false")
-    return make_splits(datasets, val_size=cfg.data.val_size, subset=cfg.data.subset, seed=cfg.train.seed,
-                       use_extra=cfg.data.use_extra)
-
-
-def _streaming_data(cfg: Config, device: torch.device, rank: int, world_size: int, splits: tuple[str, ...],
-                    stats: tuple[list[float], list[float]] | None) -> Data:
-    """ImageNet-size data: files stay on disk, DataLoader workers decode and crop; the val/ folder
-    serves as the test split (as is customary for ImageNet)."""
-    if not cfg.data.path:
-        raise UserError(f"data.streaming ({cfg.data.name}) needs a local copy: pass --data /path/to/images "
-                        "(root/train/<class>/*.jpg and root/val/<class>/*.jpg, or a .zip/.tar of them)")
-    from wrn.data.augment import Augment
-    from wrn.data.streaming import StreamingLoader
-
-    common = dict(device=device, seed=cfg.train.seed, workers=cfg.data.workers, image_size=cfg.data.image_size,
-                  rank=rank, world_size=world_size)
-    loaders: dict[str, Any] = {}
-    if "train" in splits:
-        loaders["train"] = StreamingLoader(cfg.data.path, "train", cfg.train.batch_size // world_size, train=True,
-                                           **common)
-    if "test" in splits:
-        loaders["test"] = StreamingLoader(cfg.data.path, "val", cfg.train.eval_batch_size, train=False, **common)
-    mean, std = stats or _normalization(cfg, None)
-    # Crops and flips happen in the workers; on the device only normalisation remains.
-    augment = Augment(mean, std, crop_padding=0, flip=False)
-    first = next(iter(loaders.values()))
-    n = len(loaders["train"].dataset) if "train" in loaders else 0
-    return Data(loaders, augment, list(first.classes), mean, std, n)
-
-
-def _check_classes(cfg: Config, train_split, classes: list[str]) -> None:
-    """Labels a classifier can learn, checked before any work: >= 2 classes, each with training
-    images, all within model.num_classes (else the loss fails mid-run with an index error)."""
-    import numpy as np
-
-    if len(classes) < 2:
-        raise UserError(f"{cfg.source()}: the data has only {len(classes)} class {classes}: a classifier needs at "
-                        "least 2 (one folder per class, e.g. train/cat/, train/dog/)")
-    counts = np.bincount(np.asarray(train_split.labels), minlength=len(classes))
-    empty = [c for c, n in zip(classes, counts) if n == 0]
-    if empty:
-        raise UserError(f"{cfg.source()}: class {empty[0]!r} has no training images (an empty train/{empty[0]}/ folder, "
-                        "or data.val_size / data.subset took them all): add images or remove the class everywhere")
-    if cfg.model.num_classes and cfg.model.num_classes < len(classes):
-        raise UserError(f"model.num_classes: {cfg.model.num_classes} is fewer than the {len(classes)} classes in the "
-                        f"data: set it to {len(classes)}, or 0 to take it from the data")
-
-
-def build_data(cfg: Config, device: torch.device, *, rank: int = 0, world_size: int = 1,
-               splits: tuple[str, ...] = ("train", "val", "test"),
-               stats: tuple[list[float], list[float]] | None = None) -> Data:
-    """Loaders for the requested splits (evaluation splits sharded over processes under torchrun).
-    ``stats`` (mean, std) overrides the normalisation: evaluation reuses the run's own."""
-    if cfg.data.streaming:
-        return _streaming_data(cfg, device, rank, world_size, splits, stats)
-    from wrn.data.augment import Augment
-    from wrn.data.loader import DeviceLoader
-
-    arrays = load_splits(cfg)
-    train = arrays["train"]
-    if "train" in splits and len(train) < cfg.train.batch_size:
-        raise UserError(f"train.batch_size: {cfg.train.batch_size} is larger than the training split "
-                        f"({len(train)} images): lower it")
-    if "train" in splits:
-        _check_classes(cfg, train, list(train.classes))
-        h, w = train.images.shape[1:3]
-        if cfg.data.augment and min(h, w) <= 4:  # else the first step fails inside the reflect padding
-            raise UserError(f"data.augment: the images are {w}x{h}, too small for the 4-pixel reflect-pad crop: "
-                            "set data.augment=false")
-    mean, std = stats or _normalization(cfg, train)
-    augment = Augment(mean, std, crop_padding=4 if cfg.data.augment else 0, flip=cfg.data.augment,
-                      cutout=cfg.data.cutout)
-    loaders: dict[str, Any] = {}
-    if "train" in splits:
-        loaders["train"] = DeviceLoader(train, cfg.train.batch_size // world_size, device=device, shuffle=True,
-                                        drop_last=True, seed=cfg.train.seed, rank=rank, world_size=world_size)
-    for name in ("val", "test"):
-        if name in splits and len(arrays[name]):
-            loaders[name] = DeviceLoader(arrays[name], cfg.train.eval_batch_size, device=device, shuffle=False,
-                                         drop_last=False, rank=rank, world_size=world_size)
-    return Data(loaders, augment, list(train.classes), mean, std, len(train))
+def _evaluate(run: RunState, split: str) -> tuple[float, float]:
+    return evaluate(run.model, run.eval_step, run.loaders[split], run.augment)
 
 
 # -- fit -------------------------------------------------------------------------------------------
@@ -382,27 +320,47 @@ def _epoch_means(out_dir: Path) -> tuple[float | None, float | None]:
     return mean(times), mean(rates)
 
 
-@dist.with_process_group
-def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Train per ``cfg`` into ``out_dir`` (config.yaml, log.jsonl, checkpoint/, summary.json).
+def _budget_steps(run: RunState) -> int:
+    """Time a few real steps and evaluation batches, put everything back as it was, and choose
+    the run's total steps for ``train.time_budget`` (rank 0 decides, all processes follow)."""
+    model, opt = checkpoint.unwrap(run.model), run.optimizer
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt_state = copy.deepcopy(opt.state_dict())
+    batches = run.loaders["train"].epoch(0)
+    eval_images = run.loaders["test"].epoch(0)
 
-    With ``resume=True`` it continues from the newest complete checkpoint in ``out_dir`` (or starts
-    over there if the run was killed before its first checkpoint). Returns summary.json's content.
-    """
-    t_fit = time.perf_counter()  # wall time counts data loading and model building too
-    out_dir = Path(out_dir)
+    def train_step() -> None:
+        images, labels = next(batches)
+        loss, _ = run.train_step(run.augment(images, run.generator), labels)
+        loss.item()  # wait for the device
+
+    def eval_batch() -> int:
+        images, _ = next(eval_images)
+        run.eval_step(run.augment.normalize(images)).sum().item()
+        return len(images)
+
+    try:
+        probe = budget.measure(train_step, eval_batch)
+    except StopIteration:
+        raise UserError("train.time_budget: the data is too small to time a few steps: "
+                        "set train.epochs instead") from None
+    model.load_state_dict(weights)  # in place: a compiled step keeps pointing at the same tensors
+    opt.load_state_dict(opt_state)
+    spe = len(run.loaders["train"])
+    world_size = dist.world()[1]
+    per_epoch = num_images(run.loaders["val"]) // world_size if "val" in run.loaders else 0
+    steps = budget.choose_steps(run.cfg.train.time_budget, run.elapsed(), probe, steps_per_epoch=spe,
+                                eval_images_per_epoch=per_epoch,
+                                final_eval_images=num_images(run.loaders["test"]) // world_size)
+    steps = dist.broadcast_int(steps, run.device)
+    _log_estimate(run, run.cfg.train.time_budget, probe.step_s)
+    return steps
+
+
+def _setup(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: float) -> tuple[RunState, dict | None]:
+    """Data, model, optimizer, compiled steps and the restored checkpoint (if resuming)."""
     rank, world_size, _ = dist.world()
     is_main = rank == 0
-    quiet = quiet or cfg.log.quiet
-
-    summary_path = out_dir / "summary.json"
-    if resume and summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("finished"):
-            if is_main and not quiet:
-                print(f"wrn: {out_dir} already finished (test accuracy {100 * summary['test_acc']:.2f}%)")
-            return summary
-
     ckpt_dir = None
     if resume:
         try:
@@ -418,13 +376,8 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
         checkpoint.check_writable(out_dir)
     device = dist.local_device(accel.resolve_device(cfg.accel.device))
     data = build_data(cfg, device, rank=rank, world_size=world_size)
-    loaders, augment, classes, mean, std = data.loaders, data.augment, data.classes, data.mean, data.std
-    num_classes = cfg.model.num_classes or len(classes)
-    per_rank_batch = cfg.train.batch_size // world_size
-    from wrn.models import create_model
-
-    spe = len(loaders["train"])
-    total_steps = cfg.train.epochs * spe
+    num_classes = cfg.model.num_classes or len(data.classes)
+    spe = len(data.loaders["train"])
 
     torch.manual_seed(cfg.train.seed)  # the initial weights
     model = create_model(cfg.model.name, **model_kwargs(cfg, num_classes))
@@ -434,93 +387,176 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
     optimizer = build_optimizer(model, cfg.optim, hyper)
     skipper = SkipNonFinite(optimizer, model) if cfg.train.skip_nonfinite else None
 
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(out_dir / "config.yaml", cfg.to_yaml().encode())
     state: dict[str, Any] | None = None
     if ckpt_dir is not None:
         state = checkpoint.restore(ckpt_dir, model, optimizer)
         if state["steps_per_epoch"] != spe:
             raise UserError(f"{ckpt_dir}: the checkpoint has {state['steps_per_epoch']} steps per epoch but this "
                             f"config gives {spe}: resume with the run's own data and train.batch_size")
-    start = state["step"] if state else 0
-    if is_main:
-        truncate_log(out_dir, start if state else -1)  # a start-over keeps none of the old lines
-    log = RunLog(out_dir, enabled=is_main, quiet=quiet)
-
-    kept_memory = cfg.accel.keep_memory and accel.keep_freed_memory(device)
-    do_compile, reason = accel.should_compile(cfg.accel.compile, total_steps - start, device)
+    # A budget's choice is in the config (train.steps) once made; until then plan the recipe's length.
+    planned = cfg.train.steps or cfg.train.epochs * spe
+    decisions = dict((state or {}).get("decisions") or {})
+    if "compile" not in decisions:
+        decisions["compile"], decisions["compile_reason"] = accel.should_compile(
+            cfg.accel.compile, planned, device.type)
+    do_compile = decisions["compile"]
     train_step = accel.make_train_step(train_model, skipper or optimizer, precision=cfg.accel.precision, device=device,
                                        compile=do_compile, label_smoothing=cfg.optim.label_smoothing,
                                        compile_mode=cfg.accel.compile_mode, cuda_graphs=cfg.accel.cuda_graphs,
                                        fused_optimizer=cfg.accel.fused_optimizer, threads=cfg.accel.threads)
     eval_step = accel.make_eval_step(model, precision=cfg.accel.precision, device=device, compile=do_compile,
                                      compile_mode=cfg.accel.compile_mode, cuda_graphs=cfg.accel.cuda_graphs)
-    run = Run(cfg=cfg, out_dir=out_dir, device=device, model=model, optimizer=optimizer, train_step=train_step,
-              eval_step=eval_step, schedule=Schedule(cfg.optim, hyper, spe, cfg.train.epochs), augment=augment,
-              loaders=loaders, log=log, rank=rank, is_main=is_main,
-              generator=torch.Generator(device=device), skipper=skipper,
-              start_time=t_fit, elapsed_before=state["elapsed_s"] if state else 0.0)
-    params = sum(p.numel() for p in model.parameters())
-    extra_state = {"normalize": {"mean": mean, "std": std}, "classes": classes}
+    run = RunState(cfg=cfg, out_dir=out_dir, device=device, model=model, optimizer=optimizer, train_step=train_step,
+                   eval_step=eval_step, schedule=Schedule(cfg.optim, hyper, spe, cfg.train.epochs, total_steps=planned),
+                   augment=data.augment, loaders=data.loaders, log=None, rank=rank, is_main=is_main,
+                   generator=torch.Generator(device=device), skipper=skipper, total_steps=planned,
+                   decisions=decisions, extra_state={"normalize": {"mean": data.mean, "std": data.std},
+                                                     "classes": data.classes},
+                   train_images=data.train_images, quiet=quiet, start_time=t_fit,
+                   elapsed_before=state["elapsed_s"] if state else 0.0)
+    return run, state
 
-    log.write({"kind": "resume" if state else "start", "step": start, "device": str(device), "params": params,
-               "world_size": world_size,
-               "steps_per_epoch": spe, "total_steps": total_steps, "lr": hyper.lr,
-               "weight_decay": hyper.weight_decay, "warmup_epochs": hyper.warmup_epochs, "compile": do_compile,
-               "compile_reason": reason, "keep_memory": kept_memory, "elapsed_s": run.elapsed()})
-    log.info(f"{cfg.model.name}: {params / 1e6:.2f}M params | {data.train_images} train images, {spe} steps/epoch, "
-             f"{cfg.train.epochs} epochs | {device}, {cfg.accel.precision}"
-             f"{', channels_last' if cfg.accel.channels_last else ''} | {reason}"
-             + (f" | resumed at step {start}" if state else ""))
 
+def _start(run: RunState, state: dict | None) -> int:
+    """Write config.yaml (a fresh run; a budget first fixes train.steps) and the start record."""
+    cfg, out_dir = run.cfg, run.out_dir
+    start = state["step"] if state else 0
+    if run.is_main:
+        truncate_log(out_dir, start if state else -1)  # a start-over keeps none of the old lines
+    run.log = RunLog(out_dir, enabled=run.is_main, quiet=run.quiet)
+    if cfg.train.time_budget and not cfg.train.steps:
+        steps = _budget_steps(run)
+        run.cfg = cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
+        run.total_steps = steps
+        run.decisions["budget_steps"] = steps
+        hyper = scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs)
+        run.schedule = Schedule(cfg.optim, hyper, len(run.loaders["train"]), cfg.train.epochs, total_steps=steps)
+    if run.is_main and state is None:  # never on resume: the run's config.yaml is what it is
+        write_atomic(out_dir / "config.yaml", cfg.to_yaml().encode())
+    run.clock = Clock(run, start, enabled=not cfg.train.time_budget and start < run.total_steps)
+    spe = len(run.loaders["train"])
+    params = sum(p.numel() for p in run.model.parameters())
+    kept_memory = cfg.accel.keep_memory and accel.keep_freed_memory(run.device)
+    run.log.write({"kind": "resume" if state else "start", "step": start, "device": str(run.device), "params": params,
+                   "world_size": dist.world()[1], "steps_per_epoch": spe, "total_steps": run.total_steps,
+                   "lr": run.schedule.hyper.lr, "weight_decay": run.schedule.hyper.weight_decay,
+                   "warmup_epochs": run.schedule.hyper.warmup_epochs, "compile": run.decisions["compile"],
+                   "compile_reason": run.decisions["compile_reason"], "time_budget_s": cfg.train.time_budget,
+                   "keep_memory": kept_memory, "elapsed_s": run.elapsed()})
+    run.log.info(f"{cfg.model.name}: {params / 1e6:.2f}M params | {run.train_images} train images, {spe} steps/epoch, "
+                 f"{run.total_steps} steps ({run.total_steps / spe:.4g} epochs) | {run.device}, {cfg.accel.precision}"
+                 f"{', channels_last' if cfg.accel.channels_last else ''} | {run.decisions['compile_reason']}"
+                 + (f" | resumed at step {start}" if state else ""))
+    return start
+
+
+def _train(run: RunState, start: int, state: dict | None) -> dict[str, Any]:
+    """The epoch loop from ``start``; returns the last epoch's metrics."""
+    cfg, loaders = run.cfg, run.loaders
+    spe = len(loaders["train"])
+    world_size = dist.world()[1]
     metrics: dict[str, Any] = (state or {}).get("metrics") or {}
     # The saved partial sums cover all processes: rank 0 carries them on, the others start at zero.
-    sums = EpochSums.from_json(state["partial"], device) if state and state.get("partial") and is_main else None
-    try:
-        for epoch in range(start // spe, cfg.train.epochs):
-            epoch_start_step = start % spe if epoch == start // spe else 0
-            t0 = time.perf_counter()
-            sums = _all_ranks(train_one_epoch(run, epoch, epoch_start_step, sums, extra_state))
-            count = sums.count
-            train_loss = sums.loss.item() / count
-            train_acc = sums.correct.item() / count
-            epoch_time = time.perf_counter() - t0  # train only; .item() above waited for the device
-            trained = (spe - epoch_start_step) * per_rank_batch * world_size
-            metrics = {"kind": "epoch", "epoch": epoch, "step": (epoch + 1) * spe,
-                       "lr": run.schedule((epoch + 1) * spe - 1), "train_loss": train_loss, "train_acc": train_acc,
-                       "val_loss": None, "val_acc": None}
-            if "val" in loaders:
-                metrics["val_loss"], metrics["val_acc"] = evaluate(run, "val")
-            if cfg.log.test_every_epoch:
-                _, metrics["test_acc"] = evaluate(run, "test")  # learning curves only; never used for choices
-            metrics.update(epoch_time_s=epoch_time, img_per_s=trained / max(epoch_time, 1e-9),
-                           elapsed_s=run.elapsed())
-            if skipper is not None:
-                metrics["skipped"] = skipper.skipped
-            log.write(metrics)
-            log.epoch_line(metrics, cfg.train.epochs)
-            _save(run, (epoch + 1) * spe, None, metrics, extra_state)
-            if is_main and cfg.train.keep_every and (epoch + 1) % cfg.train.keep_every == 0:
-                checkpoint.keep_copy(out_dir, epoch + 1)
-            sums = None
+    sums = EpochSums.from_json(state["partial"], run.device) if state and state.get("partial") and run.is_main else None
+    epochs = math.ceil(run.total_steps / spe)
+    for epoch in range(start // spe, epochs):
+        first = start % spe if epoch == start // spe else 0
+        stop = min(spe, run.total_steps - epoch * spe)
+        t0 = time.perf_counter()
+        sums = _all_ranks(train_one_epoch(run, epoch, first, sums, stop))
+        train_loss = sums.loss.item() / sums.count
+        train_acc = sums.correct.item() / sums.count
+        epoch_time = time.perf_counter() - t0  # train only; .item() above waited for the device
+        trained = (stop - first) * (cfg.train.batch_size // world_size) * world_size
+        end = epoch * spe + stop
+        metrics = {"kind": "epoch", "epoch": epoch, "step": end, "lr": run.schedule(end - 1),
+                   "train_loss": train_loss, "train_acc": train_acc, "val_loss": None, "val_acc": None}
+        if "val" in loaders:
+            metrics["val_loss"], metrics["val_acc"] = _evaluate(run, "val")
+        if cfg.log.test_every_epoch:
+            _, metrics["test_acc"] = _evaluate(run, "test")  # learning curves only; never used for choices
+        metrics.update(epoch_time_s=epoch_time, img_per_s=trained / max(epoch_time, 1e-9), elapsed_s=run.elapsed())
+        if run.skipper is not None:
+            metrics["skipped"] = run.skipper.skipped
+        run.log.write(metrics)
+        run.log.epoch_line(metrics, epochs)
+        _save(run, end, None, metrics)
+        if run.is_main and cfg.train.keep_every and (epoch + 1) % cfg.train.keep_every == 0:
+            checkpoint.keep_copy(run.out_dir, epoch + 1)
+        sums = None
+        if end < run.total_steps and dist.any_true(run.guard.requested(), run.device):
+            _preempted(run, end)
+    return metrics
 
-        test_loss, test_acc = evaluate(run, "test")
-        epoch_time_s, img_per_s = _epoch_means(out_dir) if is_main else (None, None)
-        summary = {"model": cfg.model.name, "model_args": _model_summary_args(model), "dataset": cfg.data.name,
-                   "data_source": cfg.source(), "params": params, "epochs": cfg.train.epochs,
-                   "test_acc": test_acc, "test_loss": test_loss, "val_acc": metrics.get("val_acc"),
-                   "val_loss": metrics.get("val_loss"), "train_acc": metrics.get("train_acc"),
-                   "train_loss": metrics.get("train_loss"), "wall_time_s": run.elapsed(),
-                   "epoch_time_s": epoch_time_s, "img_per_s": img_per_s, "steps": total_steps,
-                   "device": str(device), "precision": cfg.accel.precision, "git_commit": git_commit(),
-                   "finished": True}
-        replicas = dist.replica_report(model)  # torchrun: every process's weight checksum
-        if is_main:
-            log.write({"kind": "end", "step": total_steps, "test_loss": test_loss, "test_acc": test_acc,
+
+def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Final-epoch test accuracy (never the best epoch's) -> log, summary.json, curves.png."""
+    cfg, out_dir = run.cfg, run.out_dir
+    test_loss, test_acc = _evaluate(run, "test")
+    epoch_time_s, img_per_s = _epoch_means(out_dir) if run.is_main else (None, None)
+    spe = len(run.loaders["train"])
+    summary = {"model": cfg.model.name, "model_args": _model_summary_args(run.model), "dataset": cfg.data.name,
+               "data_source": cfg.source(), "params": sum(p.numel() for p in run.model.parameters()),
+               "epochs": round(run.total_steps / spe, 4), "steps": run.total_steps,
+               "time_budget_s": cfg.train.time_budget or None, "budget_steps": run.decisions.get("budget_steps"),
+               "test_acc": test_acc, "test_loss": test_loss, "val_acc": metrics.get("val_acc"),
+               "val_loss": metrics.get("val_loss"), "train_acc": metrics.get("train_acc"),
+               "train_loss": metrics.get("train_loss"), "wall_time_s": run.elapsed(),
+               "epoch_time_s": epoch_time_s, "img_per_s": img_per_s, "device": str(run.device),
+               "precision": cfg.accel.precision, "compile": run.decisions["compile"], "git_commit": git_commit(),
+               "finished": True}
+    replicas = dist.replica_report(run.model)  # torchrun: every process's weight checksum
+    if run.is_main:
+        run.log.write({"kind": "end", "step": run.total_steps, "test_loss": test_loss, "test_acc": test_acc,
                        "elapsed_s": run.elapsed(), **replicas})
-            write_json(summary_path, summary)
-        log.info(f"test accuracy {100 * test_acc:.2f}% (final epoch) | wall time {run.elapsed():.0f}s | {out_dir}")
-        return summary
+        write_json(out_dir / "summary.json", summary)
+        _plot_curves(out_dir)
+    budget_note = f" of a {budget.format_duration(cfg.train.time_budget)} budget" if cfg.train.time_budget else ""
+    run.log.info(f"test accuracy {100 * test_acc:.2f}% (final epoch) | wall time {run.elapsed():.0f}s{budget_note}"
+                 f" | {out_dir}")
+    return summary
+
+
+def _plot_curves(out_dir: Path) -> None:
+    try:
+        from wrn.experiments.plots import plot_run_curves
+    except ImportError:  # plots.py not there, or no matplotlib: the curves are optional
+        return
+    plot_run_curves(out_dir)
+
+
+@dist.with_process_group
+def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Train per ``cfg`` into ``out_dir`` (config.yaml, log.jsonl, checkpoint/, summary.json).
+
+    With ``resume=True`` it continues from the newest complete checkpoint in ``out_dir`` (or starts
+    over there if the run was killed before its first checkpoint). Returns summary.json's content.
+    The first SIGTERM/SIGINT checkpoints and raises ``preempt.Preempted`` (see wrn.train.preempt).
+    A fresh run that fails before its first step leaves no run directory behind.
+    """
+    t_fit = time.perf_counter()  # wall time counts data loading and model building too
+    out_dir = Path(out_dir)
+    quiet = quiet or cfg.log.quiet
+    summary_path = out_dir / "summary.json"
+    if resume and summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("finished"):
+            if dist.is_main() and not quiet:
+                print(f"wrn: {out_dir} already finished (test accuracy {100 * summary['test_acc']:.2f}%)")
+            return summary
+    created = not out_dir.exists()
+    run = None
+    try:
+        with preempt.Guard() as guard:
+            run, state = _setup(cfg, out_dir, resume, quiet, t_fit)
+            run.guard = guard
+            start = _start(run, state)
+            metrics = _train(run, start, state)
+            return _finish(run, metrics)
+    except BaseException:
+        if created and dist.is_main() and not (out_dir / checkpoint.CHECKPOINT).exists():
+            shutil.rmtree(out_dir, ignore_errors=True)  # failed before its first checkpoint: leave nothing
+        raise
     finally:
-        log.close()
+        if run is not None and run.log is not None:
+            run.log.close()
