@@ -29,8 +29,16 @@ def bench(args: list[str], name: str, env: dict[str, str] | None = None) -> dict
     return result
 
 
+def hardware(result: dict) -> str:
+    """The CPU family column: the CPU's model and best ISA, or the GPU's name."""
+    m = result["machine"]
+    if result["device"] != "cpu":
+        return m.get("gpu", result["device"])
+    return f"{m['cpu']} ({m.get('isa', '?')})"
+
+
 def rows(result: dict, label: str = "") -> list[str]:
-    """Markdown rows: model | device | mode | img/s | ratio to reference | % of peak | memory | command."""
+    """Markdown rows: model | device | CPU/GPU | mode | img/s | ratio to reference | % of peak | memory | command."""
     modes = {m["mode"]: m for m in result["modes"]}
     ref = modes.get("reference")
     out = []
@@ -44,7 +52,8 @@ def rows(result: dict, label: str = "") -> list[str]:
                          f"{', channels_last' if m['channels_last'] else ''}{', compile' if m['compile'] else ''}"
                          f"{', keep memory' if m.get('keep_memory') else ''}"
                          f" ({what})")
-            out.append(f"| {result['model']} b{result['settings']['batch_size']} | {result['device']} | {what_mode} "
+            out.append(f"| {result['model']} b{result['settings']['batch_size']} | {result['device']} "
+                       f"| {hardware(result)} | {what_mode} "
                        f"| {f['img_per_s']:.1f} ± {f['img_per_s_std']:.1f} | {ratio} | {f['pct_of_peak']:.0f}% "
                        f"of {m['precision'] if m['mode'] == 'fast' else 'fp32'} | {m['peak_memory_mb']:.0f} MB "
                        f"| `{result['command'].replace(' --json', '')}` |")

@@ -2,7 +2,7 @@
 empty TORCHINDUCTOR_CACHE_DIR. The first compiles everything; the second should load the
 FX-graph / AOTAutograd cache and start in a fraction of the time.
 
-    flock /tmp/wrn-cpu.lock python benchmarks/compile_cache.py [--model wrn-16-4] [--batch-size 64]
+    flock /tmp/wrn-cpu.lock python benchmarks/compile_cache.py [--model wrn-16-4] [--batch-size 64] [key=value ...]
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="wrn-16-4")
     p.add_argument("--batch-size", default="64")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="more accel.* keys for wrn bench, e.g. accel.precision=fp32 on a CPU without native bf16")
     a = p.parse_args()
-    args = [a.model, "--batch-size", a.batch_size, "--device", "cpu", "--compile", "--no-reference",
-            "--steps", "3", "--repeats", "2", "--warmup", "2"]
+    args = [a.model, "--batch-size", a.batch_size, "accel.device=cpu", "accel.compile=true", *a.overrides,
+            "--no-reference", "--steps", "3", "--repeats", "2", "--warmup", "2"]
     with tempfile.TemporaryDirectory() as cache:
         env = {"TORCHINDUCTOR_CACHE_DIR": cache}
         for run in ("cold", "warm"):

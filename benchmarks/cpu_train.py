@@ -18,12 +18,19 @@ import argparse
 
 from common import bench, rows
 
+def accel(precision: str, channels_last: bool, compile: bool, keep_memory: bool) -> list[str]:
+    """`wrn bench`'s accel.* overrides for one rung (the same keys as `wrn train`)."""
+    on = lambda b: str(b).lower()  # noqa: E731
+    return [f"accel.precision={precision}", f"accel.channels_last={on(channels_last)}",
+            f"accel.compile={on(compile)}", f"accel.keep_memory={on(keep_memory)}"]
+
+
 LADDER = [
-    ("fp32-eager", ["--precision", "fp32", "--no-channels-last", "--no-compile", "--no-keep-memory"]),
-    ("bf16", ["--precision", "bf16", "--no-channels-last", "--no-compile", "--no-keep-memory"]),
-    ("bf16-cl", ["--precision", "bf16", "--channels-last", "--no-compile", "--no-keep-memory"]),
-    ("bf16-cl-compile", ["--precision", "bf16", "--channels-last", "--compile", "--no-keep-memory"]),
-    ("bf16-cl-compile-keep-memory", ["--precision", "bf16", "--channels-last", "--compile", "--keep-memory"]),
+    ("fp32-eager", accel("fp32", False, False, False)),
+    ("bf16", accel("bf16", False, False, False)),
+    ("bf16-cl", accel("bf16", True, False, False)),
+    ("bf16-cl-compile", accel("bf16", True, True, False)),
+    ("bf16-cl-compile-keep-memory", accel("bf16", True, True, True)),
 ]
 
 
@@ -35,11 +42,11 @@ def main() -> None:
     p.add_argument("--repeats", default="3")
     p.add_argument("--no-ladder", dest="ladder", action="store_false")
     a = p.parse_args()
-    common = [a.model, "--batch-size", a.batch_size, "--device", "cpu", "--steps", a.steps,
+    common = [a.model, "--batch-size", a.batch_size, "accel.device=cpu", "--steps", a.steps,
               "--repeats", a.repeats]
-    lines = rows(bench([*common, "--compile"], f"cpu-{a.model}-b{a.batch_size}-headline"))
+    lines = rows(bench(common, f"cpu-{a.model}-b{a.batch_size}-headline"))
     # The same comparison with the fast mode's allocator setting given to the reference too.
-    lines += rows(bench([*common, "--compile", "--reference-keep-memory", "--no-eval"],
+    lines += rows(bench([*common, "--reference-keep-memory", "--no-eval"],
                         f"cpu-{a.model}-b{a.batch_size}-headline-same-allocator"), "same allocator")
     if a.ladder:
         for name, flags in LADDER:

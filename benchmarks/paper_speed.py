@@ -21,12 +21,14 @@ def main() -> None:
     p.add_argument("--repeats", default="2")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="compile the fast mode (a ResNet-1001 compile takes many minutes on CPU)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="more accel.* keys for wrn bench, e.g. accel.precision=fp32 on a CPU without native bf16")
     a = p.parse_args()
     results = {}
     for model in ("wrn-40-4", "preact-resnet-1001"):
-        args = [model, "--device", a.device, "--batch-size", a.batch_size, "--steps", a.steps,
-                "--repeats", a.repeats, "--warmup", "1", "--no-eval",
-                "--compile" if a.compile else "--no-compile"]
+        args = [model, f"accel.device={a.device}", "--batch-size", a.batch_size, "--steps", a.steps,
+                "--repeats", a.repeats, "--warmup", "1", "--no-eval", f"accel.compile={str(a.compile).lower()}",
+                *a.overrides]
         results[model] = bench(args, f"paper-speed-{a.device}-{model}-b{a.batch_size}")
     lines = rows(results["wrn-40-4"]) + rows(results["preact-resnet-1001"])
     print("\n".join(lines))

@@ -8,13 +8,16 @@ import json
 import pytest
 import torch
 
-from wrn.cli import main
+from wrn.bench import BenchSettings, bench_config
+from wrn.cli import build_parser, main
+from wrn.train import accel
+from wrn.train.config import load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = ["wrn-10-1", "--input", "8", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--repeats", "2",
-        "--no-compile", "--peak-size", "128"]
+        "accel.compile=false", "--peak-size", "128"]
 
 
 def test_json_has_both_modes_and_every_figure(capsys):
@@ -22,8 +25,10 @@ def test_json_has_both_modes_and_every_figure(capsys):
     r = json.loads(capsys.readouterr().out)
     assert r["model"] == "wrn-10-1" and r["device"] == "cpu" and r["params"] > 0
     assert r["forward_gflop_per_image"] > 0
-    assert set(r["matmul_peak_gflops"]) == {"bf16", "fp32"}
-    assert {"cpu", "cpu_threads", "torch"} <= set(r["machine"])
+    assert set(r["matmul_peak_gflops"]) == set(r["matmul_peak_n"]) == {"bf16", "fp32"}
+    assert all(n <= 128 for n in r["matmul_peak_n"].values())  # --peak-size caps the matmul
+    assert {"cpu", "isa", "native_bf16", "torch_cpu_capability", "cpu_threads", "torch"} <= set(r["machine"])
+    assert r["settings"]["accel"]["compile"] is False and r["settings"]["batch_size"] == 4
     assert [m["mode"] for m in r["modes"]] == ["fast", "reference"]
     fast, ref = r["modes"]
     assert (fast["precision"], fast["channels_last"], fast["compile"]) == ("bf16", True, False)
@@ -37,14 +42,14 @@ def test_json_has_both_modes_and_every_figure(capsys):
             assert mode[f"{what}_warmup_s"] >= 0
         assert mode["peak_memory_mb"] > 0 and mode["memory_kind"] == "peak_rss"
     assert set(r["speedup"]) == {"train", "eval"}
-    assert r["command"].startswith("wrn bench wrn-10-1 --batch-size 4") and "--no-compile" in r["command"]
-    assert "keep_memory" in fast and "--no-keep-memory" not in r["command"]
+    assert r["command"].startswith("wrn bench wrn-10-1 --batch-size 4") and "accel.compile=false" in r["command"]
+    assert "keep_memory" in fast and "accel.keep_memory=true" in r["command"]
 
 
 def test_no_keep_memory_is_recorded_and_in_the_command(capsys):
-    assert main(["bench", *TINY, "--no-reference", "--no-eval", "--no-keep-memory", "--json"]) == 0
+    assert main(["bench", *TINY, "--no-reference", "--no-eval", "accel.keep_memory=false", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["modes"][0]["keep_memory"] is False and "--no-keep-memory" in r["command"]
+    assert r["modes"][0]["keep_memory"] is False and "accel.keep_memory=false" in r["command"]
 
 
 def test_reference_runs_with_the_default_allocator_unless_asked(capsys):
@@ -57,20 +62,77 @@ def test_reference_runs_with_the_default_allocator_unless_asked(capsys):
 
 
 def test_table_without_reference(capsys):
-    assert main(["bench", *TINY, "--no-reference", "--precision", "fp32", "--no-channels-last", "--no-eval"]) == 0
+    assert main(["bench", *TINY, "--no-reference", "accel.precision=fp32", "accel.channels_last=false", "--no-eval"]) == 0
     out = capsys.readouterr().out
     assert "fast" in out and "train" in out and "reference" not in out.split("command:")[0]
     assert "command: wrn bench wrn-10-1" in out and "--no-reference" in out
+    assert f"CPU: {accel.cpu_model()}, {accel.cpu_isa()}" in out  # the CPU model and its ISA
+
+
+def test_fast_mode_defaults_are_the_quick_presets_accel_section():
+    """One declaration of the fast path: the bench's defaults follow the preset's accel section."""
+    quick = load_config("quick").accel
+    assert bench_config("wrn-16-4").accel == quick
+    assert (quick.precision, quick.channels_last, quick.compile) == ("bf16", True, True)
+    cfg = bench_config("wrn-16-4", ["accel.precision=fp32", "accel.compile=false", "model.num_classes=100"])
+    assert (cfg.accel.precision, cfg.accel.compile, cfg.accel.channels_last) == ("fp32", False, True)
+    assert BenchSettings(config=cfg).num_classes == 100 and cfg.model.name == "wrn-16-4"
+
+
+def test_overrides_may_follow_flags_and_the_command_reproduces_them(capsys):
+    argv = ["wrn-10-1", "--input", "8", "--batch-size", "4", "accel.precision=fp32", "--steps", "1", "--warmup", "0",
+            "--repeats", "1", "accel.compile=false", "--no-reference", "--no-eval", "--peak-size", "128",
+            "accel.channels_last=false", "accel.threads=1", "model.num_classes=7", "--json"]
+    assert main(["bench", *argv]) == 0
+    r = json.loads(capsys.readouterr().out)
+    fast = r["modes"][0]
+    assert (fast["precision"], fast["compile"], fast["channels_last"]) == ("fp32", False, False)
+    assert r["settings"]["model"]["num_classes"] == 7
+    command = r["command"].split()
+    assert {"accel.precision=fp32", "accel.compile=false", "accel.channels_last=false", "accel.threads=1",
+            "model.num_classes=7"} <= set(command)
+    assert "accel.compile_mode=default" not in command  # keys left at the bench's defaults stay out
+    args = build_parser().parse_args(command[1:])  # the recorded command parses back to the same config
+    assert bench_config(args.model, args.overrides) == bench_config("wrn-10-1", argv_overrides(argv))
+
+
+def argv_overrides(argv: list[str]) -> list[str]:
+    return [a for a in argv if "=" in a]
 
 
 @pytest.mark.parametrize("args, message", [
     (["wrn-10-1", "--steps", "0"], "--steps must be at least 1"),
-    (["wrn-10-1", "--reference-keep-memory", "--no-keep-memory"], "process-wide"),
+    (["wrn-10-1", "--reference-keep-memory", "accel.keep_memory=false"], "process-wide"),
     (["wrn-9-1"], "depth 9"),
-    pytest.param(["wrn-10-1", "--device", "cuda:0"], "no CUDA GPU",
+    (["wrn-10-1", "accel.precision=fp16"], "unknown precision 'fp16'"),  # the config's own check
+    (["wrn-10-1", "accel.precison=fp32"], "did you mean 'accel.precision'"),
+    (["wrn-10-1", "train.epochs=3"], "only model.* and accel.* keys"),
+    (["wrn-10-1", "model.name=wrn-16-4"], "first argument"),
+    (["wrn-10-1", "precision"], "not section.key=value"),
+    pytest.param(["wrn-10-1", "accel.device=cuda:0"], "no CUDA GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
     assert main(["bench", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_mode_feeds_the_memory_format_the_config_asks_for(monkeypatch, channels_last):
+    """accel.channels_last=false benchmarks NCHW activations (and true channels_last ones: the control)."""
+    seen = []
+    make_train_step = accel.make_train_step
+
+    def recording(*args, **kwargs):
+        step = make_train_step(*args, **kwargs)
+
+        def wrapped(x, y):
+            seen.append((x.is_contiguous(), x.is_contiguous(memory_format=torch.channels_last)))
+            return step(x, y)
+        return wrapped
+
+    monkeypatch.setattr(accel, "make_train_step", recording)
+    assert main(["bench", *TINY, "--no-reference", "--no-eval", "accel.precision=fp32",
+                 f"accel.channels_last={str(channels_last).lower()}", "--json"]) == 0
+    assert seen and all(fmt == (not channels_last, channels_last) for fmt in seen)

@@ -5,7 +5,10 @@ speed-up is a ratio taken side by side:
 
 - ``fast``: the project's own path, end to end: the images live on the device (DeviceLoader),
   augmentation is batched tensor ops (Augment), and the step comes from ``wrn.train.accel`` with
-  the requested precision / channels_last / compile.
+  the config's ``accel.*`` settings. Its defaults are not declared here: they are the
+  ``quick`` preset's (``FAST_PRESET``: bf16, channels_last, compile, freed memory kept), i.e. the
+  fast path as a user runs it, and ``key=value`` overrides change them through the config's own
+  parser, as for ``wrn train``.
 - ``reference``: the same architecture as a common public WRN training script runs it: fp32,
   eager, NCHW, a per-image ``torch.utils.data.Dataset`` (PIL pad + random crop + flip, to-tensor,
   normalise) batched by a DataLoader, the default SGD, and ``loss.item()`` every step.
@@ -14,7 +17,9 @@ Timing: warm-up steps first (their time is reported: for a compiled step it is t
 warm-up), the device synchronized around every timed block, then ``repeats`` blocks of ``steps``
 steps; figures are mean ± std over the blocks. GFLOP/s counts 3 x forward FLOPs per trained
 image (forward + backward) and 1 x per evaluated image; "% of peak" divides by a bf16 (or fp32)
-2048x2048 matmul measured in the same run.
+matmul measured in the same run (``matmul_peak_gflops``: the largest n up to ``peak_size`` that
+the time bound allows). A bf16 mode's peak is the faster of the bf16 and the fp32 matmul: where
+bf16 is not native (an AVX2 CPU), oneDNN computes it in fp32, at best at the fp32 rate.
 """
 
 from __future__ import annotations
@@ -25,43 +30,73 @@ import platform
 import resource
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wrn.data.catalog import get as dataset_info
+from wrn.errors import UserError
 from wrn.train import accel
+from wrn.train.config import Config, load_config, model_kwargs, parse_override
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
+# The fast mode's model.* and accel.* defaults: this preset's, so that `wrn bench MODEL` measures
+# what `wrn train --preset quick model.name=MODEL` runs, and no second set of defaults exists.
+FAST_PRESET = "quick"
+BENCH_SECTIONS = ("model", "accel")
+CIFAR = dataset_info("cifar10")  # the random data is CIFAR-shaped and normalised with its statistics  # what a benchmark reads from the config
+PEAK_SECONDS = 0.5  # the time bound of one peak measurement (see matmul_peak_gflops)
+
+
+def bench_config(model: str, overrides: Iterable[str] = ()) -> Config:
+    """The fast mode's config: FAST_PRESET, ``model.name=model``, then ``model.*``/``accel.*``
+    overrides, parsed and validated (precision included) by the config itself."""
+    for text in overrides:
+        key, _ = parse_override(text)
+        if key.partition(".")[0] not in BENCH_SECTIONS:
+            raise UserError(f"{key}: wrn bench takes only model.* and accel.* keys (the rest is wrn train's)")
+        if key == "model.name":
+            raise UserError("model.name: give the model as wrn bench's first argument, e.g. wrn bench wrn-16-4")
+    return load_config(FAST_PRESET, overrides=[f"model.name={model}", *overrides])
 
 
 @dataclass
 class BenchSettings:
-    model: str
+    """What to measure: ``config`` (model.* and accel.*, from bench_config) and the bench's own knobs."""
+
+    config: Config
     batch_size: int = 64
-    device: str = "auto"
-    precision: str = "bf16"
-    compile: bool = True
-    channels_last: bool = True
     steps: int = 10
     warmup: int = 3
     repeats: int = 3
     input_size: int = 32
     reference: bool = True
-    num_classes: int = 10
     reference_workers: int = 0  # DataLoader workers of the reference pipeline (2 cores: 0)
     eval: bool = True
-    peak_size: int = 2048  # n of the n x n matmul whose GFLOP/s is the "peak"
-    threads: str = "0"  # fast mode's CPU threads: 0 = torch's default, N, or auto (accel.ThreadTuner)
-    # CPU: accel.keep_freed_memory for the fast mode. The reference runs first, with glibc's
-    # defaults as a plain script has them, unless reference_keep_memory gives it the setting too.
-    keep_memory: bool = True
+    peak_size: int = 2048  # the largest n of the n x n matmul whose GFLOP/s is the "peak"
+    # The reference runs first, with glibc's defaults as a plain script has them, unless
+    # reference_keep_memory gives it the fast mode's accel.keep_memory setting too.
     reference_keep_memory: bool = False
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> str:
+        return self.config.model.name
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        return model_kwargs(self.config)
+
+    @property
+    def num_classes(self) -> int:
+        return self.model_kwargs["num_classes"]
+
+    def record(self) -> dict[str, Any]:
+        """The settings as the JSON records them: the bench's knobs, the model.*/accel.* sections."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "config"}
+        return {**out, **{s: asdict(getattr(self.config, s)) for s in BENCH_SECTIONS}}
 
 
 # -- measuring ---------------------------------------------------------------------------------------
@@ -71,26 +106,45 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, seconds: float = 0.5) -> float:
-    """Best-of-5 GFLOP/s of an n x n matmul, after ``seconds`` of warm-up.
+def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, n_max: int = 2048,
+                       seconds: float = PEAK_SECONDS) -> tuple[float, int]:
+    """(best GFLOP/s, n) of an n x n matmul, measured in about ``seconds`` on any device.
 
-    The warm-up matters on CPU: the first AMX matmuls of a process run at less than half speed.
+    n starts at 128 and doubles (up to ``n_max``) while one product still takes under a tenth of
+    the time bound, so that a dtype the hardware does not multiply natively (bf16 on an AVX2
+    CPU: ~1 GFLOP/s, where a fixed 2048^2 product took ~13 s) is measured on a small matrix
+    instead of for minutes. Then half the time warms up (the first AMX matmuls of a process run
+    at less than half speed) and the rest times blocks; the best block counts.
     """
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
+    def once(a: torch.Tensor, b: torch.Tensor) -> float:
+        synchronize(device)
+        t = time.perf_counter()
+        a @ b
+        synchronize(device)
+        return time.perf_counter() - t
+
+    n = min(128, n_max)
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    once(a, b)  # first call: kernel selection, allocation
+    # Doubling n costs 8x; the faster of two products ignores one disturbed by another process.
+    while n * 2 <= n_max and 8 * min(once(a, b), once(a, b)) < seconds / 10:
+        n *= 2
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        once(a, b)
+    end_warmup = time.perf_counter() + seconds / 2
+    while time.perf_counter() < end_warmup:
         a @ b
     synchronize(device)
-    best = math.inf
-    reps = 10 if device.type == "cuda" else 3
-    for _ in range(5):
+    per_block = max(1, int(seconds / 10 / max(once(a, b), 1e-9)))  # ~10 blocks fill the other half
+    best, end = math.inf, time.perf_counter() + seconds / 2
+    while True:
         t = time.perf_counter()
-        for _ in range(reps):
+        for _ in range(per_block):
             a @ b
         synchronize(device)
-        best = min(best, (time.perf_counter() - t) / reps)
-    return 2 * n**3 / best / 1e9
+        best = min(best, (time.perf_counter() - t) / per_block)
+        if time.perf_counter() >= end:
+            return 2 * n**3 / best / 1e9, n
 
 
 def _reset_peak_memory(device: torch.device) -> None:
@@ -175,8 +229,8 @@ class PerImageDataset(torch.utils.data.Dataset):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, train: bool, padding: int = 4):
         self.images, self.labels, self.train, self.padding = images, labels, train, padding
-        self.mean = np.array(CIFAR_MEAN, dtype=np.float32)
-        self.std = np.array(CIFAR_STD, dtype=np.float32)
+        self.mean = np.array(CIFAR.mean, dtype=np.float32)
+        self.std = np.array(CIFAR.std, dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -202,25 +256,28 @@ def _build(s: BenchSettings, device: torch.device) -> nn.Module:
     from wrn.models import create_model
 
     torch.manual_seed(0)
-    return create_model(s.model, num_classes=s.num_classes, **s.model_kwargs)
+    return create_model(s.model, **s.model_kwargs)
 
 
 def _sgd(model: nn.Module) -> torch.optim.SGD:
     return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
 
-def bench_fast(s: BenchSettings, device: torch.device, flops: int, peak: float) -> dict:
+def bench_fast(s: BenchSettings, device: torch.device, precision: str, flops: int, peak: float) -> dict:
     from wrn.data.augment import Augment
     from wrn.data.loader import DeviceLoader
 
-    kept_memory = s.keep_memory and accel.keep_freed_memory(device)  # process-wide from here on
-    model = accel.prepare_model(_build(s, device), device, s.channels_last)
+    a = s.config.accel
+    kept_memory = a.keep_memory and accel.keep_freed_memory(device)  # process-wide from here on
+    model = accel.prepare_model(_build(s, device), device, a.channels_last)
     optimizer = _sgd(model)
-    step = accel.make_train_step(model, optimizer, precision=s.precision, device=device, compile=s.compile,
-                                 threads=s.threads)
+    step = accel.make_train_step(model, optimizer, precision=precision, device=device, compile=a.compile,
+                                 compile_mode=a.compile_mode, cuda_graphs=a.cuda_graphs,
+                                 fused_optimizer=a.fused_optimizer, threads=a.threads)
     ds = random_cifar(s.batch_size * 8, s.input_size, s.num_classes)
     loader = DeviceLoader(ds, s.batch_size, device=device, shuffle=True, drop_last=True, seed=0)
-    augment = Augment(CIFAR_MEAN, CIFAR_STD, crop_padding=4, flip=True)
+    # Augment returns the memory format the model was prepared with (NCHW or channels_last).
+    augment = Augment(CIFAR.mean, CIFAR.std, crop_padding=4, flip=True, channels_last=a.channels_last)
     generator = torch.Generator(device=device)
     batches = _forever(loader)
     _reset_peak_memory(device)
@@ -229,27 +286,22 @@ def bench_fast(s: BenchSettings, device: torch.device, flops: int, peak: float) 
         images, labels = next(batches)
         for group in optimizer.param_groups:  # the engine sets the schedule's lr every step
             group["lr"] = 0.01
-        x = augment(images, generator)
-        if s.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return step(x, labels)
+        return step(augment(images, generator), labels)
 
     model.train()
     warm, blocks = time_loop(train_one, steps=s.steps, warmup=s.warmup, repeats=s.repeats, device=device)
-    out = {"mode": "fast", "precision": s.precision, "compile": s.compile, "channels_last": s.channels_last,
-           "threads": s.threads if s.threads == "auto" else torch.get_num_threads(),
+    out = {"mode": "fast", "precision": precision, "compile": a.compile, "channels_last": a.channels_last,
+           "threads": a.threads if a.threads == "auto" else torch.get_num_threads(),
            "keep_memory": kept_memory, "pipeline": "DeviceLoader + batched Augment on the device",
            "train": _figures(blocks, s.steps, s.batch_size, 3 * flops, peak), "train_warmup_s": warm}
     if s.eval:
-        eval_step = accel.make_eval_step(model, precision=s.precision, device=device, compile=s.compile)
+        eval_step = accel.make_eval_step(model, precision=precision, device=device, compile=a.compile,
+                                         compile_mode=a.compile_mode, cuda_graphs=a.cuda_graphs)
         model.eval()
 
         def eval_one():
             images, _ = next(batches)
-            x = augment.normalize(images)
-            if s.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            return eval_step(x)
+            return eval_step(augment.normalize(images))
 
         warm, blocks = time_loop(eval_one, steps=s.steps, warmup=s.warmup, repeats=s.repeats, device=device)
         out["eval"] = _figures(blocks, s.steps, s.batch_size, flops, peak)
@@ -259,7 +311,7 @@ def bench_fast(s: BenchSettings, device: torch.device, flops: int, peak: float) 
 
 
 def bench_reference(s: BenchSettings, device: torch.device, flops: int, peak: float) -> dict:
-    kept_memory = s.reference_keep_memory and accel.keep_freed_memory(device)
+    kept_memory = s.reference_keep_memory and s.config.accel.keep_memory and accel.keep_freed_memory(device)
     model = _build(s, device).to(device)
     optimizer = _sgd(model)  # torch's default SGD implementation for the device
     ds = random_cifar(s.batch_size * 8, s.input_size, s.num_classes)
@@ -310,13 +362,7 @@ def bench_reference(s: BenchSettings, device: torch.device, flops: int, peak: fl
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+    info = {**accel.cpu_info(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(),
             # Other jobs on a shared CPU slow every figure: the load says how quiet it was.
             "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
@@ -329,21 +375,27 @@ def run_bench(s: BenchSettings) -> dict:
     """Measure the fast mode (and the reference mode unless ``s.reference`` is false)."""
     from wrn.models.flops import forward_flops
 
-    device = accel.resolve_device(s.device)
-    accel.autocast(s.precision, device)  # validates the precision before anything slow
+    device = accel.resolve_device(s.config.accel.device)
+    precision = s.config.accel.precision
+    if precision == "auto":  # resolved once, from the device's ISA (see accel.auto_precision)
+        precision = accel.auto_precision(device)
     probe = _build(s, torch.device("cpu"))
     flops = forward_flops(probe, s.input_size)
     params = sum(p.numel() for p in probe.parameters())
     del probe
-    quick = s.peak_size < 1024  # tests: a token measurement
-    peaks = {name: matmul_peak_gflops(device, dtype, s.peak_size, seconds=0.05 if quick else 0.5)
-             for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
+    seconds = PEAK_SECONDS / 10 if s.peak_size < 1024 else PEAK_SECONDS  # tests: a token measurement
+    measured = {name: matmul_peak_gflops(device, dtype, s.peak_size, seconds)
+                for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
+    peaks = {name: gflops for name, (gflops, _) in measured.items()}
+    # Without native bf16 the bf16 mode runs (at best) at the fp32 rate: its peak is the faster one.
+    fast_peak = max(peaks["bf16"], peaks["fp32"]) if precision == "bf16" else peaks["fp32"]
     result = {"model": s.model, "params": params, "forward_gflop_per_image": flops / 1e9,
-              "device": str(device), "machine": machine(), "settings": asdict(s),
-              "matmul_peak_gflops": peaks, "modes": []}
+              "device": str(device), "machine": machine(), "settings": s.record(),
+              "matmul_peak_gflops": peaks, "matmul_peak_n": {name: n for name, (_, n) in measured.items()},
+              "modes": []}
     # The reference first: the fast mode's process-wide allocator setting cannot be undone.
     ref = bench_reference(s, device, flops, peaks["fp32"]) if s.reference else None
-    fast = bench_fast(s, device, flops, peaks[s.precision])
+    fast = bench_fast(s, device, precision, flops, fast_peak)
     result["modes"] = [fast] + ([ref] if ref else [])
     if ref:
         result["speedup"] = {k: fast[k]["img_per_s"] / ref[k]["img_per_s"] for k in ("train", "eval") if k in fast}
@@ -353,11 +405,14 @@ def run_bench(s: BenchSettings) -> dict:
 def format_result(r: dict) -> str:
     """A human table of run_bench's result."""
     m = r["machine"]
+    bf16 = "native bf16" if m["native_bf16"] else "no native bf16"
     lines = [f"{r['model']}: {r['params'] / 1e6:.2f}M params, {r['forward_gflop_per_image']:.3f} GFLOP/image "
-             f"forward | {r['device']} ({m['cpu'] if r['device'] == 'cpu' else m.get('gpu')}, "
-             f"{m['cpu_threads']} threads, torch {m['torch']}, load {m.get('loadavg_1m') or 0:.1f}) "
+             f"forward | {r['device']}{' (' + m['gpu'] + ')' if 'gpu' in m and r['device'] != 'cpu' else ''} "
              f"| batch {r['settings']['batch_size']}",
-             f"matmul peak ({r['settings'].get('peak_size', 2048)}^2): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in r["matmul_peak_gflops"].items()),
+             f"CPU: {m['cpu']}, {m['isa']} ({bf16}; torch kernels {m['torch_cpu_capability']}), "
+             f"{m['cpu_threads']} threads, torch {m['torch']}, load {m.get('loadavg_1m') or 0:.1f}",
+             "matmul peak: " + ", ".join(f"{k} {v:.1f} GFLOP/s ({r['matmul_peak_n'][k]}^2)"
+                                          for k, v in r["matmul_peak_gflops"].items()),
              f"{'mode':<10} {'what':<6} {'img/s':>16} {'ms/step':>16} {'GFLOP/s':>8} {'% peak':>7} "
              f"{'warm-up s':>9} {'memory MB':>10}"]
     for mode in r["modes"]:
