@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
+from wrn.data import catalog
 from wrn.errors import UserError
 from wrn.train.config import load_config
 
@@ -20,8 +21,8 @@ RECIPE = {"cifar10": "paper-cifar", "cifar100": "paper-cifar", "svhn": "paper-sv
 # ResNet-110 and pre-act ResNet-1001 with a warm-up at lr 0.01, pre-act ResNet-164 without.
 BASELINE_RECIPE = {"resnet-110": "resnet-cifar-warmup", "preact-resnet-164": "resnet-cifar",
                    "preact-resnet-1001": "resnet-cifar-warmup"}
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10}
-SHORT = {"cifar10": "c10", "cifar100": "c100", "svhn": "svhn"}
+# The tables' datasets and their class counts (the catalog's).
+NUM_CLASSES = {name: catalog.get(name).num_classes for name in RECIPE}
 
 
 def recipe_for(model: str, dataset: str) -> str:
@@ -56,7 +57,7 @@ class Run:
     @property
     def id(self) -> str:
         """Stable, path-safe name, e.g. ``c10_wrn-40-2_b1-3-1`` (run directories use it)."""
-        parts = [SHORT[self.dataset], self.model]
+        parts = [catalog.get(self.dataset).short, self.model]
         if "block" in self.model_kwargs:
             parts.append("b" + "-".join(str(k) for k in self.model_kwargs["block"]))
         if "blocks_per_group" in self.model_kwargs:
