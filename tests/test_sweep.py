@@ -10,10 +10,10 @@ import pytest
 
 from wrn.cli import main
 from wrn.errors import UserError
-from wrn.experiments import paper, sweep
+from wrn.experiments import launchers, paper, sweep
 from wrn.train.config import load_config
 
-# (label, model, params computed from the architecture, paper's params) - PAPER.md.
+# (label, model, params computed from the architecture, the paper's params: its table of block types).
 BLOCK_TYPES = [
     ("B(1,3,1)", "wrn-40-2", "1.429M", "1.4M"),
     ("B(3,1)", "wrn-40-2", "1.211M", "1.2M"),
@@ -152,13 +152,14 @@ def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path):
 
     calls = []
 
-    def fake_runner(p, resume):
-        calls.append((p.name, resume))
+    def fake_runner(p):
+        calls.append((p.name, p.status() == "resumable"))
         _finish(p)
         return 0
 
+    local = launchers.LocalLauncher(runner=fake_runner)
     messages = []
-    outcome = sweep.execute(planned, runner=fake_runner, echo=messages.append)
+    outcome = launchers.execute(planned, local, echo=messages.append)
     assert outcome["skipped"] == [planned[0].name]
     assert outcome["resumed"] == [planned[1].name]
     assert len(outcome["trained"]) == 4 and not outcome["failed"]
@@ -166,14 +167,14 @@ def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path):
     assert "finished already, skipped" in messages[0]
 
     calls.clear()
-    outcome = sweep.execute(planned, runner=fake_runner, echo=messages.append)
+    outcome = launchers.execute(planned, local, echo=messages.append)
     assert calls == [] and len(outcome["skipped"]) == 6
 
 
 def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path):
     planned = sweep.plan(paper.get_table("deepening"), out=tmp_path, count=False)
-    outcome = sweep.execute(planned, runner=lambda p, resume: 1 if p is planned[0] else (_finish(p), 0)[1],
-                            echo=lambda m: None)
+    local = launchers.LocalLauncher(runner=lambda p: 1 if p is planned[0] else (_finish(p), 0)[1])
+    outcome = launchers.execute(planned, local, echo=lambda m: None)
     assert outcome["failed"] == [planned[0].name] and len(outcome["trained"]) == 3
 
 
@@ -204,20 +205,24 @@ def _image_folder(root: Path, per_class: dict[str, int]) -> Path:
 
 
 def test_a_tiny_real_sweep_trains_then_skips_then_resumes(tmp_path):
-    """The path `wrn sweep` takes for real: a subprocess calling engine.fit in the run directory."""
+    """The path `wrn sweep` takes for real: `python -m wrn.cli train --preset P --out RUN_DIR ...`,
+    and `wrn train --resume RUN_DIR` (no overrides: the run's config.yaml holds them)."""
     data = _image_folder(tmp_path / "data", {"train": 4, "test": 2})
     planned = sweep.plan(paper.get_table("block-types"), out=tmp_path / "runs", data=str(data),
                          budget=sweep.Budget(epochs=1, model_scale=0.5), count=False,
                          overrides=("data.val_size=0", "train.batch_size=20", "train.eval_batch_size=20",
                                     f"data.cache_dir={tmp_path / 'cache'}", "log.quiet=true"))[-1:]
     assert planned[0].model == "wrn-22-1"
-    outcome = sweep.execute(planned, echo=lambda m: None)
+    outcome = launchers.execute(planned, echo=lambda m: None)
     log = planned[0].run_dir.parent / "logs" / f"{planned[0].name}.txt"
     assert outcome["trained"] == [planned[0].name], log.read_text()
     summary = json.loads((planned[0].run_dir / "summary.json").read_text())
     assert summary["finished"] and summary["model"] == "wrn-22-1" and summary["epochs"] == 1
-    assert sweep.execute(planned, echo=lambda m: None)["skipped"] == [planned[0].name]
+    assert launchers.execute(planned, echo=lambda m: None)["skipped"] == [planned[0].name]
     # Killed before it wrote its summary: the sweep resumes it from the checkpoint.
     (planned[0].run_dir / "summary.json").unlink()
-    assert sweep.execute(planned, echo=lambda m: None)["resumed"] == [planned[0].name]
+    assert launchers.execute(planned, echo=lambda m: None)["resumed"] == [planned[0].name]
+    commands = [line for line in log.read_text().splitlines() if line.startswith("$ ")]
+    assert commands[0].split()[4:8] == ["train", "--preset", "paper-cifar", "--out"]
+    assert commands[-1].endswith(f"-m wrn.cli train --resume {planned[0].run_dir}")
     assert json.loads((planned[0].run_dir / "summary.json").read_text())["test_acc"] == summary["test_acc"]

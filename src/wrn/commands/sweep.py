@@ -29,6 +29,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="REDUCED budget: multiply each WRN's width k (0.5: k=2 -> 1)")
     parser.add_argument("--tflops", type=float, default=None,
                         help="sustained training TFLOP/s assumed for the CPU time estimate")
+    cluster = parser.add_argument_group(
+        "where the runs execute", "slurm and ray need the cluster extra (pip install -e \".[cluster]\") and "
+        "--out on a filesystem every node shares; a lost run resumes from its checkpoint")
+    cluster.add_argument("--launcher", default="local", choices=("local", "slurm", "ray"),
+                         help="local: one run at a time here (default); slurm: one submitit job per run "
+                              "(logs in <sweep dir>/slurm/); ray: one Ray task per run")
+    cluster.add_argument("--address", metavar="HOST:PORT", help="ray: an existing cluster (default: a local one)")
+    cluster.add_argument("--partition", help="slurm: the partition")
+    cluster.add_argument("--account", help="slurm: the account to charge")
+    cluster.add_argument("--cpus", type=int, help="slurm/ray: CPUs per run (default 4)")
+    cluster.add_argument("--gpus", type=int,
+                         help="slurm/ray: GPUs per run (default 1; ray: 1 when the cluster has GPUs, else 0)")
+    cluster.add_argument("--max-retries", type=int, default=2,
+                         help="slurm/ray: times a lost run (killed, node gone) is started again to resume")
 
 
 def _allow_intermixed(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +65,7 @@ def _allow_intermixed(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from wrn.errors import UserError
-    from wrn.experiments import paper, sweep
+    from wrn.experiments import launchers, paper, sweep
 
     if args.list:
         for t in paper.tables().values():
@@ -60,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.table:
         raise UserError("no table given: e.g. `wrn sweep block-types --dry-run` (`wrn sweep --list` lists them)")
     table = paper.get_table(args.table)
+    options = dict(cpus=args.cpus, gpus=args.gpus, partition=args.partition, account=args.account,
+                   address=args.address, max_retries=args.max_retries)
+    launchers.check_options(args.launcher, **options)
     budget = sweep.Budget(epochs=args.epochs, subset=args.subset, model_scale=args.model_scale)
     planned = sweep.plan(table, out=args.out, seeds=args.seeds, budget=budget, data=args.data,
                          dataset=args.dataset, overrides=tuple(args.overrides))
@@ -69,16 +86,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.data is not None and args.data not in paper.NUM_CLASSES and not os.path.exists(args.data):
         raise UserError(f"--data {args.data} does not exist: give a local copy or a dataset name (cifar10, ...)")
+    launcher = launchers.make(args.launcher, planned, cpu_tflops=args.tflops or sweep.DEFAULT_CPU_TFLOPS, **options)
     print()
     sweep.write_manifest(table, planned, budget, _command(args))
-    outcome = sweep.execute(planned)
+    outcome = launchers.execute(planned, launcher)
     print(f"{table.name} [{budget.label}]: " + ", ".join(f"{len(v)} {k}" for k, v in outcome.items()))
     print(f"report: wrn report {planned[0].run_dir.parent}")
     return 1 if outcome["failed"] else 0
 
 
 def _command(args: argparse.Namespace) -> list[str]:
-    """The command line that reproduces this sweep (saved in sweep.json)."""
+    """The command line that reproduces this sweep (saved in sweep.json); where it ran (--launcher
+    and its options) does not change the results."""
     cmd = ["wrn", "sweep", args.table, "--seeds", str(args.seeds), "--out", args.out]
     for flag, value in (("--data", args.data), ("--dataset", args.dataset), ("--epochs", args.epochs),
                         ("--subset", args.subset or None),

@@ -4,13 +4,14 @@ A table (``wrn.experiments.paper``) becomes one run per (network, seed) under
 
     OUT/<table>/<budget>/<run id>-seed<n>/      (a run directory of ``engine.fit``)
     OUT/<table>/<budget>/sweep.json             (the plan: what each directory is)
-    OUT/<table>/<budget>/logs/<run>.txt         (the run's console output)
+    OUT/<table>/<budget>/logs/<run>.txt         (the run's console output; --launcher slurm:
+                                                 slurm/<job id>_0_log.out, submitit's job logs)
 
 where <budget> is ``full`` for the paper's recipe, or e.g. ``reduced-e4-sub10000-k0.5`` when a
-budget knob is set, so a reduced run can never pass for the paper's. Each run is a subprocess
-(``python -m wrn.experiments.sweep RUN_DIR ...``) calling ``engine.fit``: a crash or an
-out-of-memory in one run does not take the sweep down. Finished runs (summary.json with
-``finished``) are skipped; runs with a checkpoint resume from it.
+budget knob is set, so a reduced run can never pass for the paper's. Each run is ``wrn train
+--preset P --out RUN_DIR OVERRIDES`` (``wrn.experiments.launchers`` runs them, here or on a
+cluster). Finished runs (summary.json with ``finished``) are skipped; runs with a checkpoint
+resume from it with ``wrn train --resume RUN_DIR``.
 """
 
 from __future__ import annotations
@@ -18,12 +19,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from wrn.errors import UserError
 from wrn.experiments.paper import NUM_CLASSES, Run, Table
@@ -292,7 +289,7 @@ def _fmt_params(n: int | None) -> str:
     return "?" if n is None else f"{n / 1e6:.3f}M"
 
 
-def _fmt_duration(seconds: float) -> str:
+def fmt_duration(seconds: float) -> str:
     if seconds < 1:
         return "<1 s"
     if seconds < 90:
@@ -341,15 +338,15 @@ def format_plan(table: Table, planned: list[PlannedRun], budget: Budget, *, tflo
             f"{p.run.paper_params_m:g}M" if p.run.paper_params_m else "-",
             "?" if p.forward_flops is None else f"{p.forward_flops / 1e9:.2f}",
             "?" if flops is None else f"{flops / 1e15:.3f}",
-            "?" if flops is None else _fmt_duration(flops / (tflops * 1e12)),
-            "?" if flops is None else _fmt_duration(flops / (H100_TFLOPS * 1e12)),
+            "?" if flops is None else fmt_duration(flops / (tflops * 1e12)),
+            "?" if flops is None else fmt_duration(flops / (H100_TFLOPS * 1e12)),
             "/".join(sorted({q.status() for q in planned if q.run is p.run})),
         ])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     lines.append("")
-    cpu, gpu = (_fmt_duration(total_flops / (t * 1e12)) for t in (tflops, H100_TFLOPS))
+    cpu, gpu = (fmt_duration(total_flops / (t * 1e12)) for t in (tflops, H100_TFLOPS))
     lines.append(f"total: {len(planned)} runs, {total_flops / 1e15:.3f} PFLOP: ~{cpu} on this CPU, ~{gpu} on one H100"
                  .replace("~<", "<"))
     if planned and planned[0].epochs and first[0].milestones:
@@ -382,68 +379,3 @@ def write_manifest(table: Table, planned: list[PlannedRun], budget: Budget, comm
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, (json.dumps(manifest, indent=1, default=list) + "\n").encode())
     return path
-
-
-# A runner trains one planned run (resume=True: continue from its checkpoint) and returns the
-# process exit status; tests substitute a fake one.
-Runner = Callable[[PlannedRun, bool], int]
-
-
-def subprocess_runner(p: PlannedRun, resume: bool) -> int:
-    log = p.run_dir.parent / "logs" / f"{p.name}.txt"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "wrn.experiments.sweep", str(p.run_dir), p.preset]
-    if resume:
-        cmd.append("--resume")
-    cmd += ["--", *p.overrides]
-    with open(log, "a") as f:
-        f.write(f"$ {' '.join(cmd)}\n")
-        f.flush()
-        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
-
-
-def execute(planned: list[PlannedRun], *, runner: Runner = subprocess_runner,
-            echo: Callable[[str], None] = print) -> dict[str, list[str]]:
-    """Train every run that is not finished; resume those with a checkpoint. Returns names by outcome."""
-    outcome: dict[str, list[str]] = {"skipped": [], "trained": [], "resumed": [], "failed": []}
-    for i, p in enumerate(planned, 1):
-        head = f"[{i}/{len(planned)}] {p.name}"
-        status = p.status()
-        if status == "finished":
-            echo(f"{head}: finished already, skipped")
-            outcome["skipped"].append(p.name)
-            continue
-        resume = status == "resumable"
-        echo(f"{head}: {'resuming from its checkpoint' if resume else 'training'} ({p.model}, {p.epochs} epochs)")
-        start = time.time()
-        rc = runner(p, resume)
-        if rc != 0 or p.status() != "finished":
-            echo(f"{head}: FAILED (exit {rc}); see {p.run_dir.parent / 'logs' / (p.name + '.txt')}")
-            outcome["failed"].append(p.name)
-            continue
-        summary = json.loads((p.run_dir / "summary.json").read_text())
-        echo(f"{head}: done in {_fmt_duration(time.time() - start)}, "
-             f"final test error {100 * (1 - summary['test_acc']):.2f}%")
-        outcome["resumed" if resume else "trained"].append(p.name)
-    return outcome
-
-
-def _child(argv: list[str]) -> int:
-    """Subprocess entry: ``python -m wrn.experiments.sweep RUN_DIR PRESET [--resume] -- OVERRIDES``."""
-    if "--" in argv:
-        i = argv.index("--")
-        argv, overrides = argv[:i], argv[i + 1:]
-    else:
-        overrides = []
-    resume = "--resume" in argv
-    run_dir, preset = [a for a in argv if a != "--resume"][:2]
-    from wrn.train.config import load_config
-    from wrn.train.engine import fit
-
-    cfg = load_config(preset=preset, overrides=overrides)
-    fit(cfg, run_dir, resume=resume)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1:]))

@@ -1,0 +1,361 @@
+"""Where a sweep's runs execute: here one at a time (local), as SLURM jobs (submitit) or as Ray
+tasks. Every launcher runs the same thing for a run: ``wrn train`` in a subprocess (see
+``train``), new or resumed by the run's own state when it starts, so a retried, requeued or
+re-launched run resumes from its checkpoint and a finished one is never trained again.
+
+    local  one run after another on this machine (the default)
+    slurm  one submitit job per run; SLURM's time-limit/preemption signal checkpoints the run and
+           requeues its job; a job lost otherwise (node failure, kill) is resubmitted and resumes;
+           job logs in <sweep dir>/slurm/<job id>_0_log.out, where SLURM users look
+    ray    one Ray task per run with the run's CPUs/GPUs, on an existing cluster (--address) or a
+           local one; a task lost with its node or process is retried by Ray (max_retries) and
+           resumes. The run directories must be on a filesystem every node shares.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from wrn.errors import UserError
+from wrn.experiments.sweep import H100_TFLOPS, TRAIN_IMAGES, PlannedRun, fmt_duration
+
+LAUNCHERS = ("local", "slurm", "ray")
+# `wrn train`'s exit status for a bad config: the same failure every time, so never retried.
+EXIT_USER_ERROR = 2
+EXTRA = "pip install -e \".[cluster]\""
+
+
+def train_argv(p: PlannedRun) -> list[str]:
+    """``wrn train`` arguments for ``p``: a new run from its preset and overrides, or a lost one
+    resumed from its own config.yaml (which holds the overrides; --resume takes none)."""
+    if p.status() == "resumable":
+        return ["train", "--resume", str(p.run_dir)]
+    return ["train", "--preset", p.preset, "--out", str(p.run_dir), *p.overrides]
+
+
+def train(p: PlannedRun, log: Path | None = None, started: Callable[[int], None] | None = None) -> int:
+    """Train or resume ``p`` with ``python -m wrn.cli train ...``; the exit status (0 for a run
+    that had finished already). Output goes to ``log`` (appended), else to this process's."""
+    if p.status() == "finished":
+        return 0
+    cmd = [sys.executable, "-m", "wrn.cli", *train_argv(p)]
+    out = None
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(log, "a")
+    try:
+        print(f"$ {' '.join(cmd)}", file=out or sys.stdout, flush=True)
+        # The child never takes SLURM's USR2 (its default action would kill training without a
+        # checkpoint): the job process handles it and asks training to stop with SIGTERM.
+        blocked = hasattr(signal, "pthread_sigmask") and hasattr(signal, "SIGUSR2")
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2}) if blocked else None
+        try:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None)
+        finally:
+            if blocked:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if started is not None:
+            started(proc.pid)
+        return proc.wait()
+    finally:
+        if out is not None:
+            out.close()
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one run asks the cluster for."""
+
+    cpus: int
+    gpus: int
+    mem_gb: int
+    minutes: int
+
+
+# A run's time limit: the cost estimate (a lower bound for small nets on a GPU) x 3, plus start-up
+# and evaluation; at most a day per job, a longer run is requeued at its limit and resumes.
+TIME_FACTOR, TIME_OVERHEAD_MIN, MAX_JOB_MIN = 3, 15, 24 * 60
+
+
+def resources(p: PlannedRun, *, cpus: int, gpus: int, cpu_tflops: float) -> Resources:
+    """The run's request, from its dry-run cost estimate (``p.train_flops``) and dataset size."""
+    flops = p.train_flops or 0
+    seconds = flops / ((H100_TFLOPS * gpus if gpus else cpu_tflops) * 1e12)
+    minutes = min(MAX_JOB_MIN, TIME_OVERHEAD_MIN + math.ceil(TIME_FACTOR * seconds / 60))
+    # The decoded uint8 training set (32x32x3) is held a few times over while it is loaded.
+    data_gb = TRAIN_IMAGES.get(p.run.dataset, 50_000) * 32 * 32 * 3 / 1e9
+    return Resources(cpus=cpus, gpus=gpus, mem_gb=8 + math.ceil(4 * data_gb), minutes=minutes)
+
+
+def jobs_needed(p: PlannedRun, r: Resources, *, cpu_tflops: float) -> int:
+    """How many job time limits the run needs at the estimate: SLURM requeues it that often."""
+    seconds = TIME_FACTOR * (p.train_flops or 0) / ((H100_TFLOPS * r.gpus if r.gpus else cpu_tflops) * 1e12)
+    return max(1, math.ceil(seconds / 60 / MAX_JOB_MIN))
+
+
+# --- the sweep's bookkeeping ---------------------------------------------------------------------
+
+
+class Progress:
+    """What a launcher reports: a run started (or was resubmitted) and a run ended."""
+
+    def __init__(self, runs: list[PlannedRun], echo: Callable[[str], None]):
+        self.index = {p.name: i for i, p in enumerate(runs, 1)}
+        self.total = len(runs)
+        self.echo = echo
+        self.resumed: dict[str, bool] = {}
+        self.start: dict[str, float] = {}
+        self.outcome: dict[str, list[str]] = {"skipped": [], "trained": [], "resumed": [], "failed": []}
+
+    def head(self, p: PlannedRun) -> str:
+        return f"[{self.index[p.name]}/{self.total}] {p.name}"
+
+    def started(self, p: PlannedRun, where: str = "") -> None:
+        resume = p.status() == "resumable"
+        self.resumed.setdefault(p.name, resume)
+        self.start.setdefault(p.name, time.time())
+        what = "resuming from its checkpoint" if resume else "training"
+        self.echo(f"{self.head(p)}: {what} ({p.model}, {p.epochs} epochs){where}")
+
+    def ended(self, p: PlannedRun, rc: int | None, log: str) -> None:
+        if p.status() != "finished":
+            self.echo(f"{self.head(p)}: FAILED ({'lost' if rc is None else f'exit {rc}'}); see {log}")
+            self.outcome["failed"].append(p.name)
+            return
+        summary = json.loads((p.run_dir / "summary.json").read_text())
+        self.echo(f"{self.head(p)}: done in {fmt_duration(time.time() - self.start[p.name])}, "
+                  f"final test error {100 * (1 - summary['test_acc']):.2f}%")
+        self.outcome["resumed" if self.resumed[p.name] else "trained"].append(p.name)
+
+
+class Launcher:
+    """Runs the given (unfinished) runs, calling ``progress.started``/``ended`` for each."""
+
+    def run(self, runs: list[PlannedRun], progress: Progress) -> None:
+        raise NotImplementedError
+
+
+def execute(planned: list[PlannedRun], launcher: Launcher | None = None, *,
+            echo: Callable[[str], None] = print) -> dict[str, list[str]]:
+    """Train every run that is not finished (lost ones resume); returns run names by outcome."""
+    progress = Progress(planned, echo)
+    todo = []
+    for p in planned:
+        if p.status() == "finished":
+            echo(f"{progress.head(p)}: finished already, skipped")
+            progress.outcome["skipped"].append(p.name)
+        else:
+            todo.append(p)
+    if todo:
+        (launcher or LocalLauncher()).run(todo, progress)
+    return progress.outcome
+
+
+def shared(p: PlannedRun) -> PlannedRun:
+    """``p`` with an absolute run directory: a job or task may start in another directory."""
+    return replace(p, run_dir=p.run_dir.resolve())
+
+
+def log_path(p: PlannedRun) -> Path:
+    return p.run_dir.parent / "logs" / f"{p.name}.txt"
+
+
+# --- local ---------------------------------------------------------------------------------------
+
+
+class LocalLauncher(Launcher):
+    """One run at a time here; a crash or out-of-memory in one run does not stop the sweep."""
+
+    def __init__(self, runner: Callable[[PlannedRun], int] | None = None):
+        self.runner = runner or (lambda p: train(p, log_path(p)))
+
+    def run(self, runs: list[PlannedRun], progress: Progress) -> None:
+        for p in runs:
+            progress.started(p)
+            progress.ended(p, self.runner(p), str(log_path(p)))
+
+
+# --- slurm (submitit) ----------------------------------------------------------------------------
+
+
+def _exited(pid: int) -> bool:
+    """Whether child ``pid`` has exited, without reaping it (its Popen still collects the status)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+class SlurmJob:
+    """The callable a submitit job runs. On SLURM's signal before the time limit or on preemption
+    submitit calls ``checkpoint``: training is asked to stop (SIGTERM: it checkpoints and exits),
+    then the job is requeued and ``__call__`` resumes the run."""
+
+    GRACE_S = 80  # submitit asks for the signal 90 s before the limit
+
+    def __init__(self, p: PlannedRun):
+        self.p = p
+        self.pid: int | None = None
+
+    def __call__(self) -> int:
+        return train(self.p, started=lambda pid: setattr(self, "pid", pid))
+
+    def checkpoint(self):
+        from submitit.helpers import DelayedSubmission
+
+        if self.pid is not None and not _exited(self.pid):
+            os.kill(self.pid, signal.SIGTERM)
+            deadline = time.time() + self.GRACE_S
+            while not _exited(self.pid) and time.time() < deadline:
+                time.sleep(0.2)
+        return DelayedSubmission(SlurmJob(self.p))
+
+
+def _need(module: str, launcher: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"--launcher {launcher} needs {module.split('.')[0]}: {EXTRA}") from None
+
+
+class SlurmLauncher(Launcher):
+    """One submitit job per run; ``cluster="local"`` runs the same jobs on this machine (tests)."""
+
+    def __init__(self, folder: Path, *, cpus: int = 4, gpus: int = 1, partition: str | None = None,
+                 account: str | None = None, max_retries: int = 2, cpu_tflops: float = 0.07,
+                 cluster: str = "slurm", poll_s: float = 10.0):
+        self.submitit = _need("submitit", "slurm")
+        self.folder, self.cluster, self.poll_s = Path(folder), cluster, poll_s
+        self.cpus, self.gpus, self.cpu_tflops = cpus, gpus, cpu_tflops
+        self.partition, self.account, self.max_retries = partition, account, max_retries
+
+    def _submit(self, p: PlannedRun):
+        p = shared(p)
+        r = resources(p, cpus=self.cpus, gpus=self.gpus, cpu_tflops=self.cpu_tflops)
+        executor = self.submitit.AutoExecutor(folder=self.folder, cluster=self.cluster,
+                                              slurm_max_num_timeout=jobs_needed(p, r, cpu_tflops=self.cpu_tflops) + 2)
+        params = dict(name=p.name, timeout_min=r.minutes, nodes=1, tasks_per_node=1, cpus_per_task=r.cpus,
+                      gpus_per_node=r.gpus, mem_gb=r.mem_gb)
+        if self.partition:
+            params["slurm_partition"] = self.partition
+        if self.account:
+            params["slurm_account"] = self.account
+        executor.update_parameters(**params)
+        return executor.submit(SlurmJob(p))
+
+    def run(self, runs: list[PlannedRun], progress: Progress) -> None:
+        jobs = {}
+        for p in runs:
+            job = self._submit(p)
+            jobs[job] = (p, 0)
+            progress.started(p, f": job {job.job_id}, log {job.paths.stdout}")
+        while jobs:
+            time.sleep(self.poll_s)
+            for job in [j for j in jobs if j.done()]:
+                p, retries = jobs.pop(job)
+                try:
+                    rc = int(job.result())
+                except Exception:  # noqa: BLE001 - the job died (killed, node lost): submitit's error
+                    rc = None
+                if p.status() != "finished" and rc != EXIT_USER_ERROR and retries < self.max_retries:
+                    new = self._submit(p)
+                    jobs[new] = (p, retries + 1)
+                    progress.echo(f"{progress.head(p)}: job {job.job_id} lost ({'killed' if rc is None else f'exit {rc}'})"
+                                  f", resubmitted as job {new.job_id} to resume, log {new.paths.stdout}")
+                    continue
+                progress.ended(p, rc, str(job.paths.stdout))
+
+
+# --- ray -----------------------------------------------------------------------------------------
+
+
+class RunLost(Exception):
+    """Training died (killed, out of memory, node gone): Ray retries the task, which resumes."""
+
+
+def ray_task(p: PlannedRun) -> int:
+    rc = train(p, log_path(p))
+    if rc not in (0, EXIT_USER_ERROR):
+        raise RunLost(f"{p.name}: wrn train exited with {rc}")
+    return rc
+
+
+class RayLauncher(Launcher):
+    """One Ray task per run on the cluster at ``address`` (a local one when None)."""
+
+    def __init__(self, *, address: str | None = None, cpus: int = 4, gpus: int | None = None,
+                 max_retries: int = 2):
+        self.ray = _need("ray", "ray")
+        self.address, self.cpus, self.gpus, self.max_retries = address, cpus, gpus, max_retries
+
+    def run(self, runs: list[PlannedRun], progress: Progress) -> None:
+        ray = self.ray
+        started_here = not ray.is_initialized()
+        if started_here:
+            try:
+                ray.init(address=self.address, include_dashboard=False)
+            except ConnectionError as e:
+                raise UserError(f"--address {self.address}: no Ray cluster there ({e}); start one with "
+                                "`ray start --head`, or drop --address for a local one") from None
+        try:
+            gpus = self.gpus if self.gpus is not None else int(ray.cluster_resources().get("GPU", 0) > 0)
+            task = ray.remote(ray_task)
+            refs = {}
+            for p in map(shared, runs):
+                refs[task.options(num_cpus=self.cpus, num_gpus=gpus, max_retries=self.max_retries,
+                                  retry_exceptions=[RunLost], name=p.name).remote(p)] = p
+                progress.started(p, f": Ray task, log {log_path(p)}")
+            while refs:
+                done, _ = ray.wait(list(refs), num_returns=1)
+                p = refs.pop(done[0])
+                try:
+                    rc = ray.get(done[0])
+                except Exception:  # noqa: BLE001 - retries spent: RunLost, or the worker/node died
+                    rc = None
+                progress.ended(p, rc, str(log_path(p)))
+        finally:
+            if started_here:
+                ray.shutdown()
+
+
+def check_options(name: str, *, cpus: int | None = None, gpus: int | None = None, partition: str | None = None,
+                  account: str | None = None, address: str | None = None, max_retries: int = 0) -> None:
+    """The options of ``wrn sweep --launcher NAME`` make sense together (also for a dry run)."""
+    if name not in LAUNCHERS:
+        raise UserError(f"--launcher {name}: choose one of {', '.join(LAUNCHERS)}")
+    for flag, value, only in (("--partition", partition, "slurm"), ("--account", account, "slurm"),
+                              ("--address", address, "ray")):
+        if value is not None and name != only:
+            raise UserError(f"{flag} is for --launcher {only}: add --launcher {only}, or drop {flag}")
+    if name == "local" and (cpus is not None or gpus is not None):
+        raise UserError("--cpus/--gpus size cluster jobs: add --launcher slurm or ray, or drop them")
+    for flag, value in (("--cpus", cpus), ("--gpus", gpus), ("--max-retries", max_retries)):
+        if value is not None and value < (1 if flag == "--cpus" else 0):
+            raise UserError(f"{flag} {value} must be >= {1 if flag == '--cpus' else 0}")
+
+
+def make(name: str, planned: list[PlannedRun], *, cpus: int | None = None, gpus: int | None = None,
+         partition: str | None = None, account: str | None = None, address: str | None = None,
+         max_retries: int, cpu_tflops: float) -> Launcher:
+    """The launcher ``wrn sweep --launcher NAME`` asks for (a one-line error naming the extra when
+    its package is missing)."""
+    check_options(name, cpus=cpus, gpus=gpus, partition=partition, account=account, address=address,
+                  max_retries=max_retries)
+    if name == "local":
+        return LocalLauncher()
+    if name == "slurm":
+        folder = planned[0].run_dir.parent.resolve() / "slurm"
+        return SlurmLauncher(folder, cpus=cpus or 4, gpus=1 if gpus is None else gpus, partition=partition,
+                             account=account, max_retries=max_retries, cpu_tflops=cpu_tflops)
+    return RayLauncher(address=address, cpus=cpus or 4, gpus=gpus, max_retries=max_retries)
