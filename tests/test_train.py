@@ -28,7 +28,7 @@ def quick_run(tmp_path_factory, one_thread):
     data = write_image_folder(root / "data", 288, 64, 16)
     out = root / "run"
     rc = main(["train", "--preset", "quick", "--data", str(data), "--out", str(out), "--quiet",
-               "model.name=wrn-10-1", "train.epochs=3", "train.batch_size=32", "data.val_size=32",
+               "model.name=wrn-10-1", "train.epochs=3", "train.time_budget=0", "train.batch_size=32", "data.val_size=32",
                "train.checkpoint_every=5", "train.keep_every=2", "log.every_steps=2", "train.eval_batch_size=64",
                f"data.cache_dir={root / 'cache'}"])
     assert rc == 0
@@ -198,3 +198,18 @@ def test_weight_decay_groups():
     decay, no_decay = param_groups(model, 5e-4, False)
     assert all(p.ndim > 1 for p in decay["params"]) and len(decay["params"]) == 2
     assert no_decay["weight_decay"] == 0 and len(no_decay["params"]) == 3
+
+
+def test_zca_run_saves_its_whitening_and_eval_reuses_it(tmp_path):
+    data = write_image_folder(tmp_path / "data", 64, 32, 8)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(out), "--quiet", "model.name=wrn-10-1", "model.dropout=0",
+            "train.epochs=1", "train.batch_size=16", "data.normalize=zca", f"data.cache_dir={tmp_path / 'cache'}"]
+    assert main(args) == 0
+    assert (out / "zca.safetensors").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    from wrn.commands.eval import evaluate_checkpoint
+
+    assert evaluate_checkpoint(str(out))["accuracy"] == summary["test_acc"]  # whitened as in training
+    (out / "zca.safetensors").unlink()  # control: without the run's own whitening there is no evaluation
+    assert main(["eval", str(out)]) == 2

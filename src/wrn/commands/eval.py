@@ -31,7 +31,7 @@ def evaluate_checkpoint(checkpoint: str, *, data: str | None = None, split: str 
     from wrn.train import accel
     from wrn.train.checkpoint import find_checkpoint, load_checkpoint
     from wrn.train.config import config_from_dict, parse_override, set_value, validate
-    from wrn.train.data import build_data, num_images, other_data
+    from wrn.train.data import build_data, find_whitening, num_images, other_data
     from wrn.train.engine import evaluate
 
     ckpt = find_checkpoint(checkpoint)
@@ -46,11 +46,12 @@ def evaluate_checkpoint(checkpoint: str, *, data: str | None = None, split: str 
     validate(cfg)
     device = accel.resolve_device(cfg.accel.device)
     norm = state.get("normalize")
-    stats = (norm["mean"], norm["std"]) if norm else None
+    stats = (norm["mean"], norm["std"]) if norm and norm.get("mean") else None
+    whitening = find_whitening(cfg, ckpt)
     if data is None:
-        loader, augment = build_data(cfg, device, splits=(split,), stats=stats).pick(split)
+        loader, augment = build_data(cfg, device, splits=(split,), stats=stats, whitening=whitening).pick(split)
     else:
-        loader, augment = other_data(cfg, data, split, state.get("classes"), device, stats)
+        loader, augment = other_data(cfg, data, split, state.get("classes"), device, stats, whitening)
     model = accel.prepare_model(model, device, cfg.accel.channels_last)
     eval_step = accel.make_eval_step(model, precision=cfg.accel.precision, device=device)
     loss, acc = evaluate(model, eval_step, loader, augment)

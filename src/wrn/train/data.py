@@ -11,12 +11,13 @@ ImageNet-size data streams from disk through DataLoader workers (``StreamingLoad
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from wrn.data import channel_stats, load_dataset, make_splits
+from wrn.data import channel_stats, load_dataset, make_splits, zca
 from wrn.data.augment import Augment
 from wrn.data.loader import DeviceLoader
 from wrn.data.streaming import StreamingLoader
@@ -30,15 +31,30 @@ class Data:
     loaders: dict[str, Any]
     augment: Any
     classes: list[str]
-    mean: list[float]
-    std: list[float]
+    mean: list[float] | None  # None with ZCA whitening, which replaces mean/std
+    std: list[float] | None
     train_images: int
+    whitening: zca.Whitening | None = None  # data.normalize=zca: saved in the run dir as ZCA_FILE
 
     def pick(self, split: str) -> tuple[Any, Any]:
         """(loader, augment) of one evaluation split."""
         if split not in self.loaders:
             raise UserError(f"--split {split}: the run has no {split} images (data.val_size=0): use --split test")
         return self.loaders[split], self.augment
+
+
+ZCA_FILE = "zca.safetensors"  # in the run directory, beside config.yaml
+
+
+def find_whitening(cfg: Config, path: Path) -> zca.Whitening | None:
+    """The run's fitted ZCA whitening (data.normalize=zca) from its run directory or a checkpoint
+    inside it (RUN/checkpoint, RUN/checkpoints/epoch-N); None for other normalisations."""
+    if cfg.data.normalize != "zca":
+        return None
+    for folder in (path, *path.parents[:2]):
+        if (folder / ZCA_FILE).is_file():
+            return zca.load(folder / ZCA_FILE)
+    return zca.load(path / ZCA_FILE)  # the one-line "missing" error
 
 
 def _normalization(cfg: Config, train_split) -> tuple[list[float], list[float]]:
@@ -101,9 +117,11 @@ def _check_classes(cfg: Config, train_split, classes: list[str]) -> None:
 
 def build_data(cfg: Config, device: torch.device, *, rank: int = 0, world_size: int = 1,
                splits: tuple[str, ...] = ("train", "val", "test"),
-               stats: tuple[list[float], list[float]] | None = None) -> Data:
+               stats: tuple[list[float], list[float]] | None = None,
+               whitening: zca.Whitening | None = None) -> Data:
     """Loaders for the requested splits (evaluation splits sharded over processes under torchrun).
-    ``stats`` (mean, std) overrides the normalisation: evaluation reuses the run's own."""
+    ``stats`` (mean, std) or ``whitening`` override the normalisation: evaluation and resume
+    reuse the run's own instead of computing it again."""
     if cfg.data.streaming:
         return _streaming_data(cfg, device, rank, world_size, splits, stats)
     arrays = load_splits(cfg)
@@ -117,9 +135,13 @@ def build_data(cfg: Config, device: torch.device, *, rank: int = 0, world_size: 
         if cfg.data.augment and min(h, w) <= 4:  # else the first step fails inside the reflect padding
             raise UserError(f"data.augment: the images are {w}x{h}, too small for the 4-pixel reflect-pad crop: "
                             "set data.augment=false")
-    mean, std = stats or _normalization(cfg, train)
+    if cfg.data.normalize == "zca":
+        whitening = whitening or zca.fit(train.images, cfg.data.zca_epsilon)
+        mean = std = None
+    else:
+        mean, std = stats or _normalization(cfg, train)
     augment = Augment(mean, std, crop_padding=4 if cfg.data.augment else 0, flip=cfg.data.augment,
-                      cutout=cfg.data.cutout, channels_last=cfg.accel.channels_last)
+                      cutout=cfg.data.cutout, channels_last=cfg.accel.channels_last, whiten=whitening)
     loaders: dict[str, Any] = {}
     if "train" in splits:
         loaders["train"] = DeviceLoader(train, cfg.train.batch_size // world_size, device=device, shuffle=True,
@@ -128,7 +150,7 @@ def build_data(cfg: Config, device: torch.device, *, rank: int = 0, world_size: 
         if name in splits and len(arrays[name]):
             loaders[name] = DeviceLoader(arrays[name], cfg.train.eval_batch_size, device=device, shuffle=False,
                                          drop_last=False, rank=rank, world_size=world_size)
-    return Data(loaders, augment, list(train.classes), mean, std, len(train))
+    return Data(loaders, augment, list(train.classes), mean, std, len(train), whitening)
 
 
 def num_images(loader) -> int:
@@ -137,7 +159,8 @@ def num_images(loader) -> int:
 
 
 def other_data(cfg: Config, source: str, split: str, classes: list[str] | None, device: torch.device,
-               stats: tuple[list[float], list[float]] | None) -> tuple[DeviceLoader, Augment]:
+               stats: tuple[list[float], list[float]] | None,
+               whitening: zca.Whitening | None = None) -> tuple[DeviceLoader, Augment]:
     """(loader, augment) for evaluating a run on another dataset laid out with its classes: the
     ``split`` of ``source`` (or its only split). Settings that only shape training (subset, val
     split, extra) do not apply; labels follow the run's class order (matched by name)."""
@@ -159,7 +182,7 @@ def other_data(cfg: Config, source: str, split: str, classes: list[str] | None, 
                             "lay the data out with the run's class names")
         order = np.array([classes.index(c) for c in ds.classes])
         ds = type(ds)(ds.images, order[np.asarray(ds.labels)], list(classes))
-    mean, std = stats or _normalization(cfg, None)
-    augment = Augment(mean, std, crop_padding=0, flip=False, channels_last=cfg.accel.channels_last)
+    mean, std = (None, None) if whitening is not None else (stats or _normalization(cfg, None))
+    augment = Augment(mean, std, crop_padding=0, flip=False, channels_last=cfg.accel.channels_last, whiten=whitening)
     loader = DeviceLoader(ds, cfg.train.eval_batch_size, device=device, shuffle=False, drop_last=False)
     return loader, augment

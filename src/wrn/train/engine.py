@@ -26,12 +26,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wrn.data import zca
 from wrn.errors import UserError
+from wrn.fsio import write_atomic
 from wrn.models import create_model
 from wrn.train import accel, budget, checkpoint, dist, preempt
 from wrn.train.config import Config, model_kwargs
-from wrn.train.data import build_data, num_images
-from wrn.fsio import write_atomic
+from wrn.train.data import ZCA_FILE, build_data, find_whitening, num_images
 from wrn.train.log import RunLog, git_commit, truncate_log, write_json
 from wrn.train.optim import Schedule, build_optimizer, scaled, set_lr
 
@@ -128,6 +129,7 @@ class RunState:
     total_steps: int = 0
     train_images: int = 0
     quiet: bool = False
+    whitening: zca.Whitening | None = None
     # Choices that shape the computation (compile, the steps a budget allowed): made once, from
     # the config, saved in every checkpoint and reused on resume.
     decisions: dict[str, Any] = field(default_factory=dict)
@@ -375,7 +377,9 @@ def _setup(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: float) 
     if is_main:  # a read-only or full output directory fails now, not after the data is loaded
         checkpoint.check_writable(out_dir)
     device = dist.local_device(accel.resolve_device(cfg.accel.device))
-    data = build_data(cfg, device, rank=rank, world_size=world_size)
+    # On resume the run's own fitted ZCA whitening, not a new fit (which could round differently elsewhere).
+    whitening = find_whitening(cfg, out_dir) if ckpt_dir is not None else None
+    data = build_data(cfg, device, rank=rank, world_size=world_size, whitening=whitening)
     num_classes = cfg.model.num_classes or len(data.classes)
     spe = len(data.loaders["train"])
 
@@ -410,8 +414,10 @@ def _setup(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: float) 
                    eval_step=eval_step, schedule=Schedule(cfg.optim, hyper, spe, cfg.train.epochs, total_steps=planned),
                    augment=data.augment, loaders=data.loaders, log=None, rank=rank, is_main=is_main,
                    generator=torch.Generator(device=device), skipper=skipper, total_steps=planned,
-                   decisions=decisions, extra_state={"normalize": {"mean": data.mean, "std": data.std},
-                                                     "classes": data.classes},
+                   decisions=decisions, whitening=data.whitening,
+                   extra_state={"normalize": {"mean": data.mean, "std": data.std,
+                                              "zca": ZCA_FILE if data.whitening is not None else None},
+                                "classes": data.classes},
                    train_images=data.train_images, quiet=quiet, start_time=t_fit,
                    elapsed_before=state["elapsed_s"] if state else 0.0)
     return run, state
@@ -432,6 +438,8 @@ def _start(run: RunState, state: dict | None) -> int:
         hyper = scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs)
         run.schedule = Schedule(cfg.optim, hyper, len(run.loaders["train"]), cfg.train.epochs, total_steps=steps)
     if run.is_main and state is None:  # never on resume: the run's config.yaml is what it is
+        if run.whitening is not None:
+            zca.save(run.whitening, out_dir / ZCA_FILE)
         write_atomic(out_dir / "config.yaml", cfg.to_yaml().encode())
     run.clock = Clock(run, start, enabled=not cfg.train.time_budget and start < run.total_steps)
     spe = len(run.loaders["train"])
