@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from wrn.cli import main
-from wrn.experiments import paper, report, sweep
+from wrn.experiments import paper, records, report, sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Fixture errors (%) per block-types row, ordered (ties included) like the paper's, so tau = 1.
@@ -148,3 +149,95 @@ def test_speed_table_shows_times_relative_to_the_reference_net(tmp_path):
     (root / f"{thin.id}-seed0" / "summary.json").write_text(json.dumps(summary))
     text = report.write_report(tmp_path / "runs", plots=False).read_text()
     assert "| 45.0 (x4.5) | x8 (relative) |" in text and "| 10.0 (x1.0) | x1 (relative) |" in text
+
+
+def test_per_table_csv_has_one_row_per_finished_run(block_types_runs, tmp_path):
+    out = tmp_path / "out"
+    text = report.write_report(block_types_runs, out, plots=False).read_text()
+    with open(out / "block-types.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {"net", "seed", "params", "epochs", "test_error", "budget"} <= set(rows[0])
+    assert len(rows) == 2 * len(FIXTURE_ERRORS)  # the unfinished third seed of B(3,3) is left out
+    assert not any(r["run_dir"].endswith("seed2") for r in rows)
+    b131 = [r for r in rows if r["net"] == "B(1,3,1)"]
+    assert [(r["seed"], float(r["test_error"])) for r in b131] == [("0", 16.0), ("1", 18.0)]
+    assert b131[0]["params"] == "1000000" and b131[0]["epochs"] == "3" and b131[0]["budget"] == "reduced-e3-k0.5"
+    assert [r["net"] for r in rows[::2]] == [run.label for run in paper.get_table("block-types").runs]  # paper order
+    assert "Per-run numbers: [block-types.csv](block-types.csv)" in text
+
+
+def write_table(root: Path, name: str, errors: dict[str, float], epoch_times: dict[str, float] | None = None) -> None:
+    """Seed-0 runs of table ``name`` (only its CIFAR-10 rows), errors and epoch times by row label."""
+    for run in paper.get_table(name).runs:
+        if run.dataset == "cifar10" and run.label in errors:
+            run_dir = root / name / "reduced-e3" / f"{run.id}-seed0"
+            write_run(run_dir, model=run.model, test_error=errors[run.label])
+            if epoch_times and run.label in epoch_times:
+                summary = json.loads((run_dir / "summary.json").read_text())
+                summary["epoch_time_s"] = epoch_times[run.label]
+                (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.mark.parametrize("errors, verdicts", [
+    ((20.0, 15.0, 12.0), ["same direction", "same direction"]),  # the paper: wider is better
+    ((12.0, 15.0, 20.0), ["opposite", "opposite"]),  # control: the reverse trend is called out
+    ((15.0, 15.2, 12.0), ["within noise", "same direction"]),  # 0.2 points on 10,000 images is noise
+])
+def test_effect_sizes_set_our_differences_beside_the_papers(tmp_path, errors, verdicts):
+    write_table(tmp_path / "runs", "width", dict(zip(("WRN-40-1", "WRN-40-2", "WRN-40-4"), errors)))
+    (section,) = records.sections(records.collect(tmp_path / "runs"))
+    found = report.effects(section)
+    assert [(e["from"], e["to"]) for e in found] == [("WRN-40-1", "WRN-40-2"), ("WRN-40-2", "WRN-40-4")]
+    assert found[0]["ours"] == pytest.approx(errors[1] - errors[0])
+    assert found[0]["paper"] == pytest.approx(5.33 - 6.85)
+    assert [e["verdict"] for e in found] == verdicts
+    text = report.write_report(tmp_path / "runs", plots=False).read_text()
+    assert f"| WRN-40-1 -> WRN-40-2 | {errors[1] - errors[0]:+.2f} |" in text and "| -1.52 |" in text
+
+
+def test_dropout_effects_pair_each_net_with_itself_plus_dropout(tmp_path):
+    write_table(tmp_path / "runs", "dropout", {"WRN-16-4": 20.0, "WRN-16-4 +dropout": 21.0,
+                                               "WRN-52-1": 25.0, "WRN-52-1 +dropout": 24.0})
+    (section,) = records.sections(records.collect(tmp_path / "runs"))
+    pairs = [(e["from"], e["to"]) for e in report.effects(section)]
+    assert pairs == [("WRN-16-4", "WRN-16-4 +dropout"), ("WRN-52-1", "WRN-52-1 +dropout")]
+
+
+def test_thin_vs_wide_shows_the_measured_time_ratio_beside_the_papers_8x(tmp_path):
+    write_table(tmp_path / "runs", "thin-vs-wide", {"WRN-40-4": 30.0, "pre-act ResNet-1001": 32.0, "WRN-16-8": 29.0},
+                epoch_times={"WRN-40-4": 12.0, "pre-act ResNet-1001": 78.0})
+    text = report.write_report(tmp_path / "runs", plots=False).read_text()
+    assert "pre-act ResNet-1001 (trained as preact-resnet-1001) 78.0 s" in text
+    assert "WRN-40-4 (trained as wrn-40-4) 12.0 s: **6.5x** (paper: ~8x, on its GPU)" in text
+    assert report.speed_pair() == ("wrn-40-4", "preact-resnet-1001", 8.0)
+
+
+def test_time_ratio_needs_both_nets(tmp_path):
+    write_table(tmp_path / "runs", "thin-vs-wide", {"WRN-40-4": 30.0, "WRN-16-8": 29.0})
+    (section,) = records.sections(records.collect(tmp_path / "runs"))
+    assert report.time_ratio(section) is None
+    assert "Time per training epoch" not in report.write_report(tmp_path / "runs", plots=False).read_text()
+
+
+def test_cli_report_on_one_run_writes_its_curves(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    run_dir = tmp_path / "run"
+    write_run(run_dir, model="wrn-10-1", test_error=20.0)
+    assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "curves.png").read_bytes().startswith(PNG_MAGIC)
+    assert f"wrote {run_dir / 'curves.png'}" in capsys.readouterr().out
+
+
+def test_cli_report_on_a_run_without_a_finished_epoch(tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("model:\n  name: wrn-10-1\n")
+    (run_dir / "log.jsonl").write_text('{"kind": "start", "step": 0}\n{"kind": "ep')
+    pytest.importorskip("matplotlib")
+    assert main(["report", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "has no finished epoch yet" in err and err.count("\n") == 1
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "log.jsonl"]  # nothing left behind
+    hide_matplotlib(monkeypatch)
+    assert main(["report", str(run_dir)]) == 2
+    assert 'matplotlib: pip install -e ".[plot]"' in capsys.readouterr().err

@@ -59,6 +59,24 @@ def _error(acc) -> float | None:
 # --- one run ----------------------------------------------------------------------------------
 
 
+CURVE_KEYS = ("train_loss", "train_acc", "val_acc", "lr")
+
+
+def run_curves(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Per-epoch series of a run's log.jsonl, ``{key: [(epochs done, value), ...]}`` for
+    ``CURVE_KEYS``; a key the log lacks (no val split) or logs as null (a diverged loss) has
+    fewer points. A line cut short by a kill is skipped; the last record of an epoch wins (a
+    resumed run writes the epochs after its checkpoint again)."""
+    by_epoch = {e["epoch"]: e for e in read_epochs(Path(run_dir) / "log.jsonl")}
+    curves: dict[str, list[tuple[int, float]]] = {key: [] for key in CURVE_KEYS}
+    for epoch in sorted(by_epoch):
+        for key in CURVE_KEYS:
+            value = _number(by_epoch[epoch].get(key))
+            if value is not None:
+                curves[key].append((epoch + 1, value))  # the log counts epochs from 0
+    return curves
+
+
 def plot_run_curves(run_dir: str | Path, path: str | Path | None = None) -> Path | None:
     """``run_dir/curves.png``: train loss, train/val accuracy and lr per epoch, from log.jsonl.
 
@@ -66,40 +84,37 @@ def plot_run_curves(run_dir: str | Path, path: str | Path | None = None) -> Path
     epoch yet. A partial log (a run still going, or killed mid-line) plots the epochs it has.
     """
     run_dir = Path(run_dir)
-    # The last record of an epoch wins: a resumed run writes the epochs after its checkpoint again.
-    by_epoch = {e["epoch"]: e for e in read_epochs(run_dir / "log.jsonl")}
-    if not by_epoch or not available():
+    curves = run_curves(run_dir)
+    if not any(curves.values()) or not available():
         return None
-    epochs = [by_epoch[k] for k in sorted(by_epoch)]
-    x = [e["epoch"] + 1 for e in epochs]  # the log counts epochs from 0; the plot counts epochs done
+    summary = read_json(run_dir / "summary.json") or {}
     fig = _figure(figsize=(12, 3.4))
     loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
+    last = max(x for points in curves.values() for x, _ in points)
 
-    def curve(ax, key, label, scale=1.0, **style):
-        pts = [(xi, v * scale) for xi, e in zip(x, epochs) if (v := _number(e.get(key))) is not None]
-        if pts:
-            ax.plot(*zip(*pts), marker="." if len(pts) < 50 else None, label=label, **style)
-        return pts
+    def draw(ax, key, label, scale=1.0, **style):
+        if curves[key]:
+            xs, ys = zip(*curves[key])
+            ax.plot(xs, [y * scale for y in ys], marker="." if len(xs) < 50 else None, label=label, **style)
 
-    curve(loss_ax, "train_loss", "train")
-    loss_ax.set_title("train loss", fontsize=9)
-    curve(acc_ax, "train_acc", "train", 100)
-    curve(acc_ax, "val_acc", "val", 100)
-    summary = read_json(run_dir / "summary.json") or {}
+    draw(loss_ax, "train_loss", "train")
+    draw(acc_ax, "train_acc", "train", 100)
+    draw(acc_ax, "val_acc", "val", 100)
     final = _number(summary.get("test_acc")) if summary.get("finished") else None
     if final is not None:  # the final epoch's test accuracy: the number a run reports
-        acc_ax.plot([x[-1]], [100 * final], "k*", ms=9, label=f"final test {100 * final:.2f}%")
-    acc_ax.set_title("accuracy %", fontsize=9)
-    acc_ax.legend(fontsize=7)
-    lrs = curve(lr_ax, "lr", "lr", color="tab:gray")
-    if lrs and min(v for _, v in lrs) > 0 and max(v for _, v in lrs) > 20 * min(v for _, v in lrs):
+        acc_ax.plot([last], [100 * final], "k*", ms=9, label=f"final test {100 * final:.2f}%")
+    if acc_ax.get_legend_handles_labels()[0]:
+        acc_ax.legend(fontsize=7)
+    draw(lr_ax, "lr", "lr", color="tab:gray")
+    lrs = [v for _, v in curves["lr"]]
+    if lrs and min(lrs) > 0 and max(lrs) > 20 * min(lrs):
         lr_ax.set_yscale("log")  # step schedules: each drop is a factor, equal steps on a log axis
-    lr_ax.set_title("learning rate", fontsize=9)
-    for ax in (loss_ax, acc_ax, lr_ax):
+    for ax, title in ((loss_ax, "train loss"), (acc_ax, "accuracy %"), (lr_ax, "learning rate")):
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{summary.get('model') or run_dir.name}: {len(x)} epochs"
+    fig.suptitle(f"{summary.get('model') or run_dir.name}: {last} epochs"
                  + ("" if summary.get("finished") else " (not finished)"), fontsize=10)
     return _save(fig, Path(path) if path is not None else run_dir / "curves.png")
 
