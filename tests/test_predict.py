@@ -96,6 +96,17 @@ def test_other_sizes_are_resized_and_centre_cropped(trained, tmp_path):
     np.testing.assert_allclose(wrn.predict(run, Image.open(tmp_path / "big.png")).probs, got, atol=1e-6)
 
 
+def test_the_input_size_recorded_in_the_checkpoint_wins(trained):
+    run, _ = trained
+    model, state = wrn.load_checkpoint(run)
+    image = np.random.default_rng(3).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    small = np.asarray(Image.fromarray(image[0]).resize((16, 16), Image.BILINEAR))[None]
+    at16 = (model, {**state, "input_size": [16, 16]})
+    got = wrn.predict(at16, image).probs  # resized to 16x16 first
+    np.testing.assert_allclose(got, wrn.predict(at16, small).probs, atol=1e-6)
+    assert np.abs(got - wrn.predict((model, state), image).probs).max() > 1e-4  # control: 32 is not 16
+
+
 def test_tta_averages_the_flip(trained):
     run, _ = trained
     rng = np.random.default_rng(2)

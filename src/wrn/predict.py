@@ -77,9 +77,9 @@ def input_size(model: nn.Module, state: dict[str, Any]) -> tuple[int, bool]:
     streaming crop (data.image_size), else the model's own default (32 for CIFAR-style nets)."""
     data = (state.get("config") or {}).get("data") or {}
     streaming = bool(data.get("streaming"))
-    size = state.get("input_size")
+    size = state.get("input_size")  # [H, W] of the training images, where the run recorded it
     if isinstance(size, (list, tuple)) and size:
-        size = size[0]
+        size = max(size)
     if not isinstance(size, int):
         size = int(data["image_size"]) if streaming and "image_size" in data else getattr(model, "default_input_size", 32)
     return size, streaming
@@ -110,6 +110,9 @@ def load_predictor(model_or_run: Any, *, device: str | None = None, precision: s
         raise TypeError(f"model_or_run: expected a run directory, (model, state) or an nn.Module, "
                         f"got {type(model_or_run).__name__}")
     cfg = state.get("config") or {}
+    if ((cfg.get("data") or {}).get("normalize")) == "zca":
+        raise UserError("predict: this run whitens its inputs (data.normalize=zca), which predict does not apply "
+                        "yet: use a run trained with data.normalize=dataset")
     norm = state.get("normalize") or {}
     mean, std = mean if mean is not None else norm.get("mean"), std if std is not None else norm.get("std")
     if mean is None or std is None:
@@ -131,8 +134,8 @@ def load_predictor(model_or_run: Any, *, device: str | None = None, precision: s
     if batch < 1:
         raise UserError(f"--batch-size {batch} must be >= 1")
     step = accel.make_eval_step(model, precision=precision or accel_cfg.get("precision", "fp32"), device=dev)
-    return Predictor(model, step, dev, Augment(mean, std, crop_padding=0, flip=False), image_size or size,
-                     streaming, channels_last, classes, batch)
+    normalize = Augment(mean, std, crop_padding=0, flip=False, channels_last=channels_last)  # as evaluation's
+    return Predictor(model, step, dev, normalize, image_size or size, streaming, channels_last, classes, batch)
 
 
 # -- inputs --------------------------------------------------------------------------------------
@@ -245,10 +248,10 @@ def _chunks(pairs: Iterator[tuple[str, Any]], n: int) -> Iterator[list[tuple[str
 
 
 def _probabilities(p: Predictor, batch: np.ndarray, tta: bool) -> np.ndarray:
-    x = p.normalize.normalize(torch.from_numpy(batch).to(p.device))  # [B, 3, S, S] float32
+    x = p.normalize.normalize(torch.from_numpy(batch).to(p.device))  # [B, 3, S, S] float32, model's layout
 
     def probs(x: torch.Tensor) -> torch.Tensor:
-        if p.channels_last:
+        if p.channels_last:  # (the flipped copy may come back in NCHW memory)
             x = x.contiguous(memory_format=torch.channels_last)
         return torch.softmax(p.step(x).float(), dim=1)
 
