@@ -22,7 +22,8 @@ def test_presets_load_with_the_papers_recipes():
     i = load_config("paper-imagenet")
     assert (i.model.name, i.optim.weight_decay, i.train.epochs, i.train.batch_size) == ("wide_resnet50_2", 1e-4, 90, 256)
     q = load_config("quick")
-    assert (q.accel.precision, q.accel.channels_last, q.accel.compile) == ("bf16", True, True)
+    assert (q.accel.precision, q.accel.channels_last, q.accel.compile) == ("auto", True, True)
+    assert q.train.time_budget == 900  # "the best WRN in 15 minutes"
     assert load_config().to_dict() == c.to_dict()  # the defaults are the paper's CIFAR recipe
     assert q.data.val_size == 5000  # quick is tuned, so it keeps a validation split
 

@@ -53,11 +53,12 @@ def evaluate_checkpoint(checkpoint: str, *, data: str | None = None, split: str 
     else:
         loader, augment = other_data(cfg, data, split, state.get("classes"), device, stats, whitening)
     model = accel.prepare_model(model, device, cfg.accel.channels_last)
-    eval_step = accel.make_eval_step(model, precision=cfg.accel.precision, device=device)
+    precision = accel.resolve_precision(cfg.accel.precision, device)
+    eval_step = accel.make_eval_step(model, precision=precision, device=device)
     loss, acc = evaluate(model, eval_step, loader, augment)
     return {"checkpoint": str(ckpt), "data": data or cfg.source(), "split": split, "images": num_images(loader),
             "accuracy": acc, "loss": loss, "step": state.get("step"), "model": state["model_args"]["name"],
-            "precision": cfg.accel.precision, "device": str(device)}
+            "precision": precision, "device": str(device)}
 
 
 def run(args: argparse.Namespace) -> int:

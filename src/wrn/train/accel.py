@@ -31,6 +31,9 @@ import torch.nn.functional as F
 from wrn.errors import UserError
 
 PRECISIONS = ("fp32", "bf16")
+# What accel.precision may say: "auto" = bf16 where the hardware multiplies it natively, else fp32
+# (resolve_precision; the engine resolves it once and records it in the run).
+CONFIG_PRECISIONS = (*PRECISIONS, "auto")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -393,6 +396,11 @@ def native_bf16(device: torch.device, flags: frozenset[str] | None = None) -> bo
 def auto_precision(device: torch.device, flags: frozenset[str] | None = None) -> str:
     """The fast precision for this device: bf16 where it is native, else fp32."""
     return "bf16" if native_bf16(device, flags) else "fp32"
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """accel.precision as run: "auto" becomes this device's fast precision, others stay."""
+    return auto_precision(device) if precision == "auto" else precision
 
 
 def cpu_info() -> dict:

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Optional
 import yaml
 
 from wrn.errors import UserError
-from wrn.train.accel import COMPILE_MODES, PRECISIONS
+from wrn.train.accel import COMPILE_MODES, CONFIG_PRECISIONS
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 # A duration in seconds; config values and overrides may also say 90s, 15m, 2h (budget.parse_duration).
@@ -117,7 +117,7 @@ class OptimConfig:
 @dataclass
 class AccelConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where the hardware has it natively, else fp32)
     compile: bool = False
     channels_last: bool = False
     # torchrun/DDP on CUDA: BatchNorm statistics over the global batch instead of each GPU's slice.
@@ -485,7 +485,8 @@ def validate(cfg: Config) -> None:
     dev = a.device
     _check(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
            "accel.device", f"unknown device {dev!r}: use auto, cpu or cuda")
-    _check(a.precision in PRECISIONS, "accel.precision", f"unknown precision {a.precision!r}: use {' | '.join(PRECISIONS)}")
+    _check(a.precision in CONFIG_PRECISIONS, "accel.precision",
+           f"unknown precision {a.precision!r}: use {' | '.join(CONFIG_PRECISIONS)}")
     _check(a.compile_mode in COMPILE_MODES, "accel.compile_mode",
            f"unknown compile mode {a.compile_mode!r}: use {' | '.join(COMPILE_MODES)}")
     _check(a.threads == "auto" or a.threads.isdigit(), "accel.threads",

@@ -403,12 +403,14 @@ def _setup(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: float) 
     if "compile" not in decisions:
         decisions["compile"], decisions["compile_reason"] = accel.should_compile(
             cfg.accel.compile, planned, device.type)
-    do_compile = decisions["compile"]
-    train_step = accel.make_train_step(train_model, skipper or optimizer, precision=cfg.accel.precision, device=device,
+    if "precision" not in decisions:
+        decisions["precision"] = accel.resolve_precision(cfg.accel.precision, device)
+    do_compile, precision = decisions["compile"], decisions["precision"]
+    train_step = accel.make_train_step(train_model, skipper or optimizer, precision=precision, device=device,
                                        compile=do_compile, label_smoothing=cfg.optim.label_smoothing,
                                        compile_mode=cfg.accel.compile_mode, cuda_graphs=cfg.accel.cuda_graphs,
                                        fused_optimizer=cfg.accel.fused_optimizer, threads=cfg.accel.threads)
-    eval_step = accel.make_eval_step(model, precision=cfg.accel.precision, device=device, compile=do_compile,
+    eval_step = accel.make_eval_step(model, precision=precision, device=device, compile=do_compile,
                                      compile_mode=cfg.accel.compile_mode, cuda_graphs=cfg.accel.cuda_graphs)
     run = RunState(cfg=cfg, out_dir=out_dir, device=device, model=model, optimizer=optimizer, train_step=train_step,
                    eval_step=eval_step, schedule=Schedule(cfg.optim, hyper, spe, cfg.train.epochs, total_steps=planned),
@@ -452,7 +454,7 @@ def _start(run: RunState, state: dict | None) -> int:
                    "compile_reason": run.decisions["compile_reason"], "time_budget_s": cfg.train.time_budget,
                    "keep_memory": kept_memory, "elapsed_s": run.elapsed()})
     run.log.info(f"{cfg.model.name}: {params / 1e6:.2f}M params | {run.train_images} train images, {spe} steps/epoch, "
-                 f"{run.total_steps} steps ({run.total_steps / spe:.4g} epochs) | {run.device}, {cfg.accel.precision}"
+                 f"{run.total_steps} steps ({run.total_steps / spe:.4g} epochs) | {run.device}, {run.decisions['precision']}"
                  f"{', channels_last' if cfg.accel.channels_last else ''} | {run.decisions['compile_reason']}"
                  + (f" | resumed at step {start}" if state else ""))
     return start
@@ -511,7 +513,7 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
                "val_loss": metrics.get("val_loss"), "train_acc": metrics.get("train_acc"),
                "train_loss": metrics.get("train_loss"), "wall_time_s": run.elapsed(),
                "epoch_time_s": epoch_time_s, "img_per_s": img_per_s, "device": str(run.device),
-               "precision": cfg.accel.precision, "compile": run.decisions["compile"], "git_commit": git_commit(),
+               "precision": run.decisions["precision"], "compile": run.decisions["compile"], "git_commit": git_commit(),
                "finished": True}
     replicas = dist.replica_report(run.model)  # torchrun: every process's weight checksum
     if run.is_main:
