@@ -87,7 +87,7 @@ REJECTED = [
     (["optim.nesterov=maybe"], ["optim.nesterov", "boolean"]),
     (["model.block=3,x"], ["model.block"]),
     (["model.dropout=1.5"], ["model.dropout"]),
-    (["data.normalize=zca"], ["data.normalize"]),
+    (["data.normalize=whiten"], ["data.normalize"]),
     (["accel.device=tpu"], ["accel.device"]),
     (["optim.milestones=120,60"], ["optim.milestones"]),
 ]
