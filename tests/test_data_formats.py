@@ -17,7 +17,8 @@ from PIL import Image
 from scipy.io import savemat
 
 from wrn.data import load_dataset
-from wrn.data.formats import CIFAR10_CLASSES, class_order, read_source
+from wrn.data.catalog import CIFAR10_CLASSES
+from wrn.data.formats import class_order, read_source
 from wrn.errors import UserError
 
 # The real JPEG CIFAR-10 that lies beside the repository (../shared/data), where there is one.

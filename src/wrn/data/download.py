@@ -15,6 +15,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tqdm import tqdm
+
 from wrn.data import catalog
 from wrn.errors import UserError
 
@@ -31,8 +33,6 @@ def download(url: str, dest: Path, md5: str, *, quiet: bool | None = None, timeo
     """Download ``url`` to ``dest`` unless it is there; resume a ``.part``; verify the md5."""
     if dest.is_file():
         return dest
-    from tqdm import tqdm
-
     quiet = not sys.stderr.isatty() if quiet is None else quiet
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+from PIL import Image
 from scipy.io.matlab import MatReadError, loadmat
 
 from wrn.data import catalog
 from wrn.data.dataset import ArrayDataset
 from wrn.errors import UserError
 
-CIFAR10_CLASSES = catalog.get("cifar10").classes
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".zip")
 SPLIT_ALIASES = {"valid": "val", "validation": "val", "testing": "test", "training": "train"}
@@ -58,8 +58,9 @@ def is_archive(path: Path) -> bool:
 def class_order(names: Iterable[str]) -> list[str]:
     """Sorted folder names; CIFAR-10's class set keeps the official label order."""
     names = set(names)
-    if names == set(CIFAR10_CLASSES):
-        return list(CIFAR10_CLASSES)  # (it equals the sorted order; kept explicit on purpose)
+    official = catalog.get("cifar10").classes
+    if names == set(official):
+        return list(official)  # (it equals the sorted order; kept explicit on purpose)
     return sorted(names)
 
 
@@ -181,8 +182,6 @@ def read_svhn_folder(folder: Path) -> dict[str, ArrayDataset]:
 
 
 def _decode_one(data: bytes) -> np.ndarray:
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as im:
         if im.mode != "RGB":
             im = im.convert("RGB")
