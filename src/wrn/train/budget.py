@@ -98,7 +98,8 @@ def choose_steps(budget_s: float, elapsed_s: float, probe: Probe, *, steps_per_e
     while n > 0 and cost(n) > left:
         n -= 1
     if n < 1:
-        need = elapsed_s + final_s + cost(steps_per_epoch) + MARGIN_S
+        # The fractional margin grows with the budget: the minimum named must pass this same test.
+        need = (elapsed_s + final_s + cost(steps_per_epoch) + MARGIN_S) / (1 - MARGIN_FRACTION)
         raise UserError(f"train.time_budget: {format_duration(budget_s)} is too short: start-up took "
                         f"{format_duration(elapsed_s)} and one epoch needs ~{format_duration(cost(steps_per_epoch))}; "
                         f"give at least --budget {math.ceil(need / 60)}m, or a smaller model/dataset")

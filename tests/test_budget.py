@@ -1,0 +1,185 @@
+"""`--budget` (train.time_budget): the probe and the step choice with a fake clock, the schedule's
+shape at any length, what a budgeted run records, an exact resume that never decides again, and
+one real tiny run that ends within its budget."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from wrn.cli import main
+from wrn.errors import UserError
+from wrn.train import budget, preempt
+from wrn.train.budget import Probe, choose_steps, measure, parse_duration
+from wrn.train.config import OptimConfig, load_config
+from wrn.train.engine import fit
+from wrn.train.optim import Hyper, Schedule
+
+from helpers import write_image_folder  # tests/helpers.py
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# -- durations -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("15m", 900), ("2h", 7200), ("1h30m", 5400), ("900", 900),
+                                           (900, 900), ("1d", 86400), ("0", 0), (" 2H ", 7200), ("1.5m", 90)])
+def test_parse_duration_accepts(text, seconds):
+    assert parse_duration("train.time_budget", text) == seconds
+
+
+@pytest.mark.parametrize("text", ["junk", "15x", "m15", "15m junk", "1h-30m", "-5", "-5m", "", "inf", "nan",
+                                  "400d", True, "1e99"])
+def test_parse_duration_refuses_junk_in_one_line_naming_the_key(text):
+    with pytest.raises(UserError) as e:
+        parse_duration("train.time_budget", text)
+    assert "train.time_budget" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_budget_flag_and_key_parse_the_same():
+    assert load_config(overrides=["train.time_budget=1h30m"]).train.time_budget == 5400
+    with pytest.raises(UserError, match="train.time_budget"):
+        load_config(overrides=["train.time_budget=soon"])
+
+
+# -- the probe, with a fake clock --------------------------------------------------------------------
+
+class FakeMachine:
+    """A clock that moves only when the probe "trains" or "evaluates": compiling steps (the
+    warm-up) cost 30 s each, later steps 0.5 s, an evaluation batch of 50 images 0.1 s."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.steps = self.evals = 0
+
+    def clock(self) -> float:
+        return self.now
+
+    def train_step(self) -> None:
+        self.steps += 1
+        self.now += 30.0 if self.steps <= budget.WARMUP_STEPS else 0.5
+
+    def eval_batch(self) -> int:
+        self.evals += 1
+        self.now += 20.0 if self.evals == 1 else 0.1
+        return 50
+
+
+def test_measure_times_steps_after_warm_up():
+    m = FakeMachine()
+    probe = measure(m.train_step, m.eval_batch, clock=m.clock)
+    assert probe == Probe(step_s=pytest.approx(0.5), eval_image_s=pytest.approx(0.1 / 50))
+    assert m.steps == budget.WARMUP_STEPS + budget.TIMED_STEPS  # a fixed count: torchrun ranks stay in step
+
+
+def test_measure_control_a_clock_that_counts_warm_up_gives_another_answer():
+    """The fake machine's warm-up is expensive: had the probe timed it, step_s would be far off."""
+    m = FakeMachine()
+    t0 = m.clock()
+    for _ in range(budget.WARMUP_STEPS + budget.TIMED_STEPS):
+        m.train_step()
+    assert (m.clock() - t0) / (budget.WARMUP_STEPS + budget.TIMED_STEPS) > 5 * 0.5
+
+
+# -- the choice ----------------------------------------------------------------------------------
+
+def cost(n: int, probe: Probe, spe: int, eval_per_epoch: int, final: int, elapsed: float) -> float:
+    """Everything a run of n steps spends, as the budget must count it."""
+    return (elapsed + n * probe.step_s + math.ceil(n / spe) * eval_per_epoch * probe.eval_image_s
+            + final * probe.eval_image_s)
+
+
+@pytest.mark.parametrize("budget_s, elapsed, spe, eval_per_epoch, final", [
+    (900, 30, 390, 5000, 10000), (900, 30, 7, 0, 100), (120, 10, 50, 2000, 2000), (7200, 100, 100, 50000, 0)])
+def test_choose_steps_fits_and_is_the_most_that_fits(budget_s, elapsed, spe, eval_per_epoch, final):
+    probe = Probe(step_s=0.2, eval_image_s=0.001)
+    n = choose_steps(budget_s, elapsed, probe, steps_per_epoch=spe, eval_images_per_epoch=eval_per_epoch,
+                     final_eval_images=final)
+    margin = budget.MARGIN_FRACTION * budget_s + budget.MARGIN_S
+    assert cost(n, probe, spe, eval_per_epoch, final, elapsed) <= budget_s - margin
+    assert cost(n + 1, probe, spe, eval_per_epoch, final, elapsed) > budget_s - margin
+    assert cost(n, probe, spe, eval_per_epoch, final, elapsed) > 0.9 * (budget_s - margin)  # uses the budget
+
+
+def test_per_epoch_evaluation_is_counted():
+    probe = Probe(step_s=0.1, eval_image_s=0.01)  # evaluating 1000 images costs 100 steps
+    kw = dict(steps_per_epoch=100, final_eval_images=0)
+    without = choose_steps(600, 0, probe, eval_images_per_epoch=0, **kw)
+    with_val = choose_steps(600, 0, probe, eval_images_per_epoch=1000, **kw)
+    assert with_val < without
+    # one epoch of training costs as much as its evaluation: about half the steps
+    assert with_val == pytest.approx(without / 2, abs=100)
+
+
+def test_final_evaluation_and_start_up_are_counted():
+    probe = Probe(step_s=1.0, eval_image_s=0.01)
+    kw = dict(steps_per_epoch=10, eval_images_per_epoch=0)
+    base = choose_steps(600, 0, probe, final_eval_images=0, **kw)
+    assert choose_steps(600, 0, probe, final_eval_images=10000, **kw) == pytest.approx(base - 100, abs=1)
+    assert choose_steps(600, 100, probe, final_eval_images=0, **kw) == pytest.approx(base - 100, abs=1)
+
+
+def test_too_short_a_budget_is_one_line_naming_the_minimum():
+    probe = Probe(step_s=2.0, eval_image_s=0.01)
+    kw = dict(steps_per_epoch=100, eval_images_per_epoch=1000, final_eval_images=1000)
+    with pytest.raises(UserError) as e:
+        choose_steps(60, 40, probe, **kw)
+    message = str(e.value)
+    assert "\n" not in message and "train.time_budget" in message and "too short" in message
+    minimum = int(message.split("--budget ")[1].split("m")[0])
+    assert minimum * 60 >= 40 + 10 + 200 + 10  # start-up, final eval, one epoch and its evaluation
+    assert choose_steps(minimum * 60, 40, probe, **kw) >= 1  # control: the minimum it names is enough
+
+
+@pytest.mark.parametrize("elapsed", [53.9, 3000.0, 54.0])
+def test_the_minimum_named_is_always_accepted(elapsed):
+    """The suggested budget must pass the same test that refused the first one, margins included."""
+    probe = Probe(step_s=1.0, eval_image_s=0.0)
+    kw = dict(steps_per_epoch=1, eval_images_per_epoch=0, final_eval_images=0)
+    with pytest.raises(UserError) as e:
+        choose_steps(1, elapsed, probe, **kw)
+    minimum = int(str(e.value).split("--budget ")[1].split("m")[0])
+    assert choose_steps(minimum * 60, elapsed, probe, **kw) >= 1
+
+
+# -- the schedule keeps its shape at any length ------------------------------------------------------
+
+def schedule(kind: str, total: int | None, **kw) -> Schedule:
+    cfg = OptimConfig(schedule=kind, milestones=(60, 120, 160), gamma=0.2, **kw)
+    return Schedule(cfg, Hyper(0.1, 5e-4, kw.get("warmup_epochs", 0.0)), 390, 200, total_steps=total)
+
+
+@pytest.mark.parametrize("total", [78000, 1000, 137, 20])
+def test_onecycle_ends_near_zero_at_the_last_step(total):
+    s = schedule("onecycle", total, warmup_epochs=10.0)
+    assert s(total - 1) <= 0.1 / (total - round(10 * total / 200)) + 1e-12
+    assert s(total - 1) >= 0
+    peak = max(range(total), key=s)
+    assert peak / total == pytest.approx(10 / 200, abs=1.5 / total)  # warm-up: the same 5% of training
+    assert s(peak) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("total", [78000, 1000, 390])
+def test_step_schedule_milestones_land_at_the_same_fractions(total):
+    s = schedule("step", total)
+    drops = [i for i in range(1, total) if s(i) < s(i - 1)]
+    assert [d / total for d in drops] == pytest.approx([60 / 200, 120 / 200, 160 / 200], abs=1 / total)
+    assert s(total - 1) == pytest.approx(0.1 * 0.2 ** 3)
+
+
+def test_schedule_control_without_total_steps_it_does_not_stretch():
+    """Control: the recipe's own length (no total_steps) puts the drops at recipe epochs, so a
+    1000-step run would never reach its first milestone."""
+    s = schedule("step", None)
+    assert all(s(i) == 0.1 for i in range(1000))
+
+
+def test_cosine_ends_near_zero():
+    s = schedule("cosine", 500)
+    assert s(0) == pytest.approx(0.1) and s(499) < 1e-5
