@@ -10,11 +10,14 @@ resumed run, or a replay of that config, takes exactly the same steps and never 
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import time
 from dataclasses import dataclass
 from typing import Callable
+
+import torch
 
 from wrn.errors import UserError
 
@@ -113,3 +116,68 @@ def estimate_line(total_s: float) -> str:
         line += (" on this machine: for the best model in the time you have, add --budget (e.g. --budget 2h), "
                  "or train on a GPU")
     return line
+
+
+def log_estimate(run, total_s: float, step_s: float) -> None:
+    run.log.write({"kind": "estimate", "wall_s": total_s, "step_s": step_s, "elapsed_s": run.elapsed()})
+    run.log.info(estimate_line(total_s))
+
+
+class Clock:
+    """Every run logs its estimated wall time once, after warm-up (compile included): a
+    newcomer's 200-epoch WRN-28-10 on a laptop CPU says it will take weeks, and what to do."""
+
+    def __init__(self, run, start: int, enabled: bool = True):
+        self.run = run
+        self.mark = start + WARMUP_STEPS if enabled else -1
+        self.end = self.mark + TIMED_STEPS
+        self.t0 = 0.0
+
+    def after_step(self, done: int, loss: torch.Tensor) -> None:
+        if done == self.mark:
+            loss.item()  # wait for the device
+            self.t0 = time.perf_counter()
+        elif done == self.end:
+            loss.item()
+            step_s = (time.perf_counter() - self.t0) / TIMED_STEPS
+            log_estimate(self.run, self.run.elapsed() + (self.run.total_steps - done) * step_s, step_s)
+
+
+def probe_and_choose(run) -> int:
+    """Time a few real steps and evaluation batches, put everything back as it was, and choose
+    the run's total steps for ``train.time_budget`` (rank 0 decides, all processes follow)."""
+    from wrn.train import checkpoint, dist
+    from wrn.train.data import num_images
+
+    model, opt = checkpoint.unwrap(run.model), run.optimizer
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt_state = copy.deepcopy(opt.state_dict())
+    batches = run.loaders["train"].epoch(0)
+    eval_images = run.loaders["test"].epoch(0)
+
+    def train_step() -> None:
+        images, labels = next(batches)
+        loss, _ = run.train_step(run.augment(images, run.generator), labels)
+        loss.item()  # wait for the device
+
+    def eval_batch() -> int:
+        images, _ = next(eval_images)
+        run.eval_step(run.augment.normalize(images)).sum().item()
+        return len(images)
+
+    try:
+        probe = measure(train_step, eval_batch)
+    except StopIteration:
+        raise UserError("train.time_budget: the data is too small to time a few steps: "
+                        "set train.epochs instead") from None
+    model.load_state_dict(weights)  # in place: a compiled step keeps pointing at the same tensors
+    opt.load_state_dict(opt_state)
+    spe = len(run.loaders["train"])
+    world_size = dist.world()[1]
+    per_epoch = num_images(run.loaders["val"]) // world_size if "val" in run.loaders else 0
+    steps = choose_steps(run.cfg.train.time_budget, run.elapsed(), probe, steps_per_epoch=spe,
+                                eval_images_per_epoch=per_epoch,
+                                final_eval_images=num_images(run.loaders["test"]) // world_size)
+    steps = dist.broadcast_int(steps, run.device)
+    log_estimate(run, run.cfg.train.time_budget, probe.step_s)
+    return steps

@@ -11,9 +11,7 @@ weights bit for bit on CPU. (RNG states are saved in the checkpoint too, for any
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import hashlib
 import json
 import math
 import shutil
@@ -32,80 +30,10 @@ from wrn.fsio import write_atomic
 from wrn.models import create_model
 from wrn.train import accel, budget, checkpoint, dist, preempt
 from wrn.train.config import Config, model_kwargs
-from wrn.train.data import ZCA_FILE, build_data, find_whitening, num_images
+from wrn.train.numerics import EpochSums, NonFiniteLoss, SkipNonFinite, step_seed
+from wrn.train.data import ZCA_FILE, build_data, find_whitening
 from wrn.train.log import RunLog, git_commit, truncate_log, write_json
 from wrn.train.optim import Schedule, build_optimizer, scaled, set_lr
-
-
-class NonFiniteLoss(UserError):
-    """The loss became NaN/inf: the run stops, the last good checkpoint stays."""
-
-
-def step_seed(seed: int, step: int, rank: int, stream: int) -> int:
-    """A 63-bit seed for one (run seed, global step, rank, purpose): independent streams per step."""
-    digest = hashlib.blake2b(f"{seed}/{step}/{rank}/{stream}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-class SkipNonFinite:
-    """Optimizer wrapper for train.skip_nonfinite: no update from a batch with a NaN/inf gradient.
-
-    It checks the gradients on the host before each update (one sync per step), which is the
-    price of skipping; the default (stop on NaN) needs no per-step sync. The forward pass of a
-    bad batch also moved the BN running statistics, so those are put back from a copy taken
-    before the step (``remember``; BN buffers are small).
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module):
-        self.optimizer = optimizer
-        self.skipped = 0
-        self.buffers = [b for b in model.buffers() if b.is_floating_point()]
-        self.backup = [b.detach().clone() for b in self.buffers]
-
-    def remember(self) -> None:
-        if self.buffers:
-            torch._foreach_copy_(self.backup, self.buffers)
-
-    @property
-    def param_groups(self):
-        return self.optimizer.param_groups
-
-    def step(self) -> None:
-        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
-            self.skipped += 1
-            if self.buffers:
-                torch._foreach_copy_(self.buffers, self.backup)
-            return
-        self.optimizer.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-
-@dataclass
-class EpochSums:
-    """Running sums on the device (no host sync per step)."""
-    loss: torch.Tensor
-    correct: torch.Tensor
-    count: int = 0
-    bad_step: torch.Tensor | None = None  # first step with a non-finite loss, -1 if none
-
-    @classmethod
-    def zeros(cls, device: torch.device) -> "EpochSums":
-        return cls(torch.zeros((), device=device), torch.zeros((), dtype=torch.int64, device=device), 0,
-                   torch.full((), -1, dtype=torch.int64, device=device))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"loss": self.loss.item(), "correct": int(self.correct.item()), "count": self.count}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], device: torch.device) -> "EpochSums":
-        sums = cls.zeros(device)
-        sums.loss.fill_(data["loss"])
-        sums.correct.fill_(data["correct"])
-        sums.count = data["count"]
-        return sums
 
 
 @dataclass
@@ -135,37 +63,12 @@ class RunState:
     decisions: dict[str, Any] = field(default_factory=dict)
     extra_state: dict[str, Any] = field(default_factory=dict)  # saved with each checkpoint
     guard: preempt.Guard = field(default_factory=preempt.Guard)
-    clock: "Clock" = None
+    clock: budget.Clock | None = None
     start_time: float = field(default_factory=time.perf_counter)
     elapsed_before: float = 0.0  # seconds spent before a resume
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start_time
-
-
-class Clock:
-    """Every run logs its estimated wall time once, after warm-up (compile included): a
-    newcomer's 200-epoch WRN-28-10 on a laptop CPU says it will take weeks, and what to do."""
-
-    def __init__(self, run: RunState, start: int, enabled: bool = True):
-        self.run = run
-        self.mark = start + budget.WARMUP_STEPS if enabled else -1
-        self.end = self.mark + budget.TIMED_STEPS
-        self.t0 = 0.0
-
-    def after_step(self, done: int, loss: torch.Tensor) -> None:
-        if done == self.mark:
-            loss.item()  # wait for the device
-            self.t0 = time.perf_counter()
-        elif done == self.end:
-            loss.item()
-            step_s = (time.perf_counter() - self.t0) / budget.TIMED_STEPS
-            _log_estimate(self.run, self.run.elapsed() + (self.run.total_steps - done) * step_s, step_s)
-
-
-def _log_estimate(run: RunState, total_s: float, step_s: float) -> None:
-    run.log.write({"kind": "estimate", "wall_s": total_s, "step_s": step_s, "elapsed_s": run.elapsed()})
-    run.log.info(budget.estimate_line(total_s))
 
 
 def _all_ranks(sums: EpochSums) -> EpochSums:
@@ -322,43 +225,6 @@ def _epoch_means(out_dir: Path) -> tuple[float | None, float | None]:
     return mean(times), mean(rates)
 
 
-def _budget_steps(run: RunState) -> int:
-    """Time a few real steps and evaluation batches, put everything back as it was, and choose
-    the run's total steps for ``train.time_budget`` (rank 0 decides, all processes follow)."""
-    model, opt = checkpoint.unwrap(run.model), run.optimizer
-    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    opt_state = copy.deepcopy(opt.state_dict())
-    batches = run.loaders["train"].epoch(0)
-    eval_images = run.loaders["test"].epoch(0)
-
-    def train_step() -> None:
-        images, labels = next(batches)
-        loss, _ = run.train_step(run.augment(images, run.generator), labels)
-        loss.item()  # wait for the device
-
-    def eval_batch() -> int:
-        images, _ = next(eval_images)
-        run.eval_step(run.augment.normalize(images)).sum().item()
-        return len(images)
-
-    try:
-        probe = budget.measure(train_step, eval_batch)
-    except StopIteration:
-        raise UserError("train.time_budget: the data is too small to time a few steps: "
-                        "set train.epochs instead") from None
-    model.load_state_dict(weights)  # in place: a compiled step keeps pointing at the same tensors
-    opt.load_state_dict(opt_state)
-    spe = len(run.loaders["train"])
-    world_size = dist.world()[1]
-    per_epoch = num_images(run.loaders["val"]) // world_size if "val" in run.loaders else 0
-    steps = budget.choose_steps(run.cfg.train.time_budget, run.elapsed(), probe, steps_per_epoch=spe,
-                                eval_images_per_epoch=per_epoch,
-                                final_eval_images=num_images(run.loaders["test"]) // world_size)
-    steps = dist.broadcast_int(steps, run.device)
-    _log_estimate(run, run.cfg.train.time_budget, probe.step_s)
-    return steps
-
-
 def _setup(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: float) -> tuple[RunState, dict | None]:
     """Data, model, optimizer, compiled steps and the restored checkpoint (if resuming)."""
     rank, world_size, _ = dist.world()
@@ -433,7 +299,7 @@ def _start(run: RunState, state: dict | None) -> int:
         truncate_log(out_dir, start if state else -1)  # a start-over keeps none of the old lines
     run.log = RunLog(out_dir, enabled=run.is_main, quiet=run.quiet)
     if cfg.train.time_budget and not cfg.train.steps:
-        steps = _budget_steps(run)
+        steps = budget.probe_and_choose(run)
         run.cfg = cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
         run.total_steps = steps
         run.decisions["budget_steps"] = steps
@@ -443,7 +309,7 @@ def _start(run: RunState, state: dict | None) -> int:
         if run.whitening is not None:
             zca.save(run.whitening, out_dir / ZCA_FILE)
         write_atomic(out_dir / "config.yaml", cfg.to_yaml().encode())
-    run.clock = Clock(run, start, enabled=not cfg.train.time_budget and start < run.total_steps)
+    run.clock = budget.Clock(run, start, enabled=not cfg.train.time_budget and start < run.total_steps)
     spe = len(run.loaders["train"])
     params = sum(p.numel() for p in run.model.parameters())
     kept_memory = cfg.accel.keep_memory and accel.keep_freed_memory(run.device)
