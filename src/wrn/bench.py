@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from wrn.data.catalog import get as dataset_info
 from wrn.errors import UserError
 from wrn.train import accel
-from wrn.train.config import Config, load_config, model_kwargs, parse_override
+from wrn.train.config import Config, load_config, parse_override
+from wrn.train.validate import model_kwargs
 
 # The fast mode's model.* and accel.* defaults: this preset's, so that `wrn bench MODEL` measures
 # what `wrn train --preset quick model.name=MODEL` runs, and no second set of defaults exists.

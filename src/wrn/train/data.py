@@ -22,7 +22,8 @@ from wrn.data.augment import Augment
 from wrn.data.loader import DeviceLoader
 from wrn.data.streaming import StreamingLoader
 from wrn.errors import UserError
-from wrn.train.config import PAPER_STATS, Config
+from wrn.data.catalog import DATASETS
+from wrn.train.config import Config
 
 @dataclass
 class Data:
@@ -61,8 +62,9 @@ def _normalization(cfg: Config, train_split) -> tuple[list[float], list[float]]:
     if cfg.data.normalize == "none":  # pixels / 255 (the paper's SVHN)
         return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
     if cfg.data.normalize == "paper" or train_split is None:  # (streamed data: no pass over it)
-        mean, std = PAPER_STATS[cfg.data.name if cfg.data.name in PAPER_STATS else "imagenet"]
-        return list(mean), list(std)
+        info = DATASETS.get(cfg.data.name)
+        info = info if info is not None and info.mean is not None else DATASETS["imagenet"]
+        return list(info.mean), list(info.std)
     mean, std = channel_stats(train_split)
     return [float(m) for m in mean], [float(s) for s in std]
 

@@ -29,7 +29,8 @@ from wrn.errors import UserError
 from wrn.fsio import write_atomic
 from wrn.models import create_model
 from wrn.train import accel, budget, checkpoint, dist, preempt
-from wrn.train.config import Config, model_kwargs
+from wrn.train.config import Config
+from wrn.train.validate import model_kwargs
 from wrn.train.numerics import EpochSums, NonFiniteLoss, SkipNonFinite, step_seed
 from wrn.train.data import ZCA_FILE, build_data, find_whitening
 from wrn.train.log import RunLog, git_commit, truncate_log, write_json

@@ -1,0 +1,141 @@
+"""Validation of a whole config before any work: every value in range, and the model built on
+the meta device so that the config accepts exactly what ``create_model`` accepts. Every problem
+is a one-line ``UserError`` naming the key."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from wrn.data.catalog import DATASETS
+from wrn.errors import UserError
+from wrn.models import create_model
+from wrn.train.accel import COMPILE_MODES, CONFIG_PRECISIONS
+
+if TYPE_CHECKING:
+    from wrn.train.config import Config
+
+MAX_MODEL_NUMBER = 2000
+SCHEDULES = ("step", "cosine", "onecycle")
+NORMALIZATIONS = ("dataset", "paper", "none", "zca")
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise UserError(f"{key}: {message}")
+
+
+def _meta_build(name: str, kwargs: dict[str, Any]) -> None:
+    with torch.device("meta"):  # no memory, no compute
+        create_model(name, **kwargs)
+
+
+def model_kwargs(cfg: Config, num_classes: int | None = None) -> dict[str, Any]:
+    """Constructor keywords for ``create_model``: only what the config sets, so that models
+    without a block argument (resnet-110, wide_resnet50_2) still build. Dropout applies "where
+    the model uses it" (the paper's recipe): a model without a dropout argument trains without."""
+    kwargs: dict[str, Any] = {"num_classes": num_classes or cfg.model.num_classes or 10}
+    if cfg.model.block is not None:
+        kwargs["block"] = list(cfg.model.block)
+    if cfg.model.blocks_per_group is not None:
+        kwargs["blocks_per_group"] = cfg.model.blocks_per_group
+    if cfg.model.dropout:
+        try:
+            _meta_build(cfg.model.name, {**kwargs, "dropout": cfg.model.dropout})
+            kwargs["dropout"] = cfg.model.dropout
+        except (TypeError, ValueError) as e:
+            if "dropout" not in str(e):
+                kwargs["dropout"] = cfg.model.dropout  # another problem: let the caller see it
+    return kwargs
+
+
+def _check_model(cfg: Config) -> None:
+    """Build the model on the meta device: the constructor itself judges depth/block/width, so
+    the config accepts exactly what ``create_model`` accepts."""
+    kwargs = model_kwargs(cfg)
+    try:
+        _meta_build(cfg.model.name, kwargs)
+    except (TypeError, ValueError) as e:
+        message = str(e).splitlines()[0] if str(e) else "invalid model settings"
+        # Name the key whose argument the constructor complains about ('block' etc.), else the model.
+        bad = next((k for k in ("blocks_per_group", "block", "dropout", "num_classes") if f"'{k}'" in message), None)
+        if bad is None and cfg.model.block is not None and message.startswith("block "):
+            bad = "block"  # "block (2, 3) has kernel size 2: ..."
+        key = f"model.{bad}" if bad else "model.name"
+        raise UserError(f"{key}: {message}") from None
+
+
+def validate(cfg: Config) -> None:
+    """Every value in range, before any work; raises a one-line UserError naming the key."""
+    m, d, t, o, a, lg = cfg.model, cfg.data, cfg.train, cfg.optim, cfg.accel, cfg.log
+    _check(bool(m.name.strip()), "model.name", "is empty: give a model, e.g. wrn-16-4")
+    # Validation builds the model on the meta device: cap the numbers first so that a typo like
+    # wrn-1000000-1 is an instant error, not millions of modules (preact-resnet-1001 is the deepest).
+    big = max((int(n) for n in re.findall(r"\d+", m.name)), default=0)
+    _check(big <= MAX_MODEL_NUMBER, "model.name",
+           f"{big} is too large for a depth or width (at most {MAX_MODEL_NUMBER}): e.g. wrn-28-10")
+    _check(m.blocks_per_group is None or m.blocks_per_group <= MAX_MODEL_NUMBER, "model.blocks_per_group",
+           f"{m.blocks_per_group} is too large (at most {MAX_MODEL_NUMBER})")
+    _check(0.0 <= m.dropout < 1.0, "model.dropout", f"{m.dropout} is out of range: use 0 <= dropout < 1")
+    _check(m.block is None or (len(m.block) > 0 and all(k >= 1 and k % 2 == 1 for k in m.block)),
+           "model.block", f"{m.block} is not a tuple of odd kernel sizes: e.g. model.block=3,3 or 3,1,3")
+    _check(m.blocks_per_group is None or m.blocks_per_group >= 1, "model.blocks_per_group",
+           f"{m.blocks_per_group} must be >= 1 (or none to derive it from the depth)")
+    _check(m.num_classes >= 0, "model.num_classes", f"{m.num_classes} must be >= 0 (0 = from the data)")
+
+    _check(bool(d.name.strip()) or bool(d.path), "data.name", "is empty: give a dataset name or data.path")
+    _check(d.val_size >= 0, "data.val_size", f"{d.val_size} must be >= 0")
+    _check(d.subset >= 0, "data.subset", f"{d.subset} must be >= 0 (0 = all training images)")
+    _check(d.cutout >= 0, "data.cutout", f"{d.cutout} must be >= 0 (0 = off)")
+    _check(d.image_size >= 8, "data.image_size", f"{d.image_size} must be >= 8")
+    _check(d.workers >= 0, "data.workers", f"{d.workers} must be >= 0")
+    _check(d.normalize in NORMALIZATIONS, "data.normalize",
+           f"unknown normalization {d.normalize!r}: use {' | '.join(NORMALIZATIONS)}")
+    if d.normalize == "paper":
+        published = [n for n, info in DATASETS.items() if info.mean is not None]
+        _check(d.name in published, "data.normalize",
+               f"'paper' constants exist only for {', '.join(published)}: use dataset or none")
+    _check(math.isfinite(d.zca_epsilon) and d.zca_epsilon > 0, "data.zca_epsilon",
+           f"{d.zca_epsilon} must be a positive number (the paper's is 0.1)")
+    _check(not (d.normalize == "zca" and d.streaming), "data.normalize",
+           "zca whitens small images held in memory (CIFAR, SVHN), not streamed ones: use dataset or paper")
+
+    _check(t.epochs >= 1, "train.epochs", f"{t.epochs} must be >= 1")
+    _check(t.batch_size >= 1, "train.batch_size", f"{t.batch_size} must be >= 1")
+    _check(t.eval_batch_size >= 1, "train.eval_batch_size", f"{t.eval_batch_size} must be >= 1")
+    _check(t.seed >= 0, "train.seed", f"{t.seed} must be >= 0")
+    _check(t.checkpoint_every >= 0, "train.checkpoint_every", f"{t.checkpoint_every} must be >= 0 (0 = epoch ends only)")
+    _check(t.keep_every >= 0, "train.keep_every", f"{t.keep_every} must be >= 0 (0 = keep only the last)")
+    _check(t.steps >= 0, "train.steps", f"{t.steps} must be >= 0 (0 = train.epochs x steps per epoch)")
+
+    _check(math.isfinite(o.lr) and o.lr > 0, "optim.lr", f"{o.lr} must be a positive number")
+    _check(0.0 <= o.momentum < 1.0, "optim.momentum", f"{o.momentum} is out of range: use 0 <= momentum < 1")
+    _check(not (o.nesterov and o.momentum == 0), "optim.nesterov", "needs optim.momentum > 0")
+    _check(math.isfinite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", f"{o.weight_decay} must be >= 0")
+    _check(o.schedule in SCHEDULES, "optim.schedule", f"unknown schedule {o.schedule!r}: use {' | '.join(SCHEDULES)}")
+    _check(all(x >= 1 for x in o.milestones) and list(o.milestones) == sorted(set(o.milestones)),
+           "optim.milestones", f"{o.milestones} must be increasing positive epochs, e.g. 60,120,160")
+    _check(0.0 < o.gamma <= 1.0, "optim.gamma", f"{o.gamma} is out of range: use 0 < gamma <= 1")
+    _check(0.0 <= o.warmup_epochs < t.epochs, "optim.warmup_epochs",
+           f"{o.warmup_epochs} must be >= 0 and less than train.epochs ({t.epochs})")
+    _check(math.isfinite(o.warmup_lr) and o.warmup_lr >= 0, "optim.warmup_lr",
+           f"{o.warmup_lr} must be >= 0 (0 = a linear warm-up to optim.lr)")
+    _check(o.warmup_lr == 0 or o.warmup_epochs > 0, "optim.warmup_lr",
+           f"{o.warmup_lr} needs optim.warmup_epochs > 0 (how long to hold it)")
+    _check(0.0 <= o.label_smoothing < 1.0, "optim.label_smoothing", f"{o.label_smoothing} is out of range: use 0 <= x < 1")
+    _check(o.base_batch_size >= 1, "optim.base_batch_size", f"{o.base_batch_size} must be >= 1")
+
+    dev = a.device
+    _check(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+           "accel.device", f"unknown device {dev!r}: use auto, cpu or cuda")
+    _check(a.precision in CONFIG_PRECISIONS, "accel.precision",
+           f"unknown precision {a.precision!r}: use {' | '.join(CONFIG_PRECISIONS)}")
+    _check(a.compile_mode in COMPILE_MODES, "accel.compile_mode",
+           f"unknown compile mode {a.compile_mode!r}: use {' | '.join(COMPILE_MODES)}")
+    _check(a.threads == "auto" or a.threads.isdigit(), "accel.threads",
+           f"accel.threads={a.threads!r}: use auto, 0 (torch's default) or a number of threads")
+    _check(lg.every_steps >= 1, "log.every_steps", f"{lg.every_steps} must be >= 1")
+    _check_model(cfg)
