@@ -78,3 +78,21 @@ def test_without_matplotlib_there_is_no_figure_and_no_error(tmp_path, monkeypatc
 def test_number_rejects_what_json_lets_through():
     assert plots._number(0.5) == 0.5 and plots._number(3) == 3.0
     assert [plots._number(v) for v in (None, "0.5", True, math.inf, math.nan, [1])] == [None] * 6
+
+
+def test_lr_comes_from_every_step_when_the_log_gives_steps_per_epoch(tmp_path):
+    """A warm-up inside the first epoch shows in the lr curve (the epoch records alone miss it)."""
+    run_dir = write_log(tmp_path / "run", [
+        {"kind": "start", "step": 0, "steps_per_epoch": 4, "lr": 0.1},
+        {"kind": "step", "epoch": 0, "step": 1, "loss": 2.0, "lr": 0.025},
+        {"kind": "step", "epoch": 0, "step": 2, "loss": 2.0, "lr": 0.05},
+        epoch(0, step=4, train_loss=2.0, train_acc=0.3, lr=0.1),
+        {"kind": "step", "epoch": 1, "step": 6, "loss": 1.0, "lr": 0.08},
+        epoch(1, step=8, train_loss=1.0, train_acc=0.5, lr=0.05),
+        {"kind": "step", "epoch": 2, "step": 10, "loss": 1.0, "lr": 0.04},  # an epoch not finished
+    ])
+    curves = plots.run_curves(run_dir)
+    assert curves["lr"] == [(0.25, 0.025), (0.5, 0.05), (1.0, 0.1), (1.5, 0.08), (2.0, 0.05), (2.5, 0.04)]
+    assert curves["train_loss"] == [(1, 2.0), (2, 1.0)]  # the other curves stay per epoch
+    write_log(run_dir, [{"kind": "start", "step": 0, "steps_per_epoch": 4}, {"kind": "step", "step": 1, "lr": 0.1}])
+    assert plots.plot_run_curves(run_dir) is None  # steps but no finished epoch: nothing to plot yet

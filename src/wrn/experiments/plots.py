@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from wrn.experiments.records import Section, read_epochs, read_json
+from wrn.experiments.records import Section, read_json, read_log
 from wrn.fsio import write_atomic
 
 INSTALL_HINT = 'pip install -e ".[plot]"'
@@ -62,18 +62,28 @@ def _error(acc) -> float | None:
 CURVE_KEYS = ("train_loss", "train_acc", "val_acc", "lr")
 
 
-def run_curves(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """Per-epoch series of a run's log.jsonl, ``{key: [(epochs done, value), ...]}`` for
-    ``CURVE_KEYS``; a key the log lacks (no val split) or logs as null (a diverged loss) has
-    fewer points. A line cut short by a kill is skipped; the last record of an epoch wins (a
-    resumed run writes the epochs after its checkpoint again)."""
-    by_epoch = {e["epoch"]: e for e in read_epochs(Path(run_dir) / "log.jsonl")}
-    curves: dict[str, list[tuple[int, float]]] = {key: [] for key in CURVE_KEYS}
+def run_curves(run_dir: str | Path) -> dict[str, list[tuple[float, float]]]:
+    """Series of a run's log.jsonl, ``{key: [(epochs done, value), ...]}`` for ``CURVE_KEYS``.
+
+    Per epoch, except the lr: from every step record too where the log says its steps per epoch,
+    so that a warm-up or a one-cycle schedule shows its shape. A key the log lacks (no val split)
+    or logs as null (a diverged loss) has fewer points; a line cut short by a kill is skipped; the
+    last record of an epoch (or step) wins: a resumed run writes those after its checkpoint again.
+    """
+    log = read_log(Path(run_dir) / "log.jsonl")
+    by_epoch = {r["epoch"]: r for r in log if r.get("kind") == "epoch" and isinstance(r.get("epoch"), int)}
+    curves: dict[str, list[tuple[float, float]]] = {key: [] for key in CURVE_KEYS}
     for epoch in sorted(by_epoch):
         for key in CURVE_KEYS:
             value = _number(by_epoch[epoch].get(key))
             if value is not None:
                 curves[key].append((epoch + 1, value))  # the log counts epochs from 0
+    spe = next((n for r in reversed(log) if r.get("kind") in ("start", "resume")
+                and (n := _number(r.get("steps_per_epoch"))) and n > 0), None)
+    if spe and curves["lr"]:
+        lr_by_step = {r["step"]: lr for r in log if r.get("kind") in ("step", "epoch") and isinstance(r.get("step"), int)
+                      and not isinstance(r["step"], bool) and (lr := _number(r.get("lr"))) is not None}
+        curves["lr"] = [(step / spe, lr_by_step[step]) for step in sorted(lr_by_step)]
     return curves
 
 
@@ -90,12 +100,13 @@ def plot_run_curves(run_dir: str | Path, path: str | Path | None = None) -> Path
     summary = read_json(run_dir / "summary.json") or {}
     fig = _figure(figsize=(12, 3.4))
     loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
-    last = max(x for points in curves.values() for x, _ in points)
+    per_epoch = [x for key in CURVE_KEYS if key != "lr" for x, _ in curves[key]]
+    last = max(per_epoch or [x for x, _ in curves["lr"]])  # epochs done
 
     def draw(ax, key, label, scale=1.0, **style):
         if curves[key]:
             xs, ys = zip(*curves[key])
-            ax.plot(xs, [y * scale for y in ys], marker="." if len(xs) < 50 else None, label=label, **style)
+            ax.plot(xs, [y * scale for y in ys], marker="." if len(xs) <= 50 else None, label=label, **style)
 
     draw(loss_ax, "train_loss", "train")
     draw(acc_ax, "train_acc", "train", 100)
@@ -114,7 +125,7 @@ def plot_run_curves(run_dir: str | Path, path: str | Path | None = None) -> Path
         ax.set_xlabel("epoch", fontsize=8)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{summary.get('model') or run_dir.name}: {last} epochs"
+    fig.suptitle(f"{summary.get('model') or run_dir.name}: {last:g} epochs"
                  + ("" if summary.get("finished") else " (not finished)"), fontsize=10)
     return _save(fig, Path(path) if path is not None else run_dir / "curves.png")
 

@@ -103,21 +103,26 @@ def read_json(path: Path) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def read_epochs(log_path: Path) -> list[dict]:
-    """The ``"kind": "epoch"`` records of a log.jsonl, skipping lines a crash cut short."""
+def read_log(log_path: Path) -> list[dict]:
+    """The records of a log.jsonl, skipping lines a crash cut short (and anything not a record)."""
     try:
         lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return []
-    epochs = []
+    records = []
     for line in lines:
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a crash: the rest of the log still counts
-        if isinstance(entry, dict) and entry.get("kind") == "epoch" and isinstance(entry.get("epoch"), int):
-            epochs.append(entry)
-    return epochs
+        if isinstance(entry, dict):
+            records.append(entry)
+    return records
+
+
+def read_epochs(log_path: Path) -> list[dict]:
+    """The ``"kind": "epoch"`` records of a log.jsonl."""
+    return [r for r in read_log(log_path) if r.get("kind") == "epoch" and isinstance(r.get("epoch"), int)]
 
 
 def is_run_dir(path: Path) -> bool:
@@ -133,7 +138,7 @@ def collect(root: str | Path) -> list[RunRecord]:
     """Every run directory under ``root`` that belongs to one of the paper's tables."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"{root} is not a directory: give the --out directory of `wrn sweep`")
+        raise UserError(f"{root} is not a directory: give a run directory, or the --out directory of `wrn sweep`")
     all_tables = tables()
     by_id = {(t.name, r.id): r for t in all_tables.values() for r in t.runs}
     records: dict[Path, RunRecord] = {}
