@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from wrn.errors import UserError
-from wrn.models.layers import check_positive_int, init_weights
+from wrn.models.layers import Classifier, check_positive_int, init_weights
 from wrn.models.registry import register_model
 
 EXPANSION = 4
@@ -52,7 +52,7 @@ class Bottleneck(nn.Module):
         return self.relu(o + identity)
 
 
-class ImageNetResNet(nn.Module):
+class ImageNetResNet(Classifier):
     """Bottleneck ResNet for 224x224 inputs; ``width_per_group=128`` makes it wide (WRN-50-2)."""
 
     default_input_size = 224
@@ -81,7 +81,7 @@ class ImageNetResNet(nn.Module):
                 blocks.append(Bottleneck(channels, planes, 2 if (g > 0 and i == 0) else 1, inner))
                 channels = planes * EXPANSION
             setattr(self, f"layer{g + 1}", nn.Sequential(*blocks))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.pool = nn.AdaptiveAvgPool2d(1)  # torchvision's avgpool (no weights: the keys match)
         self.fc = nn.Linear(channels, num_classes)
         self.num_features = channels
         init_weights(self)
@@ -96,12 +96,6 @@ class ImageNetResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(x), 1)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def describe(self) -> dict:
         wide = self.width_per_group // 64

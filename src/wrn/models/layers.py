@@ -206,7 +206,20 @@ def check_groups(groups: int, channels: Sequence[int], kernels: Sequence[int], m
     return groups
 
 
-class PreActNet(nn.Module):
+class Classifier(nn.Module):
+    """timm's split of a classifier: ``forward_features`` (the subclass's: images -> activated
+    feature map) then ``forward_head`` (global average pool ``self.pool`` -> linear ``self.fc``;
+    ``pre_logits=True`` stops at the pooled features)."""
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.pool(x), 1)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class PreActNet(Classifier):
     """Stem conv -> three groups of pre-activation blocks (the 2nd and 3rd start with stride 2)
     -> BN -> ReLU -> global average pool -> linear: the Wide ResNet and the pre-activation ResNet.
 
@@ -249,10 +262,3 @@ class PreActNet(nn.Module):
         """[N, C, H, W] images -> [N, widths[-1], H/4, W/4] activated feature map."""
         x = self.conv4(self.conv3(self.conv2(self.conv1(x))))
         return self.act(self.bn(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.pool(x), 1)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))

@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wrn.models.layers import (DropPath, PreActNet, SqueezeExcite, block_name, check_drop_path_mode, check_groups,
+from wrn.models.layers import (Classifier, DropPath, PreActNet, SqueezeExcite, block_name, check_drop_path_mode,
+                               check_groups,
                                check_positive_int, check_rate, conv, drop_path_rates, init_weights)
 from wrn.models.registry import register_model
 
@@ -79,7 +80,7 @@ class BasicBlock(nn.Module):
         return self.act(self.shortcut(x) + self.drop_path(o))
 
 
-class ResNet(nn.Module):
+class ResNet(Classifier):
     """The original CIFAR ResNet: conv-BN-ReLU stem (16), three groups of n basic blocks, pool, linear."""
 
     default_input_size = 32
@@ -121,12 +122,6 @@ class ResNet(nn.Module):
         x = self.act(self.bn1(self.conv1(x)))
         return self.conv4(self.conv3(self.conv2(x)))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.pool(x), 1)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def describe(self) -> dict:
         return {
