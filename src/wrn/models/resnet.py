@@ -18,8 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wrn.models.layers import (Classifier, DropPath, PreActNet, SqueezeExcite, block_name, check_drop_path_mode,
-                               check_groups,
-                               check_positive_int, check_rate, conv, drop_path_rates, init_weights)
+                               check_groups, check_positive_int, check_rate, conv, drop_path_rates, init_weights)
 from wrn.models.registry import register_model
 
 WIDTHS = (16, 32, 64)
