@@ -208,6 +208,21 @@ def test_svhn_mat_round_trip(tmp_path, y_double):
     np.testing.assert_array_equal(single["test"].images, truth["test"][0])
 
 
+@pytest.mark.parametrize("variables, words", [
+    ({"y": np.ones((3, 1))}, "no X variable"),
+    ({"X": np.zeros((32, 32, 3, 3), np.uint8)}, "no y variable"),
+    ({"X": np.zeros((32, 32, 3, 3)), "y": np.ones((3, 1))}, "X holds float64 values, not the uint8 pixels"),
+    ({"X": np.zeros((32, 32, 3, 3), np.uint8), "y": np.ones((2, 1))}, "expected X of shape 32x32x3xN and y of N labels"),
+    ({"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.array([[1], [11]])}, "label 11 is out of range"),
+])
+def test_svhn_mat_that_is_not_svhn(tmp_path, variables, words):
+    """A readable .mat file that does not hold SVHN: one line naming the file and what is wrong."""
+    savemat(tmp_path / "train_32x32.mat", variables)
+    with pytest.raises(UserError, match=f"train_32x32.mat: damaged .*{words}") as err:
+        read_source(tmp_path / "train_32x32.mat")
+    assert "\n" not in str(err.value)
+
+
 def test_image_folder_and_every_archive_type(tmp_path):
     root = tmp_path / "tree"
     truth = write_image_tree(root, np.random.default_rng(3))
