@@ -281,11 +281,25 @@ class SlurmLauncher(Launcher):
 
 
 class RunLost(Exception):
-    """Training died (killed, out of memory, node gone): Ray retries the task, which resumes."""
+    """Training stopped before the end (preempted, or a step failed to finish): Ray retries the
+    task, which resumes."""
 
 
 def ray_task(p: PlannedRun) -> int:
-    rc = train(p, log_path(p))
+    """One run inside a Ray worker, in-process: a worker killed (or lost with its node) takes its
+    training with it (Ray does not kill a crashed worker's children), and Ray's retry resumes it."""
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from wrn.cli import main
+
+    if p.status() == "finished":
+        return 0
+    log = log_path(p)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    argv = train_argv(p)
+    with open(log, "a", buffering=1) as f, redirect_stdout(f), redirect_stderr(f):
+        print(f"$ wrn {' '.join(argv)}  (Ray task, pid {os.getpid()})")
+        rc = main(argv)
     if rc not in (0, EXIT_USER_ERROR):
         raise RunLost(f"{p.name}: wrn train exited with {rc}")
     return rc
@@ -310,7 +324,8 @@ class RayLauncher(Launcher):
                                 "`ray start --head`, or drop --address for a local one") from None
         try:
             gpus = self.gpus if self.gpus is not None else int(ray.cluster_resources().get("GPU", 0) > 0)
-            task = ray.remote(ray_task)
+            # max_calls=1: a fresh worker per run, so no run inherits another's memory.
+            task = ray.remote(max_calls=1)(ray_task)
             refs = {}
             for p in map(shared, runs):
                 refs[task.options(num_cpus=self.cpus, num_gpus=gpus, max_retries=self.max_retries,
