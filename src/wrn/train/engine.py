@@ -298,7 +298,8 @@ def _start(run: RunState, state: dict | None) -> int:
     start = state["step"] if state else 0
     if run.is_main:
         truncate_log(out_dir, start if state else -1)  # a start-over keeps none of the old lines
-    run.log = RunLog(out_dir, enabled=run.is_main, quiet=run.quiet)
+    run.log = RunLog(out_dir, enabled=run.is_main, quiet=run.quiet, tensorboard=cfg.log.tensorboard,
+                     resume_step=start if state else None)
     if cfg.train.time_budget and not cfg.train.steps:
         steps = budget.probe_and_choose(run)
         run.cfg = cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
@@ -310,6 +311,7 @@ def _start(run: RunState, state: dict | None) -> int:
         if run.whitening is not None:
             zca.save(run.whitening, out_dir / ZCA_FILE)
         write_atomic(out_dir / "config.yaml", cfg.to_yaml().encode())
+        run.log.hparams(dataclasses.asdict(cfg))
     run.clock = budget.Clock(run, start, enabled=not cfg.train.time_budget and start < run.total_steps)
     spe = len(run.loaders["train"])
     params = sum(p.numel() for p in run.model.parameters())
@@ -421,7 +423,8 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
             if dist.is_main() and not quiet:
                 print(f"wrn: {out_dir} already finished (test accuracy {100 * summary['test_acc']:.2f}%)")
             return summary
-    created = not out_dir.exists()
+    # What this run creates: out_dir and any parents that were missing (e.g. runs/ itself).
+    created = [d for d in (out_dir.absolute(), *out_dir.absolute().parents) if not d.exists()]
     run = None
     try:
         with preempt.Guard() as guard:
@@ -433,6 +436,11 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
     except BaseException:
         if created and dist.is_main() and not (out_dir / checkpoint.CHECKPOINT).exists():
             shutil.rmtree(out_dir, ignore_errors=True)  # failed before its first checkpoint: leave nothing
+            for parent in created[1:]:  # rmdir: only while empty (another run may have started there)
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
         raise
     finally:
         if run is not None and run.log is not None:
