@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wrn.data import STATS, ArrayDataset, channel_stats, make_splits
+from wrn.data import ArrayDataset, catalog, channel_stats, make_splits
 from wrn.errors import UserError
 
 
@@ -73,5 +73,6 @@ def test_channel_stats_match_numpy():
 
 
 def test_paper_constants_are_the_true_cifar10_std():
-    mean, std = STATS["cifar10"]
+    info = catalog.get("cifar10")
+    mean, std = info.mean, info.std
     assert mean == (0.4914, 0.4822, 0.4465) and std == (0.2470, 0.2435, 0.2616)

@@ -217,3 +217,16 @@ def test_zca_run_saves_its_whitening_and_eval_reuses_it(tmp_path):
     assert evaluate_checkpoint(str(out))["accuracy"] == summary["test_acc"]  # whitened as in training
     (out / "zca.safetensors").unlink()  # control: without the run's own whitening there is no evaluation
     assert main(["eval", str(out)]) == 2
+
+
+def test_tensorboard_events_from_a_run(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tb extra is not installed")
+    data = write_image_folder(tmp_path / "data", 64, 32, 8)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(out), "--quiet", "model.name=wrn-10-1", "model.dropout=0",
+                 "train.epochs=1", "train.batch_size=16", "log.tensorboard=true", f"data.cache_dir={tmp_path / 'c'}"]) == 0
+    assert list(out.rglob("events.out.tfevents.*"))
+    control = tmp_path / "plain"  # control: nothing unless asked
+    assert main(["train", "--data", str(data), "--out", str(control), "--quiet", "model.name=wrn-10-1",
+                 "model.dropout=0", "train.epochs=1", "train.batch_size=16", f"data.cache_dir={tmp_path / 'c'}"]) == 0
+    assert not list(control.rglob("events.out.tfevents.*"))

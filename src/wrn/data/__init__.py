@@ -16,10 +16,6 @@ from wrn.data.download import fetch_dataset
 from wrn.data.formats import read_source
 from wrn.errors import UserError
 
-# (mean, std) by dataset name: a view of the catalog kept for existing callers; new code reads
-# ``catalog.get(name).mean`` / ``.std``.
-STATS = {n: (d.mean, d.std) for n, d in DATASETS.items() if d.mean is not None}
-
 
 def load_dataset(
     source: str | os.PathLike,
@@ -50,4 +46,4 @@ def load_dataset(
     return cached_decode(path, lambda: read_source(path, coarse=coarse), cache_dir=root, options=options, quiet=quiet)
 
 
-__all__ = ["ArrayDataset", "DatasetInfo", "load_dataset", "make_splits", "channel_stats", "STATS", "DATASETS", "NAMES"]
+__all__ = ["ArrayDataset", "DatasetInfo", "load_dataset", "make_splits", "channel_stats", "DATASETS", "NAMES"]

@@ -14,6 +14,7 @@ from wrn.data.catalog import DATASETS
 from wrn.errors import UserError
 from wrn.models import create_model
 from wrn.train.accel import COMPILE_MODES, CONFIG_PRECISIONS
+from wrn.train.log import summary_writer_class
 
 if TYPE_CHECKING:
     from wrn.train.config import Config
@@ -138,4 +139,6 @@ def validate(cfg: Config) -> None:
     _check(a.threads == "auto" or a.threads.isdigit(), "accel.threads",
            f"accel.threads={a.threads!r}: use auto, 0 (torch's default) or a number of threads")
     _check(lg.every_steps >= 1, "log.every_steps", f"{lg.every_steps} must be >= 1")
+    if lg.tensorboard:
+        summary_writer_class()  # a missing TensorBoard is one line now, not after the data is loaded
     _check_model(cfg)
