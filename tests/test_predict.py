@@ -53,7 +53,7 @@ def _accuracy(preds) -> float:
 
 def test_same_accuracy_and_probabilities_as_eval(trained, capsys):
     run, data = trained
-    preds = wrn.predict(run, data / "test")
+    preds = wrn.predict(run, data / "test", device="cpu")  # where the run's own eval runs (accel.device=cpu)
     assert len(preds) == 48 and preds.probs.shape == (48, 4)
     assert _accuracy(preds) == _eval_accuracy(run, data, capsys)
     # Image by image: the files give the probabilities the data layer's decoded test split gives.
@@ -105,6 +105,20 @@ def test_the_input_size_recorded_in_the_checkpoint_wins(trained):
     got = wrn.predict(at16, image).probs  # resized to 16x16 first
     np.testing.assert_allclose(got, wrn.predict(at16, small).probs, atol=1e-6)
     assert np.abs(got - wrn.predict((model, state), image).probs).max() > 1e-4  # control: 32 is not 16
+
+
+def test_a_streaming_run_prepares_images_as_its_eval_loader(tmp_path):
+    from wrn.data.streaming import ImageStream
+    from wrn.predict import input_size, prepare
+
+    root = write_image_folder(tmp_path / "big", 0, 2, 72)
+    stream = ImageStream(root, "test", train=False, image_size=56)
+    model = wrn.create_model("wrn-10-1", num_classes=4)
+    size, streaming = input_size(model, {"config": {"data": {"streaming": True, "image_size": 56}}})
+    assert (size, streaming) == (56, True)
+    for i, path in enumerate(sorted(root.rglob("*.png"))):
+        np.testing.assert_array_equal(prepare(str(path), size, streaming), stream[i][0])
+    assert input_size(model, {})[0] == 32  # nothing recorded: the model's own input size
 
 
 def test_tta_averages_the_flip(trained):
@@ -209,7 +223,7 @@ def test_cifar10_jpegs_same_accuracy_as_eval(tmp_path, capsys):
             (tmp_path / "data" / parts[0] / parts[1]).mkdir(parents=True, exist_ok=True)
             (tmp_path / "data" / member.name).write_bytes(tf.extractfile(member).read())
     run = _train(tmp_path / "data", tmp_path / "run")
-    preds = wrn.predict(run, tmp_path / "data" / "test")
+    preds = wrn.predict(run, tmp_path / "data" / "test", device="cpu")
     assert len(preds) == 300
     accuracy = _accuracy(preds)
     assert accuracy == _eval_accuracy(run, tmp_path / "data", capsys)
