@@ -112,33 +112,42 @@ def fit(images: np.ndarray, epsilon: float = PAPER_EPSILON, *, gcn: float = PAPE
 
     def chunks():
         for start in range(0, n, chunk):
-            block = torch.from_numpy(np.ascontiguousarray(images[start:start + chunk]).reshape(-1, d))
-            yield _prepare(block.double(), gcn)
+            block = np.array(images[start:start + chunk], dtype=np.float64).reshape(-1, d)
+            yield _prepare(torch.from_numpy(block), gcn).numpy()
 
     # Two passes (mean, then centred products): no cancellation in E[xx^T] - mean mean^T.
-    mean = torch.zeros(d, dtype=torch.float64)
+    # numpy computes x.T @ x as a symmetric rank-k update, half the work of a general product
+    # (the whole fit: 77 s for CIFAR-10's 50,000 images on a busy 2-core CPU, once per run).
+    mean = np.zeros(d)
     for x in chunks():
         mean += x.sum(0)
     mean /= n
-    cov = torch.zeros(d, d, dtype=torch.float64)
+    cov = np.zeros((d, d))
     for x in chunks():
-        x = x - mean
-        cov.addmm_(x.T, x)
+        x -= mean
+        cov += x.T @ x
     cov /= n
-    eigenvalues, vectors = torch.linalg.eigh(cov)
+    eigenvalues, vectors = np.linalg.eigh(cov)
     # Sign and order of eigenvectors do not matter: P is the same matrix for any choice.
-    matrix = (vectors * (eigenvalues.clamp_min(0) + epsilon).rsqrt()) @ vectors.T
+    matrix = (vectors / np.sqrt(np.maximum(eigenvalues, 0.0) + epsilon)) @ vectors.T
+    matrix = (matrix + matrix.T) / 2  # exactly symmetric, as P is in exact arithmetic
+    mean, matrix = torch.from_numpy(mean), torch.from_numpy(matrix)
     return Whitening(mean.float(), matrix.float(), (h, w, c), float(epsilon), float(gcn))
+
+
+def to_bytes(whitening: Whitening) -> bytes:
+    """The fit as safetensors bytes (tensors ``mean``, ``matrix``; shape, epsilon, gcn as metadata),
+    for a writer that places the file itself (e.g. beside the weights in a checkpoint)."""
+    from safetensors.torch import save as st_save
+
+    return st_save({k: v.contiguous() for k, v in whitening.tensors().items()}, metadata=whitening.metadata())
 
 
 def save(whitening: Whitening, path: str | Path) -> None:
     """Write the fit as a safetensors file (atomic: the old file or the new one, never torn)."""
-    from safetensors.torch import save as st_save
-
     from wrn.fsio import write_atomic
 
-    write_atomic(Path(path), st_save({k: v.contiguous() for k, v in whitening.tensors().items()},
-                                     metadata=whitening.metadata()))
+    write_atomic(Path(path), to_bytes(whitening))
 
 
 def load(path: str | Path) -> Whitening:
