@@ -200,6 +200,7 @@ def test_user_errors(trained, tmp_path, capsys):
     _one_line_error(["predict", str(fresh), str(data / "test")], capsys, "no checkpoint")
     _one_line_error(["predict", str(run), str(data / "test"), "--out", str(tmp_path / "p.txt")], capsys, ".csv")
     _one_line_error(["predict", str(run), str(data / "test"), "--top", "0"], capsys, "--top")
+    _one_line_error(["predict", str(run), str(data / "test"), "--batch-size", "0"], capsys, "--batch-size")
     (tmp_path / "empty").mkdir()
     _one_line_error(["predict", str(run), str(tmp_path / "empty")], capsys, "no images")
     with pytest.raises(UserError, match="mean= and std="):

@@ -130,7 +130,7 @@ def load_predictor(model_or_run: Any, *, device: str | None = None, precision: s
     accel_cfg = cfg.get("accel") or {}
     channels_last = bool(accel_cfg.get("channels_last"))
     model = accel.prepare_model(model, dev, channels_last)
-    batch = batch_size or (cfg.get("train") or {}).get("eval_batch_size") or DEFAULT_BATCH
+    batch = batch_size if batch_size is not None else (cfg.get("train") or {}).get("eval_batch_size") or DEFAULT_BATCH
     if batch < 1:
         raise UserError(f"--batch-size {batch} must be >= 1")
     step = accel.make_eval_step(model, precision=precision or accel_cfg.get("precision", "fp32"), device=dev)
@@ -267,7 +267,8 @@ def predict(model_or_run: Any, images: Any, *, tta: bool = False, strict: bool =
     """Class probabilities of ``images`` under a trained model.
 
     ``model_or_run``: a run directory or checkpoint, ``wrn.load_checkpoint(...)``'s (model, state),
-    or a bare model with ``mean=``, ``std=`` (and ``classes=``, ``image_size=``). ``images``: a path
+    or a bare model with ``mean=``, ``std=`` (per channel, on the [0, 1] pixel scale) and optionally
+    ``classes=``, ``image_size=``. ``images``: a path
     (image file, folder searched recursively, .tar/.tar.gz/.tar.xz/.zip), a PIL image, a uint8
     [N, H, W, 3] array or tensor, or a list of these. ``tta`` averages the softmax of each image
     and its horizontal flip. Unreadable files are skipped (``on_skip(name, why)`` is called, and
