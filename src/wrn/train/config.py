@@ -41,7 +41,7 @@ class ModelConfig:
     dropout: float = 0.3
     # Kernel sizes of one residual block, e.g. (3, 3) = B(3,3); None = the model's own default.
     block: Optional[tuple[int, ...]] = None
-    # None = N from the depth (PAPER.md naming); set it for the deepening-factor table.
+    # None = N from the depth (docs/paper.md naming); set it for the deepening-factor table.
     blocks_per_group: Optional[int] = None
     num_classes: int = 0  # 0 = the number of classes in the data
 
