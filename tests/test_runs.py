@@ -5,7 +5,10 @@ recursively, as a table and as JSON."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import time
 
 import pytest
 
@@ -77,6 +80,8 @@ def runs(tmp_path_factory, one_thread):
     shutil.copytree(root / "finished", root / "quick-wrn-10-1-20260101-120000")
     (root / ".hidden" / "run").mkdir(parents=True)
     shutil.copy(root / "finished" / "config.yaml", root / ".hidden" / "run")
+    for log in root.rglob("log.jsonl"):  # as if written an hour ago: not still running
+        os.utime(log, (time.time() - 3600, time.time() - 3600))
     return root
 
 
@@ -125,6 +130,14 @@ def test_table(runs, capsys):
     assert "interrupted at step 4 (resumable)" in rows["group/interrupted"]
     assert "failed at step 5: non-finite loss" in rows["group/deeper/failed"]
     assert rows["not-started"].rstrip().endswith("not started")
+
+
+def test_a_recently_written_log_may_be_a_live_run(runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(runs / "group" / "interrupted", run)
+    (run / "log.jsonl").touch()  # control for the table test, where every log is an hour old
+    assert main(["runs", str(tmp_path)]) == 0
+    assert re.search(r"running\? \(log written \d+s ago; at step 4\)", capsys.readouterr().out)
 
 
 def test_a_run_dir_itself_and_an_empty_dir(runs, tmp_path, capsys):

@@ -7,6 +7,9 @@ A run directory is one with a config.yaml (``engine.fit`` writes it first). Its 
 - interrupted at step N: a checkpoint holds step N, so ``wrn train --resume DIR`` continues it;
 - not started: no checkpoint yet (a resume starts it over in place).
 
+Nothing marks a run as live, so an unfinished run whose log.jsonl changed in the last few minutes
+is flagged "running?" rather than offered for a resume that would race it.
+
 Reads only the small JSON/YAML files: never the weights, so listing many big runs stays instant.
 """
 
@@ -16,10 +19,12 @@ import argparse
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 HELP = "list the runs under a directory: model, epochs done, final accuracy, wall time, status"
+RECENT_S = 300  # a log written this recently may belong to a run still training
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,6 +116,10 @@ def run_info(run: Path, root: Path) -> dict[str, Any]:
         "total_steps": total_steps, "test_acc": None, "val_acc": None, "wall_time_s": None, "status": "not started",
         "error": None,
     }
+    try:
+        info["log_age_s"] = max(0.0, time.time() - (run / "log.jsonl").stat().st_mtime)
+    except OSError:
+        info["log_age_s"] = None
     elapsed = [r["elapsed_s"] for r in records if isinstance(r.get("elapsed_s"), (int, float))]
     info["wall_time_s"] = elapsed[-1] if elapsed else (state or {}).get("elapsed_s")
     if state:
@@ -140,11 +149,15 @@ def _number(x: float | None) -> str:
 
 
 def _status(info: dict[str, Any]) -> str:
-    if info["status"] == "interrupted":
-        return f"interrupted at step {info['step']} (resumable)"
     if info["status"] == "failed":
         return f"failed at step {info['step']}: {info['error']}"
-    return info["status"]
+    if info["status"] == "finished":
+        return "finished"
+    age = info["log_age_s"]
+    if age is not None and age < RECENT_S:
+        where = f"at step {info['step']}" if info["status"] == "interrupted" else "before its first checkpoint"
+        return f"running? (log written {age:.0f}s ago; {where})"
+    return f"interrupted at step {info['step']} (resumable)" if info["status"] == "interrupted" else info["status"]
 
 
 def format_table(infos: list[dict[str, Any]]) -> str:
