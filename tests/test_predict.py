@@ -125,7 +125,9 @@ def test_tta_averages_the_flip(trained):
     run, _ = trained
     rng = np.random.default_rng(2)
     image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    plain, mirrored = wrn.predict(run, [image[None], image[None, :, ::-1]]).probs
+    both = wrn.predict(run, [image[None], image[None, :, ::-1]])
+    assert both.names == ["#0", "#1"]
+    plain, mirrored = both.probs
     tta = wrn.predict(run, image[None], tta=True).probs[0]
     np.testing.assert_allclose(tta, (plain + mirrored) / 2, atol=1e-6)
     assert np.abs(tta - plain).max() > 1e-4  # an asymmetric image: TTA changes the answer

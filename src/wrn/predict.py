@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import io
+import itertools
 import os
 import tarfile
 import zipfile
@@ -38,7 +39,7 @@ DEFAULT_BATCH = 256  # for a bare model (a run uses its own train.eval_batch_siz
 @dataclass
 class Predictions:
     """One row per classified image, in input order (folders sorted by path)."""
-    names: list[str]  # file path, "archive:member", or "#i" for in-memory images
+    names: list[str]  # file path, "archive:member", or "#i" for the i-th in-memory image
     probs: np.ndarray  # float32 [N, num_classes]: softmax (the mean over the flips with TTA)
     classes: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, why) of unreadable files
@@ -167,8 +168,9 @@ def _archive_members(path: Path) -> Iterator[tuple[str, bytes]]:
                         "download or pack it again") from None
 
 
-def _expand(item: Any, index: int) -> Iterator[tuple[str, Any]]:
-    """(name, source) pairs: source is a path, bytes, a PIL image or an HxWx3 uint8 array."""
+def _expand(item: Any, in_memory: Iterator[int]) -> Iterator[tuple[str, Any]]:
+    """(name, source) pairs: source is a path, bytes, a PIL image or an HxWx3 uint8 array;
+    in-memory images are named "#i" with i drawn from ``in_memory`` (0, 1, ... over the call)."""
     from wrn.data.formats import ARCHIVE_SUFFIXES
 
     if isinstance(item, (str, os.PathLike)):
@@ -190,11 +192,11 @@ def _expand(item: Any, index: int) -> Iterator[tuple[str, Any]]:
         if item.dtype != np.uint8 or item.ndim not in (3, 4) or item.shape[-1] != 3:
             raise UserError(f"images: an array must be uint8 [N, H, W, 3] or [H, W, 3], got {item.dtype} "
                             f"{list(item.shape)}: convert it (e.g. (x * 255).astype(np.uint8))")
-        for i, image in enumerate(item if item.ndim == 4 else item[None]):
-            yield f"#{index + i}", image
+        for image in item if item.ndim == 4 else item[None]:
+            yield f"#{next(in_memory)}", image
         return
     if hasattr(item, "convert") and hasattr(item, "size"):  # a PIL image
-        yield f"#{index}", item
+        yield f"#{next(in_memory)}", item
         return
     raise UserError(f"images: cannot read a {type(item).__name__}: give paths, PIL images or a uint8 NHWC array")
 
@@ -282,7 +284,8 @@ def predict(model_or_run: Any, images: Any, *, tta: bool = False, strict: bool =
     names: list[str] = []
     probs: list[np.ndarray] = []
     skipped: list[tuple[str, str]] = []
-    pairs = (pair for i, item in enumerate(items) for pair in _expand(item, i))
+    in_memory = itertools.count()
+    pairs = (pair for item in items for pair in _expand(item, in_memory))
     workers = min(8, os.cpu_count() or 1)
     try:
         with cf.ThreadPoolExecutor(workers) as pool:  # Pillow decodes and resizes without the GIL
