@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from wrn.cli import main
 from wrn.errors import UserError
 from wrn.experiments import launchers, paper, sweep
 from wrn.train import checkpoint
@@ -117,7 +118,8 @@ def test_submitit_resubmits_a_killed_run_and_requeues_a_preempted_one(tiny, tmp_
         assert "resume" in [r["kind"] for r in records(p.run_dir)], f"{p.name} did not resume"
     # The job logs, where SLURM users look: the resumed command and submitit's requeue.
     logs = "".join(f.read_text() for f in folder.glob("*_log.out"))
-    assert f"train --resume {killed.run_dir.resolve()}" in logs and f"train --resume {preempted.run_dir.resolve()}" in logs
+    for p in tiny:
+        assert f"train --resume {p.run_dir.resolve()}" in logs
     assert "Requeued job" in logs
 
 
@@ -143,14 +145,16 @@ def test_ray_retries_a_run_lost_with_its_worker(tiny):
     starts = [r["kind"] for r in records(lost.run_dir) if r["kind"] in ("start", "resume")]
     assert starts[0] == "start" and "resume" in starts[1:]
     commands = [line for line in launchers.log_path(lost).read_text().splitlines() if line.startswith("$ wrn")]
-    assert commands[0].startswith("$ wrn train --preset") and commands[-1].startswith(f"$ wrn train --resume")
+    assert commands[0].startswith("$ wrn train --preset") and commands[-1].startswith("$ wrn train --resume")
 
 
-def test_a_missing_cluster_package_is_one_line_naming_the_extra(monkeypatch, tiny):
+def test_a_missing_cluster_package_is_one_line_naming_the_extra(monkeypatch, tmp_path):
+    planned = sweep.plan(paper.get_table("deepening"), out=tmp_path, count=False)
     for module, name in (("submitit", "slurm"), ("ray", "ray")):
         monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
         with pytest.raises(UserError, match=r"needs .*pip install -e \"\.\[cluster\]\""):
-            launchers.make(name, tiny, max_retries=1, cpu_tflops=0.07)
+            launchers.make(name, planned, max_retries=1)
+    assert not any(tmp_path.iterdir()), "nothing left behind"
 
 
 def test_options_are_checked_against_the_launcher():
@@ -160,17 +164,21 @@ def test_options_are_checked_against_the_launcher():
         launchers.check_options("slurm", address="10.0.0.1:6379")
     with pytest.raises(UserError, match="--cpus/--gpus size cluster jobs"):
         launchers.check_options("local", gpus=1)
+    with pytest.raises(UserError, match="one GPU"):
+        launchers.check_options("slurm", gpus=2)
     launchers.check_options("slurm", partition="gpu", account="lab", cpus=8, gpus=1, max_retries=0)
 
 
-def test_resources_come_from_the_cost_estimate():
-    planned = sweep.plan(paper.get_table("thin-vs-wide"), out="runs")
+def test_resources_come_from_the_cost_estimate(capsys):
+    planned = sweep.plan(paper.get_table("dropout"), out="runs", dataset="cifar10")
     by_model = {p.model: p for p in planned}
-    small, big = by_model["wrn-40-4"], by_model["wrn-28-10"]
+    small, big = by_model["wrn-16-4"], by_model["wrn-28-10"]
     r_small, r_big = (launchers.resources(p, cpus=4, gpus=1, cpu_tflops=0.07) for p in (small, big))
     assert r_small.gpus == 1 and r_small.cpus == 4 and r_small.mem_gb >= 8
     assert r_small.minutes < r_big.minutes <= launchers.MAX_JOB_MIN  # bigger net, longer limit
-    assert launchers.resources(small, cpus=4, gpus=2, cpu_tflops=0.07).minutes < r_small.minutes
     # On a CPU the paper's WRN-28-10 needs more than a day: requeued at each limit, it resumes.
     cpu = launchers.resources(big, cpus=32, gpus=0, cpu_tflops=0.07)
-    assert cpu.minutes == launchers.MAX_JOB_MIN and launchers.jobs_needed(big, cpu, cpu_tflops=0.07) > 1
+    assert cpu.minutes == launchers.MAX_JOB_MIN and cpu.jobs > 1 and r_big.jobs == 1
+    # The dry run says what each job will ask for.
+    assert main(["sweep", "dropout", "--dry-run", "--dataset", "cifar10", "--launcher", "slurm", "--cpus", "8"]) == 0
+    assert "slurm: one job per run, 8 CPUs, 1 GPU, up to 9 GB each; time limits " in capsys.readouterr().out

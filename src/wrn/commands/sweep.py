@@ -81,12 +81,16 @@ def run(args: argparse.Namespace) -> int:
     planned = sweep.plan(table, out=args.out, seeds=args.seeds, budget=budget, data=args.data,
                          dataset=args.dataset, overrides=tuple(args.overrides))
     budget = planned[0].budget  # plan() adds an lr schedule override to the label
-    print(sweep.format_plan(table, planned, budget, tflops=args.tflops or sweep.DEFAULT_CPU_TFLOPS))
+    tflops = args.tflops or sweep.DEFAULT_CPU_TFLOPS
+    print(sweep.format_plan(table, planned, budget, tflops=tflops))
+    request = launchers.describe(args.launcher, planned, cpus=args.cpus, gpus=args.gpus, cpu_tflops=tflops)
+    if request:
+        print(request)
     if args.dry_run:
         return 0
     if args.data is not None and args.data not in paper.NUM_CLASSES and not os.path.exists(args.data):
         raise UserError(f"--data {args.data} does not exist: give a local copy or a dataset name (cifar10, ...)")
-    launcher = launchers.make(args.launcher, planned, cpu_tflops=args.tflops or sweep.DEFAULT_CPU_TFLOPS, **options)
+    launcher = launchers.make(args.launcher, planned, cpu_tflops=tflops, **options)
     print()
     sweep.write_manifest(table, planned, budget, _command(args))
     outcome = launchers.execute(planned, launcher)

@@ -1,7 +1,8 @@
 """Where a sweep's runs execute: here one at a time (local), as SLURM jobs (submitit) or as Ray
-tasks. Every launcher runs the same thing for a run: ``wrn train`` in a subprocess (see
-``train``), new or resumed by the run's own state when it starts, so a retried, requeued or
-re-launched run resumes from its checkpoint and a finished one is never trained again.
+tasks. Every launcher runs the same command for a run, ``wrn train`` (``train_argv``), chosen by
+the run's own state when it starts: ``--preset P --out RUN_DIR OVERRIDES`` for a new run,
+``--resume RUN_DIR`` for one with a checkpoint, nothing for a finished one. So a retried,
+requeued or re-launched run resumes, and a finished run is never trained again.
 
     local  one run after another on this machine (the default)
     slurm  one submitit job per run; SLURM's time-limit/preemption signal checkpoints the run and
@@ -10,10 +11,13 @@ re-launched run resumes from its checkpoint and a finished one is never trained 
     ray    one Ray task per run with the run's CPUs/GPUs, on an existing cluster (--address) or a
            local one; a task lost with its node or process is retried by Ray (max_retries) and
            resumes. The run directories must be on a filesystem every node shares.
+
+Each run trains on one GPU (or on CPUs with --gpus 0), as the paper's CIFAR runs did.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -26,12 +30,15 @@ from pathlib import Path
 from typing import Callable
 
 from wrn.errors import UserError
-from wrn.experiments.sweep import H100_TFLOPS, TRAIN_IMAGES, PlannedRun, fmt_duration
+from wrn.experiments.sweep import DEFAULT_CPU_TFLOPS, H100_TFLOPS, PlannedRun, fmt_duration
+from wrn.train.preempt import EXIT_PREEMPTED
 
 LAUNCHERS = ("local", "slurm", "ray")
 # `wrn train`'s exit status for a bad config: the same failure every time, so never retried.
 EXIT_USER_ERROR = 2
 EXTRA = "pip install -e \".[cluster]\""
+# Per run, unless --cpus/--gpus say otherwise: the data lives on the GPU, the CPUs decode it once.
+DEFAULT_CPUS, DEFAULT_SLURM_GPUS = 4, 1
 
 
 def train_argv(p: PlannedRun) -> list[str]:
@@ -78,28 +85,23 @@ class Resources:
     cpus: int
     gpus: int
     mem_gb: int
-    minutes: int
+    minutes: int  # one job's time limit
+    jobs: int  # job time limits the run needs at the estimate: SLURM requeues it that often
 
 
-# A run's time limit: the cost estimate (a lower bound for small nets on a GPU) x 3, plus start-up
-# and evaluation; at most a day per job, a longer run is requeued at its limit and resumes.
+# A run's time: the cost estimate (a lower bound for small nets on a GPU) x 3, plus start-up and
+# evaluation; at most a day per job, a longer run is requeued at its limit and resumes.
 TIME_FACTOR, TIME_OVERHEAD_MIN, MAX_JOB_MIN = 3, 15, 24 * 60
 
 
 def resources(p: PlannedRun, *, cpus: int, gpus: int, cpu_tflops: float) -> Resources:
     """The run's request, from its dry-run cost estimate (``p.train_flops``) and dataset size."""
-    flops = p.train_flops or 0
-    seconds = flops / ((H100_TFLOPS * gpus if gpus else cpu_tflops) * 1e12)
-    minutes = min(MAX_JOB_MIN, TIME_OVERHEAD_MIN + math.ceil(TIME_FACTOR * seconds / 60))
+    seconds = (p.train_flops or 0) / ((H100_TFLOPS if gpus else cpu_tflops) * 1e12)
+    total = TIME_OVERHEAD_MIN + math.ceil(TIME_FACTOR * seconds / 60)
     # The decoded uint8 training set (32x32x3) is held a few times over while it is loaded.
-    data_gb = TRAIN_IMAGES.get(p.run.dataset, 50_000) * 32 * 32 * 3 / 1e9
-    return Resources(cpus=cpus, gpus=gpus, mem_gb=8 + math.ceil(4 * data_gb), minutes=minutes)
-
-
-def jobs_needed(p: PlannedRun, r: Resources, *, cpu_tflops: float) -> int:
-    """How many job time limits the run needs at the estimate: SLURM requeues it that often."""
-    seconds = TIME_FACTOR * (p.train_flops or 0) / ((H100_TFLOPS * r.gpus if r.gpus else cpu_tflops) * 1e12)
-    return max(1, math.ceil(seconds / 60 / MAX_JOB_MIN))
+    data_gb = p.train_images * 32 * 32 * 3 / 1e9
+    return Resources(cpus=cpus, gpus=gpus, mem_gb=8 + math.ceil(4 * data_gb), minutes=min(MAX_JOB_MIN, total),
+                     jobs=math.ceil(total / MAX_JOB_MIN))
 
 
 # --- the sweep's bookkeeping ---------------------------------------------------------------------
@@ -221,20 +223,18 @@ class SlurmJob:
 
 
 def _need(module: str, launcher: str):
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise UserError(f"--launcher {launcher} needs {module.split('.')[0]}: {EXTRA}") from None
+        raise UserError(f"--launcher {launcher} needs {module}: {EXTRA}") from None
 
 
 class SlurmLauncher(Launcher):
     """One submitit job per run; ``cluster="local"`` runs the same jobs on this machine (tests)."""
 
-    def __init__(self, folder: Path, *, cpus: int = 4, gpus: int = 1, partition: str | None = None,
-                 account: str | None = None, max_retries: int = 2, cpu_tflops: float = 0.07,
-                 cluster: str = "slurm", poll_s: float = 10.0):
+    def __init__(self, folder: Path, *, cpus: int = DEFAULT_CPUS, gpus: int = DEFAULT_SLURM_GPUS,
+                 partition: str | None = None, account: str | None = None, max_retries: int = 2,
+                 cpu_tflops: float = DEFAULT_CPU_TFLOPS, cluster: str = "slurm", poll_s: float = 10.0):
         self.submitit = _need("submitit", "slurm")
         self.folder, self.cluster, self.poll_s = Path(folder), cluster, poll_s
         self.cpus, self.gpus, self.cpu_tflops = cpus, gpus, cpu_tflops
@@ -244,7 +244,7 @@ class SlurmLauncher(Launcher):
         p = shared(p)
         r = resources(p, cpus=self.cpus, gpus=self.gpus, cpu_tflops=self.cpu_tflops)
         executor = self.submitit.AutoExecutor(folder=self.folder, cluster=self.cluster,
-                                              slurm_max_num_timeout=jobs_needed(p, r, cpu_tflops=self.cpu_tflops) + 2)
+                                              slurm_max_num_timeout=r.jobs + 2)
         params = dict(name=p.name, timeout_min=r.minutes, nodes=1, tasks_per_node=1, cpus_per_task=r.cpus,
                       gpus_per_node=r.gpus, mem_gb=r.mem_gb)
         if self.partition:
@@ -268,11 +268,15 @@ class SlurmLauncher(Launcher):
                     rc = int(job.result())
                 except Exception:  # noqa: BLE001 - the job died (killed, node lost): submitit's error
                     rc = None
-                if p.status() != "finished" and rc != EXIT_USER_ERROR and retries < self.max_retries:
+                # Preempted (training checkpointed and stopped on SIGTERM) is no failure: it
+                # costs no retry. SLURM may have requeued the job itself; then it has resumed.
+                preempted = rc == EXIT_PREEMPTED
+                if p.status() != "finished" and rc != EXIT_USER_ERROR and (preempted or retries < self.max_retries):
                     new = self._submit(p)
-                    jobs[new] = (p, retries + 1)
-                    progress.echo(f"{progress.head(p)}: job {job.job_id} lost ({'killed' if rc is None else f'exit {rc}'})"
-                                  f", resubmitted as job {new.job_id} to resume, log {new.paths.stdout}")
+                    jobs[new] = (p, retries + (not preempted))
+                    why = "killed" if rc is None else "preempted" if preempted else f"exit {rc}"
+                    progress.echo(f"{progress.head(p)}: job {job.job_id} lost ({why}), resubmitted as job "
+                                  f"{new.job_id} to resume, log {new.paths.stdout}")
                     continue
                 progress.ended(p, rc, str(job.paths.stdout))
 
@@ -308,7 +312,7 @@ def ray_task(p: PlannedRun) -> int:
 class RayLauncher(Launcher):
     """One Ray task per run on the cluster at ``address`` (a local one when None)."""
 
-    def __init__(self, *, address: str | None = None, cpus: int = 4, gpus: int | None = None,
+    def __init__(self, *, address: str | None = None, cpus: int = DEFAULT_CPUS, gpus: int | None = None,
                  max_retries: int = 2):
         self.ray = _need("ray", "ray")
         self.address, self.cpus, self.gpus, self.max_retries = address, cpus, gpus, max_retries
@@ -355,14 +359,18 @@ def check_options(name: str, *, cpus: int | None = None, gpus: int | None = None
             raise UserError(f"{flag} is for --launcher {only}: add --launcher {only}, or drop {flag}")
     if name == "local" and (cpus is not None or gpus is not None):
         raise UserError("--cpus/--gpus size cluster jobs: add --launcher slurm or ray, or drop them")
-    for flag, value in (("--cpus", cpus), ("--gpus", gpus), ("--max-retries", max_retries)):
-        if value is not None and value < (1 if flag == "--cpus" else 0):
-            raise UserError(f"{flag} {value} must be >= {1 if flag == '--cpus' else 0}")
+    if cpus is not None and cpus < 1:
+        raise UserError(f"--cpus {cpus} must be >= 1")
+    if gpus not in (None, 0, 1):
+        raise UserError(f"--gpus {gpus}: a sweep's run trains on one GPU (1) or on CPUs (0); for one run on "
+                        "several GPUs use torchrun with `wrn train`")
+    if max_retries < 0:
+        raise UserError(f"--max-retries {max_retries} must be >= 0")
 
 
 def make(name: str, planned: list[PlannedRun], *, cpus: int | None = None, gpus: int | None = None,
          partition: str | None = None, account: str | None = None, address: str | None = None,
-         max_retries: int, cpu_tflops: float) -> Launcher:
+         max_retries: int, cpu_tflops: float = DEFAULT_CPU_TFLOPS) -> Launcher:
     """The launcher ``wrn sweep --launcher NAME`` asks for (a one-line error naming the extra when
     its package is missing)."""
     check_options(name, cpus=cpus, gpus=gpus, partition=partition, account=account, address=address,
@@ -371,6 +379,25 @@ def make(name: str, planned: list[PlannedRun], *, cpus: int | None = None, gpus:
         return LocalLauncher()
     if name == "slurm":
         folder = planned[0].run_dir.parent.resolve() / "slurm"
-        return SlurmLauncher(folder, cpus=cpus or 4, gpus=1 if gpus is None else gpus, partition=partition,
+        return SlurmLauncher(folder, cpus=cpus or DEFAULT_CPUS, gpus=DEFAULT_SLURM_GPUS if gpus is None else gpus,
+                             partition=partition,
                              account=account, max_retries=max_retries, cpu_tflops=cpu_tflops)
-    return RayLauncher(address=address, cpus=cpus or 4, gpus=gpus, max_retries=max_retries)
+    return RayLauncher(address=address, cpus=cpus or DEFAULT_CPUS, gpus=gpus, max_retries=max_retries)
+
+
+def describe(name: str, planned: list[PlannedRun], *, cpus: int | None = None, gpus: int | None = None,
+             cpu_tflops: float = DEFAULT_CPU_TFLOPS) -> str:
+    """The dry run's line on what each run will ask the cluster for ("" for local)."""
+    cpus = cpus or DEFAULT_CPUS
+    if name == "ray":
+        return (f"ray: one task per run, {cpus} CPUs and " + (f"{gpus} GPU" if gpus is not None else
+                "1 GPU when the cluster has GPUs (else 0)") + " each")
+    if name != "slurm":
+        return ""
+    gpus = DEFAULT_SLURM_GPUS if gpus is None else gpus
+    rs = [resources(p, cpus=cpus, gpus=gpus, cpu_tflops=cpu_tflops) for p in planned]
+    lo, hi = (fmt_duration(60 * f(r.minutes for r in rs)) for f in (min, max))
+    return (f"slurm: one job per run, {cpus} CPUs, {'1 GPU' if gpus else 'no GPU'}, "
+            f"up to {max(r.mem_gb for r in rs)} GB each; "
+            f"time limits {lo} to {hi} ({TIME_FACTOR}x the {'H100' if gpus else 'CPU'} estimate + "
+            f"{TIME_OVERHEAD_MIN} min, at most {MAX_JOB_MIN // 60} h: a longer run is requeued and resumes)")
