@@ -22,6 +22,7 @@ from wrn.train.engine import fit
 from wrn.train.optim import Hyper, Schedule
 
 from helpers import write_image_folder  # tests/helpers.py
+from stopping import differing, records, resumed_from, stop_at  # tests/stopping.py
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -183,3 +184,120 @@ def test_schedule_control_without_total_steps_it_does_not_stretch():
 def test_cosine_ends_near_zero():
     s = schedule("cosine", 500)
     assert s(0) == pytest.approx(0.1) and s(499) < 1e-5
+
+
+# -- budgeted runs ----------------------------------------------------------------------------------
+
+SPE = 12  # 96 train images / batch 8
+ARGS = ["model.name=wrn-10-1", "model.dropout=0.3", "train.epochs=200", "train.batch_size=8", "data.val_size=16",
+        "optim.schedule=onecycle", "optim.warmup_epochs=10", "optim.lr=0.05", "accel.precision=fp32",
+        "accel.channels_last=false", "accel.compile=false", "log.every_steps=4", "train.eval_batch_size=32"]
+STEP_S = 2.0  # what the fake probe says a step costs: a 60 s budget then buys ~25 steps
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("budget")
+    return write_image_folder(root / "data", 112, 32, 8, classes=3), root / "cache"
+
+
+def fake_probe(monkeypatch) -> list[int]:
+    """The real probe (real steps on the run's model, then restored) timed by a fake clock:
+    STEP_S per training step, 1 ms per evaluated image. Returns a list counting the probes."""
+    calls = []
+    real = budget.measure
+
+    def measure(train_step, eval_batch, clock=None):
+        calls.append(1)
+        now = [0.0]
+
+        def step():
+            train_step()
+            now[0] += STEP_S
+
+        def batch():
+            n = eval_batch()
+            now[0] += 0.001 * n
+            return n
+
+        return real(step, batch, clock=lambda: now[0])
+
+    monkeypatch.setattr(budget, "measure", measure)
+    return calls
+
+
+def budget_config(data, *extra: str):
+    folder, cache = data
+    return load_config(overrides=[*ARGS, f"data.path={folder}", f"data.cache_dir={cache}", *extra])
+
+
+def test_budgeted_run_records_its_choice_resumes_without_deciding_and_replays_exactly(data, tmp_path, monkeypatch):
+    cfg = budget_config(data, "train.time_budget=60")
+    run = tmp_path / "budgeted"
+    probes = fake_probe(monkeypatch)
+    with monkeypatch.context() as m:
+        stop_at(m, 14)
+        with pytest.raises(preempt.Preempted):
+            fit(cfg, run, quiet=True)
+    assert probes == [1]
+    steps = load_config(config_file=run / "config.yaml").train.steps
+    assert 14 < steps <= 60 / STEP_S  # recorded before the first step; a short run of a 200-epoch recipe
+    start = records(run, "start")[0]
+    assert start["total_steps"] == steps and start["time_budget_s"] == 60
+
+    def decide_again(*a, **k):
+        raise AssertionError("a resumed budgeted run must not probe or decide again")
+
+    monkeypatch.setattr(budget, "measure", decide_again)
+    resumed = fit(load_config(config_file=run / "config.yaml"), run, resume=True, quiet=True)
+    assert resumed_from(run) == 14
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["time_budget_s"] == 60 and summary["budget_steps"] == steps == summary["steps"]
+    assert summary["wall_time_s"] > 0 and resumed["steps"] == steps
+    epochs = records(run, "epoch")
+    assert epochs[-1]["step"] == steps  # may end mid-epoch; the schedule ends there
+    assert epochs[-1]["lr"] <= 0.05 / (steps - 2)  # onecycle: the last step is one decay step from 0
+
+    # A replay of the config with train.steps fixed and no budget: the same weights bit for bit
+    # (the probe's steps were undone: weights, BN statistics and momentum).
+    replay = tmp_path / "replay"
+    fit(budget_config(data, f"train.steps={steps}"), replay, quiet=True)
+    assert differing(run, replay) == []
+
+
+def test_control_a_probe_that_did_not_restore_would_change_the_run(data, tmp_path, monkeypatch):
+    cfg = budget_config(data, "train.time_budget=60")
+    fake_probe(monkeypatch)
+    monkeypatch.setattr(torch.optim.Optimizer, "load_state_dict", lambda self, state: None)
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", lambda self, state, *a, **k: None)
+    fit(cfg, tmp_path / "unrestored", quiet=True)
+    monkeypatch.undo()
+    steps = load_config(config_file=tmp_path / "unrestored" / "config.yaml").train.steps
+    fit(budget_config(data, f"train.steps={steps}"), tmp_path / "replay", quiet=True)
+    assert differing(tmp_path / "unrestored", tmp_path / "replay")
+
+
+def test_a_real_20s_budget_ends_within_it(data, tmp_path, capsys):
+    """Behaviour, not a benchmark: the real probe and clock choose the steps, and the run (start-up
+    and final evaluation included) ends near its budget, far below the 200 epochs it asked for."""
+    # 400 images (48 steps per epoch): the per-epoch checkpoint, which the probe does not time, stays small
+    folder = write_image_folder(tmp_path / "data", 400, 32, 8, classes=3)
+    out = tmp_path / "run"
+    assert main(["train", "--quiet", "--data", str(folder), "--out", str(out), "--budget", "20s", *ARGS,
+                 f"data.cache_dir={data[1]}"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["time_budget_s"] == 20 and summary["budget_steps"] == summary["steps"] >= 1
+    assert 48 < summary["steps"] < 200 * 48
+    assert summary["wall_time_s"] <= 20 + 15  # generous: the probe's guess on a busy shared machine
+    assert load_config(config_file=out / "config.yaml").train.steps == summary["steps"]
+    estimate = records(out, "estimate")
+    assert len(estimate) == 1 and estimate[0]["wall_s"] == 20
+
+
+def test_every_run_logs_its_estimated_wall_time(data, tmp_path):
+    out = tmp_path / "run"
+    fit(budget_config(data, "train.epochs=2", "optim.warmup_epochs=0"), out, quiet=True)
+    estimate = records(out, "estimate")
+    assert len(estimate) == 1 and estimate[0]["wall_s"] > 0 and estimate[0]["step_s"] > 0
+    assert budget.estimate_line(2 * 86400).endswith("or train on a GPU") and "--budget" in budget.estimate_line(2 * 86400)
+    assert "--budget" not in budget.estimate_line(3600)

@@ -130,7 +130,7 @@ class Clock:
     def __init__(self, run, start: int, enabled: bool = True):
         self.run = run
         self.mark = start + WARMUP_STEPS if enabled else -1
-        self.end = self.mark + TIMED_STEPS
+        self.end = self.mark + TIMED_STEPS if enabled else -1  # disabled: never fires
         self.t0 = 0.0
 
     def after_step(self, done: int, loss: torch.Tensor) -> None:
@@ -143,6 +143,18 @@ class Clock:
             log_estimate(self.run, self.run.elapsed() + (self.run.total_steps - done) * step_s, step_s)
 
 
+def _repeat(loader):
+    """The loader's epoch-0 batches over and over: a small split (one test batch) still feeds the
+    probe's fixed number of steps. Ends only if the split has no batch at all."""
+    while True:
+        empty = True
+        for batch in loader.epoch(0):
+            empty = False
+            yield batch
+        if empty:
+            return
+
+
 def probe_and_choose(run) -> int:
     """Time a few real steps and evaluation batches, put everything back as it was, and choose
     the run's total steps for ``train.time_budget`` (rank 0 decides, all processes follow)."""
@@ -152,8 +164,8 @@ def probe_and_choose(run) -> int:
     model, opt = checkpoint.unwrap(run.model), run.optimizer
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     opt_state = copy.deepcopy(opt.state_dict())
-    batches = run.loaders["train"].epoch(0)
-    eval_images = run.loaders["test"].epoch(0)
+    batches = _repeat(run.loaders["train"])
+    eval_images = _repeat(run.loaders["test"])
 
     def train_step() -> None:
         images, labels = next(batches)
