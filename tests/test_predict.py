@@ -51,22 +51,53 @@ def _accuracy(preds) -> float:
     return float(np.mean([t == p for t, p in zip(truth, preds.labels)]))
 
 
-def test_same_accuracy_and_probabilities_as_eval(trained, capsys):
+def _eval_probabilities(run: Path) -> np.ndarray:
+    """Softmax of each test image as `wrn eval` feeds it to the model (its loader, normalisation
+    or ZCA whitening, memory format), in the test split's order (class, then file name)."""
+    import torch
+
+    from wrn.train.checkpoint import find_checkpoint, load_checkpoint
+    from wrn.train.config import config_from_dict
+    from wrn.train.data import build_data, find_whitening
+
+    ckpt = find_checkpoint(run)
+    model, state = load_checkpoint(ckpt)
+    cfg = config_from_dict(state["config"])
+    norm = state["normalize"]
+    stats = (norm["mean"], norm["std"]) if norm.get("mean") is not None else None
+    data = build_data(cfg, torch.device("cpu"), splits=("test",), stats=stats, whitening=find_whitening(cfg, ckpt))
+    loader, augment = data.pick("test")
+    with torch.no_grad():
+        return torch.cat([model(augment.normalize(x)).softmax(1) for x, _ in loader.epoch(0)]).numpy()
+
+
+@pytest.mark.parametrize("normalize", ["dataset", "zca"])
+def test_same_accuracy_and_probabilities_as_eval(trained, normalize, capsys):
     run, data = trained
-    preds = wrn.predict(run, data / "test", device="cpu")  # where the run's own eval runs (accel.device=cpu)
+    size = {}
+    if normalize == "zca":  # on 16x16 images: the whitening's 768x768 fit takes no time (3072x3072 would)
+        data = write_image_folder(run.parent / "data16", 160, 48, 16)
+        run = _train(data, run.parent / "zca-run", "data.normalize=zca")
+        size = {"image_size": 16}  # (the checkpoint does not record its input size yet)
+    preds = wrn.predict(run, data / "test", device="cpu", **size)  # where the run's own eval runs (accel.device=cpu)
     assert len(preds) == 48 and preds.probs.shape == (48, 4)
     assert _accuracy(preds) == _eval_accuracy(run, data, capsys)
-    # Image by image: the files give the probabilities the data layer's decoded test split gives.
-    test = wrn.load_checkpoint(run)
+    # Image by image, in the same order: the probabilities evaluation computes.
+    assert [Path(n).parent.name for n in preds.names] == [f"class{i % 4}" for i in sorted(range(48), key=lambda i: i % 4)]
+    expected = _eval_probabilities(run)
+    np.testing.assert_allclose(preds.probs, expected, atol=1e-5)
+    assert np.ptp(expected.argmax(1)) > 0 or np.ptp(expected[:, 0]) > 1e-3  # not one constant answer
+    # Control: the same model with other normalisation statistics answers differently.
+    other = wrn.predict(wrn.load_checkpoint(run)[0], data / "test", mean=[0.5] * 3, std=[0.25] * 3, **size)
+    assert np.abs(other.probs - expected).max() > 1e-2
+
+
+def test_decoded_arrays_and_files_agree(trained):
+    run, data = trained
     from wrn.data import load_dataset
 
     split = load_dataset(data, cache_dir=run.parent / "cache")["test"]
-    arrays = wrn.predict(test, split.images)
-    np.testing.assert_allclose(preds.probs, arrays.probs, atol=1e-5)
-    assert [split.classes[i] for i in split.labels] == [Path(n).parent.name for n in preds.names]
-    # Control: the same model without the run's normalisation answers differently.
-    other = wrn.predict(test[0], split.images, mean=[0, 0, 0], std=[1, 1, 1])
-    assert np.abs(other.probs - arrays.probs).max() > 1e-2
+    np.testing.assert_allclose(wrn.predict(run, split.images).probs, wrn.predict(run, data / "test").probs, atol=1e-6)
 
 
 def test_cli_prints_top_k(trained, capsys):

@@ -65,7 +65,7 @@ class Predictor:
     model: nn.Module
     step: Callable[[torch.Tensor], torch.Tensor]
     device: torch.device
-    normalize: Any  # wrn.data.augment.Augment: the run's mean/std normalisation
+    normalize: Any  # wrn.data.augment.Augment: the run's mean/std normalisation or ZCA whitening
     image_size: int
     streaming: bool
     channels_last: bool
@@ -95,14 +95,16 @@ def load_predictor(model_or_run: Any, *, device: str | None = None, precision: s
     from wrn.data.augment import Augment
     from wrn.train import accel
 
+    ckpt = None
     if isinstance(model_or_run, (str, os.PathLike)):
-        from wrn.train.checkpoint import CHECKPOINT, KEPT, OLD, load_checkpoint
+        from wrn.train.checkpoint import CHECKPOINT, KEPT, OLD, find_checkpoint, load_checkpoint
 
         run = Path(model_or_run)
         if (run / "config.yaml").is_file() and not any((run / d).exists() for d in (CHECKPOINT, OLD, KEPT)):
             raise UserError(f"{run}: the run has saved no checkpoint yet: train it further "
                             f"(wrn train --resume {run}) or give another run")
-        model_or_run = load_checkpoint(run)
+        ckpt = find_checkpoint(run)
+        model_or_run = load_checkpoint(ckpt)
     if isinstance(model_or_run, tuple) and len(model_or_run) == 2 and isinstance(model_or_run[0], nn.Module):
         model, state = model_or_run
     elif isinstance(model_or_run, nn.Module):
@@ -111,12 +113,18 @@ def load_predictor(model_or_run: Any, *, device: str | None = None, precision: s
         raise TypeError(f"model_or_run: expected a run directory, (model, state) or an nn.Module, "
                         f"got {type(model_or_run).__name__}")
     cfg = state.get("config") or {}
-    if ((cfg.get("data") or {}).get("normalize")) == "zca":
-        raise UserError("predict: this run whitens its inputs (data.normalize=zca), which predict does not apply "
-                        "yet: use a run trained with data.normalize=dataset")
     norm = state.get("normalize") or {}
     mean, std = mean if mean is not None else norm.get("mean"), std if std is not None else norm.get("std")
-    if mean is None or std is None:
+    whitening = None
+    if (cfg.get("data") or {}).get("normalize") == "zca" and mean is None:  # the run's fitted ZCA, not mean/std
+        if ckpt is None:
+            raise UserError("predict: this run whitens its inputs (data.normalize=zca): pass its run directory, "
+                            "where the fitted whitening is saved")
+        from wrn.train.config import config_from_dict
+        from wrn.train.data import find_whitening
+
+        whitening = find_whitening(config_from_dict(cfg), ckpt)
+    elif mean is None or std is None:
         raise UserError("predict: a bare model needs its normalisation: pass mean= and std= (a run's "
                         "state.json holds them under 'normalize'), or pass the run directory")
     size, streaming = input_size(model, state)
@@ -135,7 +143,8 @@ def load_predictor(model_or_run: Any, *, device: str | None = None, precision: s
     if batch < 1:
         raise UserError(f"--batch-size {batch} must be >= 1")
     step = accel.make_eval_step(model, precision=precision or accel_cfg.get("precision", "fp32"), device=dev)
-    normalize = Augment(mean, std, crop_padding=0, flip=False, channels_last=channels_last)  # as evaluation's
+    normalize = Augment(None if whitening else mean, None if whitening else std, whiten=whitening, crop_padding=0,
+                        flip=False, channels_last=channels_last)  # as evaluation's
     return Predictor(model, step, dev, normalize, image_size or size, streaming, channels_last, classes, batch)
 
 
