@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from wrn.cli import main
 from wrn.errors import UserError
-from wrn.train import budget, preempt
+from wrn.train import budget, checkpoint, preempt
 from wrn.train.budget import Probe, choose_steps, measure, parse_duration
 from wrn.train.config import OptimConfig, load_config
 from wrn.train.engine import fit
@@ -301,3 +301,22 @@ def test_every_run_logs_its_estimated_wall_time(data, tmp_path):
     assert len(estimate) == 1 and estimate[0]["wall_s"] > 0 and estimate[0]["step_s"] > 0
     assert budget.estimate_line(2 * 86400).endswith("or train on a GPU") and "--budget" in budget.estimate_line(2 * 86400)
     assert "--budget" not in budget.estimate_line(3600)
+
+
+def test_a_run_killed_inside_the_probe_can_be_resumed(data, tmp_path, monkeypatch):
+    """SIGKILL while the budget is being measured (compile warm-up can take a minute): the run
+    directory already holds config.yaml, so --resume starts it over and decides then."""
+    from test_faults import fork_wrn, wait  # the forked `wrn` runner
+
+    folder, cache = data
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:  # the child inherits the patch
+        m.setattr(budget, "measure", lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL))
+        pid = fork_wrn(["train", "--quiet", "--data", str(folder), "--out", str(run), "--budget", "60s", *ARGS,
+                        f"data.cache_dir={cache}"], tmp_path / "log")
+    assert wait(pid) == -signal.SIGKILL
+    assert (run / "config.yaml").is_file() and not (run / checkpoint.CHECKPOINT).exists()
+    fake_probe(monkeypatch)
+    assert main(["train", "--quiet", "--resume", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["budget_steps"] == summary["steps"] == load_config(config_file=run / "config.yaml").train.steps

@@ -296,6 +296,12 @@ def _start(run: RunState, state: dict | None) -> int:
     """Write config.yaml (a fresh run; a budget first fixes train.steps) and the start record."""
     cfg, out_dir = run.cfg, run.out_dir
     start = state["step"] if state else 0
+    # config.yaml first (never on resume: the run's config.yaml is what it is): a run killed from
+    # here on, even inside the budget's probe, is a run directory that --resume can continue.
+    if run.is_main and state is None:
+        if run.whitening is not None:
+            zca.save(run.whitening, out_dir / ZCA_FILE)
+        write_atomic(out_dir / "config.yaml", cfg.to_yaml().encode())
     if run.is_main:
         truncate_log(out_dir, start if state else -1)  # a start-over keeps none of the old lines
     run.log = RunLog(out_dir, enabled=run.is_main, quiet=run.quiet, tensorboard=cfg.log.tensorboard,
@@ -307,10 +313,9 @@ def _start(run: RunState, state: dict | None) -> int:
         run.decisions["budget_steps"] = steps
         hyper = scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs)
         run.schedule = Schedule(cfg.optim, hyper, len(run.loaders["train"]), cfg.train.epochs, total_steps=steps)
-    if run.is_main and state is None:  # never on resume: the run's config.yaml is what it is
-        if run.whitening is not None:
-            zca.save(run.whitening, out_dir / ZCA_FILE)
-        write_atomic(out_dir / "config.yaml", cfg.to_yaml().encode())
+        if run.is_main:  # the choice, before the first step
+            write_atomic(out_dir / "config.yaml", cfg.to_yaml().encode())
+    if run.is_main and state is None:
         run.log.hparams(dataclasses.asdict(cfg))
     run.clock = budget.Clock(run, start, enabled=not cfg.train.time_budget and start < run.total_steps)
     spe = len(run.loaders["train"])
