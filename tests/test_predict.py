@@ -74,12 +74,11 @@ def _eval_probabilities(run: Path) -> np.ndarray:
 @pytest.mark.parametrize("normalize", ["dataset", "zca"])
 def test_same_accuracy_and_probabilities_as_eval(trained, normalize, capsys):
     run, data = trained
-    size = {}
+    size = 32
     if normalize == "zca":  # on 16x16 images: the whitening's 768x768 fit takes no time (3072x3072 would)
-        data = write_image_folder(run.parent / "data16", 160, 48, 16)
+        data, size = write_image_folder(run.parent / "data16", 160, 48, 16), 16
         run = _train(data, run.parent / "zca-run", "data.normalize=zca")
-        size = {"image_size": 16}  # (the checkpoint does not record its input size yet)
-    preds = wrn.predict(run, data / "test", device="cpu", **size)  # where the run's own eval runs (accel.device=cpu)
+    preds = wrn.predict(run, data / "test", device="cpu")  # where the run's own eval runs (accel.device=cpu)
     assert len(preds) == 48 and preds.probs.shape == (48, 4)
     assert _accuracy(preds) == _eval_accuracy(run, data, capsys)
     # Image by image, in the same order: the probabilities evaluation computes.
@@ -88,7 +87,7 @@ def test_same_accuracy_and_probabilities_as_eval(trained, normalize, capsys):
     np.testing.assert_allclose(preds.probs, expected, atol=1e-5)
     assert np.ptp(expected.argmax(1)) > 0 or np.ptp(expected[:, 0]) > 1e-3  # not one constant answer
     # Control: the same model with other normalisation statistics answers differently.
-    other = wrn.predict(wrn.load_checkpoint(run)[0], data / "test", mean=[0.5] * 3, std=[0.25] * 3, **size)
+    other = wrn.predict(wrn.load_checkpoint(run)[0], data / "test", mean=[0.5] * 3, std=[0.25] * 3, image_size=size)
     assert np.abs(other.probs - expected).max() > 1e-2
 
 

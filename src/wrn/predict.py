@@ -128,6 +128,8 @@ def load_predictor(model_or_run: Any, *, device: str | None = None, precision: s
         raise UserError("predict: a bare model needs its normalisation: pass mean= and std= (a run's "
                         "state.json holds them under 'normalize'), or pass the run directory")
     size, streaming = input_size(model, state)
+    if whitening is not None and not state.get("input_size"):
+        size = whitening.shape[0]  # fitted on the training images' (H, W, C)
     num_classes = getattr(model, "num_classes", None)
     classes = list(classes if classes is not None else state.get("classes") or
                    [str(i) for i in range(num_classes or 0)])
