@@ -180,8 +180,12 @@ def keep_copy(run_dir: Path, epoch: int) -> Path:
 
 
 def _sha256(path: Path) -> str:
+    """Streamed in 1 MiB reads: a 150 MB file never sits in memory (hashlib.file_digest needs 3.11)."""
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()  # streamed, in 256 KiB reads
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def check(ckpt_dir: Path, *, verify: bool = True) -> tuple[dict[str, Any] | None, str | None]:
