@@ -42,7 +42,8 @@ def setup(tmp_path_factory):
     load_config(overrides=ARGS)  # imports what the children need once, here
     train = ["train", "--quiet", "--data", str(data), *ARGS, f"data.cache_dir={root / 'cache'}"]
     ref = root / "reference"
-    assert wait(fork_wrn([*train, "--out", str(ref)], root / "reference.log")) == 0, (root / "reference.log").read_text()
+    log = root / "reference.log"
+    assert wait(fork_wrn([*train, "--out", str(ref)], log)) == 0, log.read_text()
     return root, train, ref
 
 
