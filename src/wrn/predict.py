@@ -82,7 +82,8 @@ def input_size(model: nn.Module, state: dict[str, Any]) -> tuple[int, bool]:
     if isinstance(size, (list, tuple)) and size:
         size = max(size)
     if not isinstance(size, int):
-        size = int(data["image_size"]) if streaming and "image_size" in data else getattr(model, "default_input_size", 32)
+        default = getattr(model, "default_input_size", 32)
+        size = int(data["image_size"]) if streaming and "image_size" in data else default
     return size, streaming
 
 
@@ -175,8 +176,8 @@ def _archive_members(path: Path) -> Iterator[tuple[str, bytes]]:
                     f = tf.extractfile(member)
                     yield f"{path}:{member.name}", f.read() if f else b""
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise UserError(f"{path}: damaged or truncated archive ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "
-                        "download or pack it again") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path}: damaged or truncated archive ({why}): download or pack it again") from None
 
 
 def _expand(item: Any, in_memory: Iterator[int]) -> Iterator[tuple[str, Any]]:

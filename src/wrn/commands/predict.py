@@ -20,10 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top", type=int, default=5, metavar="K", help="classes shown per image (default 5)")
     parser.add_argument("--out", metavar="FILE", help="write the predictions to a .csv or .json file instead")
     parser.add_argument("--tta", action="store_true", help="average over each image and its horizontal flip")
-    parser.add_argument("--strict", action="store_true", help="stop at the first unreadable file instead of skipping it")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first unreadable file instead of skipping it")
     parser.add_argument("--device", default="auto", metavar="D", help="auto | cpu | cuda (default: auto)")
     parser.add_argument("--precision", choices=("fp32", "bf16"),
-                        help="default: the run's own (accel.precision); fp32 is the fast one on CPUs without bf16 units")
+                        help="default: the run's own (accel.precision); fp32 is faster on CPUs without bf16 units")
     parser.add_argument("--batch-size", type=int, metavar="B", help="default: the run's train.eval_batch_size")
 
 

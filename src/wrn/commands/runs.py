@@ -28,7 +28,8 @@ RECENT_S = 300  # a log written this recently may belong to a run still training
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dir", nargs="?", default="runs", metavar="DIR", help="where to look, recursively (default: runs)")
+    parser.add_argument("dir", nargs="?", default="runs", metavar="DIR",
+                        help="where to look, recursively (default: runs)")
     parser.add_argument("--json", action="store_true", help="print a JSON list, one object per run")
 
 
@@ -96,7 +97,10 @@ def run_info(run: Path, root: Path) -> dict[str, Any]:
         cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
         cfg = {}
-    section = lambda name: cfg.get(name) if isinstance(cfg, dict) and isinstance(cfg.get(name), dict) else {}  # noqa: E731
+
+    def section(name: str) -> dict:
+        return cfg.get(name) if isinstance(cfg, dict) and isinstance(cfg.get(name), dict) else {}
+
     model = str(section("model").get("name") or "?")
     data = section("data")
     summary = _json(run / "summary.json")
