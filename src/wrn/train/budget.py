@@ -11,8 +11,10 @@ resumed run, or a replay of that config, takes exactly the same steps and never 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -65,6 +67,7 @@ class Probe:
     """What a few real steps cost on this machine."""
     step_s: float  # one training step
     eval_image_s: float  # evaluating one image
+    checkpoint_s: float = 0.0  # writing one checkpoint (every epoch end; tiny epochs make it count)
 
 
 def measure(train_step: Callable[[], None], eval_batch: Callable[[], int], *,
@@ -87,17 +90,19 @@ def measure(train_step: Callable[[], None], eval_batch: Callable[[], int], *,
 
 
 def choose_steps(budget_s: float, elapsed_s: float, probe: Probe, *, steps_per_epoch: int,
-                 eval_images_per_epoch: int, final_eval_images: int) -> int:
-    """The most training steps whose training, per-epoch evaluation and final evaluation fit in
-    what is left of ``budget_s`` after ``elapsed_s`` (start-up and the probe)."""
+                 eval_images_per_epoch: int, final_eval_images: int, checkpoint_every: int = 0) -> int:
+    """The most training steps whose training, per-epoch evaluation and checkpoints (epoch ends,
+    and every ``checkpoint_every`` steps) and final evaluation fit in what is left of
+    ``budget_s`` after ``elapsed_s`` (start-up and the probe)."""
     final_s = final_eval_images * probe.eval_image_s
-    epoch_eval_s = eval_images_per_epoch * probe.eval_image_s
+    epoch_end_s = eval_images_per_epoch * probe.eval_image_s + probe.checkpoint_s
+    every_s = probe.checkpoint_s / checkpoint_every if checkpoint_every else 0.0
     left = budget_s - elapsed_s - final_s - MARGIN_FRACTION * budget_s - MARGIN_S
 
     def cost(n: int) -> float:
-        return n * probe.step_s + math.ceil(n / steps_per_epoch) * epoch_eval_s
+        return n * (probe.step_s + every_s) + math.ceil(n / steps_per_epoch) * epoch_end_s
 
-    n = int(left / (probe.step_s + epoch_eval_s / steps_per_epoch)) if left > 0 else 0
+    n = int(left / (probe.step_s + every_s + epoch_end_s / steps_per_epoch)) if left > 0 else 0
     while n > 0 and cost(n) > left:
         n -= 1
     if n < 1:
@@ -184,12 +189,19 @@ def probe_and_choose(run) -> int:
                         "set train.epochs instead") from None
     model.load_state_dict(weights)  # in place: a compiled step keeps pointing at the same tensors
     opt.load_state_dict(opt_state)
+    if run.is_main:  # the one process that writes checkpoints
+        scratch = run.out_dir / ".budget-probe"
+        t0 = time.perf_counter()
+        checkpoint.save_checkpoint(scratch, model=run.model, optimizer=opt, state={"probe": True})
+        probe = dataclasses.replace(probe, checkpoint_s=time.perf_counter() - t0)
+        shutil.rmtree(scratch, ignore_errors=True)
     spe = len(run.loaders["train"])
     world_size = dist.world()[1]
     per_epoch = num_images(run.loaders["val"]) // world_size if "val" in run.loaders else 0
     steps = choose_steps(run.cfg.train.time_budget, run.elapsed(), probe, steps_per_epoch=spe,
                                 eval_images_per_epoch=per_epoch,
-                                final_eval_images=num_images(run.loaders["test"]) // world_size)
+                                final_eval_images=num_images(run.loaders["test"]) // world_size,
+                                checkpoint_every=run.cfg.train.checkpoint_every)
     steps = dist.broadcast_int(steps, run.device)
     log_estimate(run, run.cfg.train.time_budget, probe.step_s)
     return steps
