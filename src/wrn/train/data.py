@@ -36,6 +36,7 @@ class Data:
     std: list[float] | None
     train_images: int
     whitening: zca.Whitening | None = None  # data.normalize=zca: saved in the run dir as ZCA_FILE
+    input_size: list[int] | None = None  # [H, W] the model sees (recorded for wrn predict)
 
     def pick(self, split: str) -> tuple[Any, Any]:
         """(loader, augment) of one evaluation split."""
@@ -98,7 +99,7 @@ def _streaming_data(cfg: Config, device: torch.device, rank: int, world_size: in
     augment = Augment(mean, std, crop_padding=0, flip=False, channels_last=cfg.accel.channels_last)
     first = next(iter(loaders.values()))
     n = len(loaders["train"].dataset) if "train" in loaders else 0
-    return Data(loaders, augment, list(first.classes), mean, std, n)
+    return Data(loaders, augment, list(first.classes), mean, std, n, input_size=[cfg.data.image_size] * 2)
 
 
 def _check_classes(cfg: Config, train_split, classes: list[str]) -> None:
@@ -152,7 +153,8 @@ def build_data(cfg: Config, device: torch.device, *, rank: int = 0, world_size: 
         if name in splits and len(arrays[name]):
             loaders[name] = DeviceLoader(arrays[name], cfg.train.eval_batch_size, device=device, shuffle=False,
                                          drop_last=False, rank=rank, world_size=world_size)
-    return Data(loaders, augment, list(train.classes), mean, std, len(train), whitening)
+    return Data(loaders, augment, list(train.classes), mean, std, len(train), whitening,
+                list(train.images.shape[1:3]))
 
 
 def num_images(loader) -> int:

@@ -286,7 +286,7 @@ def _setup(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: float) 
                    decisions=decisions, whitening=data.whitening,
                    extra_state={"normalize": {"mean": data.mean, "std": data.std,
                                               "zca": ZCA_FILE if data.whitening is not None else None},
-                                "classes": data.classes},
+                                "classes": data.classes, "input_size": data.input_size},
                    train_images=data.train_images, quiet=quiet, start_time=t_fit,
                    elapsed_before=state["elapsed_s"] if state else 0.0)
     return run, state
