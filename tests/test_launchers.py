@@ -33,7 +33,7 @@ def tiny(tmp_path, monkeypatch):
     """The tiny table planned into tmp_path; every training process runs on one thread, and
     pauses inside each checkpoint write so that a run is still training when it is killed."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("WRN_TEST_CHECKPOINT_PAUSE", "0.3")
+    monkeypatch.setenv("WRN_TEST_CHECKPOINT_PAUSE", "0.2")
     data = write_image_folder(tmp_path / "data", 40, 20, 32, classes=10)
     return sweep.plan(TINY, out=tmp_path / "runs", data=str(data), budget=sweep.Budget(epochs=EPOCHS), count=False,
                       overrides=("data.val_size=0", "train.batch_size=20", "train.eval_batch_size=20",

@@ -4,7 +4,6 @@ skipped and interrupted ones resumed."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -12,6 +11,8 @@ from wrn.cli import main
 from wrn.errors import UserError
 from wrn.experiments import launchers, paper, sweep
 from wrn.train.config import load_config
+
+from helpers import write_image_folder  # tests/helpers.py
 
 # (label, model, params computed from the architecture, the paper's params: its table of block types).
 BLOCK_TYPES = [
@@ -189,25 +190,10 @@ def test_manifest_says_what_each_run_directory_is(tmp_path):
     assert manifest["runs"][8]["params"] == 1_467_610  # B(3,3) seed 0, WRN-28-2
 
 
-def _image_folder(root: Path, per_class: dict[str, int]) -> Path:
-    """A tiny CIFAR-like image folder: <split>/<class>/<n>.png, 32x32 RGB noise."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in per_class.items():
-        for c in range(10):
-            d = root / split / f"class{c}"
-            d.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    return root
-
-
 def test_a_tiny_real_sweep_trains_then_skips_then_resumes(tmp_path):
     """The path `wrn sweep` takes for real: `python -m wrn.cli train --preset P --out RUN_DIR ...`,
     and `wrn train --resume RUN_DIR` (no overrides: the run's config.yaml holds them)."""
-    data = _image_folder(tmp_path / "data", {"train": 4, "test": 2})
+    data = write_image_folder(tmp_path / "data", 40, 20, 32, classes=10)
     planned = sweep.plan(paper.get_table("block-types"), out=tmp_path / "runs", data=str(data),
                          budget=sweep.Budget(epochs=1, model_scale=0.5), count=False,
                          overrides=("data.val_size=0", "train.batch_size=20", "train.eval_batch_size=20",
