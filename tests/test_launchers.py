@@ -4,6 +4,7 @@ checkpoint and finishes). Skipped where the cluster extra (submitit, ray) is not
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -148,12 +149,17 @@ def test_ray_retries_a_run_lost_with_its_worker(tiny):
     assert commands[0].startswith("$ wrn train --preset") and commands[-1].startswith("$ wrn train --resume")
 
 
-def test_a_missing_cluster_package_is_one_line_naming_the_extra(monkeypatch, tmp_path):
+def test_a_missing_cluster_package_or_slurm_is_one_line_with_the_fix(monkeypatch, tmp_path):
     planned = sweep.plan(paper.get_table("deepening"), out=tmp_path, count=False)
     for module, name in (("submitit", "slurm"), ("ray", "ray")):
         monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
         with pytest.raises(UserError, match=r"needs .*pip install -e \"\.\[cluster\]\""):
             launchers.make(name, planned, max_retries=1)
+    monkeypatch.delitem(sys.modules, "submitit")
+    if importlib.util.find_spec("submitit"):
+        monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+        with pytest.raises(UserError, match="no SLURM on this machine"):
+            launchers.make("slurm", planned, max_retries=1)
     assert not any(tmp_path.iterdir()), "nothing left behind"
 
 

@@ -21,6 +21,7 @@ import importlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -236,6 +237,9 @@ class SlurmLauncher(Launcher):
                  partition: str | None = None, account: str | None = None, max_retries: int = 2,
                  cpu_tflops: float = DEFAULT_CPU_TFLOPS, cluster: str = "slurm", poll_s: float = 10.0):
         self.submitit = _need("submitit", "slurm")
+        if cluster == "slurm" and shutil.which("srun") is None:
+            raise UserError("--launcher slurm: no SLURM on this machine (srun not found): run the sweep on the "
+                            "cluster's login node")
         self.folder, self.cluster, self.poll_s = Path(folder), cluster, poll_s
         self.cpus, self.gpus, self.cpu_tflops = cpus, gpus, cpu_tflops
         self.partition, self.account, self.max_retries = partition, account, max_retries
