@@ -334,3 +334,14 @@ def test_a_run_killed_inside_the_probe_can_be_resumed(data, tmp_path, monkeypatc
     assert main(["train", "--quiet", "--resume", str(run)]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["budget_steps"] == summary["steps"] == load_config(config_file=run / "config.yaml").train.steps
+
+
+def test_too_short_a_budget_is_one_line_and_leaves_nothing(data, tmp_path, capsys):
+    folder, cache = data
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["train", "--quiet", "--data", str(folder), "--out", str(out), "--budget", "1s", *ARGS,
+                 f"data.cache_dir={cache}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.time_budget" in err and "--budget 1m" in err, err
+    assert not out.exists()

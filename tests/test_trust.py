@@ -24,7 +24,7 @@ from wrn.commands.train import RESUME_SAFE_KEYS
 from wrn.data.loader import DeviceLoader
 from wrn.train import accel, checkpoint, preempt
 from wrn.train.config import load_config
-from wrn.train.engine import fit
+from wrn.train.engine import NonFiniteLoss, fit
 
 from helpers import write_image_folder  # tests/helpers.py
 from stopping import differing, records, resumed_from, stop_at  # tests/stopping.py
@@ -273,6 +273,28 @@ def test_a_run_that_fails_before_its_first_step_leaves_its_nested_out_parents_ne
                  "train.batch_size=4096"]) == 2  # larger than the training split: fails after mkdir
     assert "train.batch_size" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
+
+
+def test_a_run_that_fails_after_its_first_step_keeps_its_log(runs, tmp_path, monkeypatch):
+    """"Leave nothing" is for runs that never trained: a run that diverges at step 3, before any
+    checkpoint, keeps config.yaml and the log that says what happened (and --resume starts over)."""
+    make = accel.make_train_step
+
+    def nan_at_step_3(*args, **kwargs):
+        step, calls = make(*args, **kwargs), []
+
+        def patched(x, y):
+            calls.append(1)
+            return step(x * float("nan") if len(calls) == 4 else x, y)
+
+        return patched
+
+    monkeypatch.setattr(accel, "make_train_step", nan_at_step_3)
+    out = tmp_path / "diverged"
+    with pytest.raises(NonFiniteLoss, match="step 3 "):
+        fit(config(runs[1], runs[2], "train.checkpoint_every=0", "log.every_steps=1"), out, quiet=True)
+    assert (out / "config.yaml").is_file() and not (out / checkpoint.CHECKPOINT).exists()
+    assert records(out, "error")[-1]["step"] == 3
 
 
 # -- 17.3: wrn eval RUN --data OTHER ----------------------------------------------------------------

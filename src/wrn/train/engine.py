@@ -430,17 +430,18 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
             return summary
     # What this run creates: out_dir and any parents that were missing (e.g. runs/ itself).
     created = [d for d in (out_dir.absolute(), *out_dir.absolute().parents) if not d.exists()]
-    run = None
+    run, training = None, False
     try:
         with preempt.Guard() as guard:
             run, state = _setup(cfg, out_dir, resume, quiet, t_fit)
             run.guard = guard
             start = _start(run, state)
+            training = True  # from here on a failure (NaN at step 3) keeps the log that explains it
             metrics = _train(run, start, state)
             return _finish(run, metrics)
     except BaseException:
-        if created and dist.is_main() and not (out_dir / checkpoint.CHECKPOINT).exists():
-            shutil.rmtree(out_dir, ignore_errors=True)  # failed before its first checkpoint: leave nothing
+        if created and not training and dist.is_main() and not (out_dir / checkpoint.CHECKPOINT).exists():
+            shutil.rmtree(out_dir, ignore_errors=True)  # failed before its first step: leave nothing
             for parent in created[1:]:  # rmdir: only while empty (another run may have started there)
                 try:
                     parent.rmdir()
