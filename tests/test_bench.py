@@ -31,7 +31,9 @@ def test_json_has_both_modes_and_every_figure(capsys):
     assert r["settings"]["accel"]["compile"] is False and r["settings"]["batch_size"] == 4
     assert [m["mode"] for m in r["modes"]] == ["fast", "reference"]
     fast, ref = r["modes"]
-    assert (fast["precision"], fast["channels_last"], fast["compile"]) == ("bf16", True, False)
+    # The quick preset's precision (auto: bf16 where native, else fp32), resolved for this CPU.
+    assert (fast["precision"], fast["channels_last"], fast["compile"]) == (
+        accel.resolve_precision(r["settings"]["accel"]["precision"], torch.device("cpu")), True, False)
     assert (ref["precision"], ref["channels_last"], ref["compile"]) == ("fp32", False, False)
     for mode in r["modes"]:
         for what in ("train", "eval"):
@@ -73,7 +75,7 @@ def test_fast_mode_defaults_are_the_quick_presets_accel_section():
     """One declaration of the fast path: the bench's defaults follow the preset's accel section."""
     quick = load_config("quick").accel
     assert bench_config("wrn-16-4").accel == quick
-    assert (quick.precision, quick.channels_last, quick.compile) == ("bf16", True, True)
+    assert quick.precision in ("auto", "bf16") and quick.channels_last and quick.compile
     cfg = bench_config("wrn-16-4", ["accel.precision=fp32", "accel.compile=false", "model.num_classes=100"])
     assert (cfg.accel.precision, cfg.accel.compile, cfg.accel.channels_last) == ("fp32", False, True)
     assert BenchSettings(config=cfg).num_classes == 100 and cfg.model.name == "wrn-16-4"
@@ -136,3 +138,11 @@ def test_fast_mode_feeds_the_memory_format_the_config_asks_for(monkeypatch, chan
     assert main(["bench", *TINY, "--no-reference", "--no-eval", "accel.precision=fp32",
                  f"accel.channels_last={str(channels_last).lower()}", "--json"]) == 0
     assert seen and all(fmt == (not channels_last, channels_last) for fmt in seen)
+
+
+def test_auto_precision_is_resolved_for_the_device_and_an_explicit_one_is_kept(capsys):
+    assert main(["bench", *TINY, "--no-reference", "--no-eval", "accel.precision=auto"]) == 0
+    out = capsys.readouterr().out
+    assert f"{accel.auto_precision(torch.device('cpu'))} (accel.precision=auto)" in out
+    assert main(["bench", *TINY, "--no-reference", "--no-eval", "accel.precision=bf16", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["modes"][0]["precision"] == "bf16"  # control: asked, not resolved

@@ -109,13 +109,16 @@ def synchronize(device: torch.device) -> None:
 
 def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, n_max: int = 2048,
                        seconds: float = PEAK_SECONDS) -> tuple[float, int]:
-    """(best GFLOP/s, n) of an n x n matmul, measured in about ``seconds`` on any device.
+    """(best GFLOP/s, n) of an n x n matmul, measured in about ``seconds`` (at most ~3x that).
 
-    n starts at 128 and doubles (up to ``n_max``) while one product still takes under a tenth of
-    the time bound, so that a dtype the hardware does not multiply natively (bf16 on an AVX2
-    CPU: ~1 GFLOP/s, where a fixed 2048^2 product took ~13 s) is measured on a small matrix
-    instead of for minutes. Then half the time warms up (the first AMX matmuls of a process run
-    at less than half speed) and the rest times blocks; the best block counts.
+    n starts at 128 and doubles (up to ``n_max``) while a product of the doubled size, timed
+    directly, still takes under a tenth of the time bound. So a dtype the hardware does not
+    multiply natively (bf16 on an AVX2 CPU: ~1.4 GFLOP/s, where a fixed 2048^2 product took ~13 s)
+    is measured on a small matrix instead of for minutes. Timing the bigger product itself, not
+    predicting it from the smaller one, matters on a shared CPU: there a small product's time is
+    mostly an OpenMP thread waiting for its descheduled sibling (~20 ms for a 0.05 ms product,
+    measured on 2 busy cores). Then half the time warms up (the first AMX matmuls of a process
+    run at less than half speed) and the rest times blocks; the best block counts.
     """
     def once(a: torch.Tensor, b: torch.Tensor) -> float:
         synchronize(device)
@@ -124,14 +127,17 @@ def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, n_max: int = 20
         synchronize(device)
         return time.perf_counter() - t
 
+    def operands(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
+
     n = min(128, n_max)
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    a, b = operands(n)
     once(a, b)  # first call: kernel selection, allocation
-    # Doubling n costs 8x; the faster of two products ignores one disturbed by another process.
-    while n * 2 <= n_max and 8 * min(once(a, b), once(a, b)) < seconds / 10:
-        n *= 2
-        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-        once(a, b)
+    while n * 2 <= n_max:
+        bigger = operands(n * 2)
+        if min(once(*bigger), once(*bigger)) > seconds / 10:
+            break
+        n, (a, b) = n * 2, bigger
     end_warmup = time.perf_counter() + seconds / 2
     while time.perf_counter() < end_warmup:
         a @ b
@@ -377,9 +383,7 @@ def run_bench(s: BenchSettings) -> dict:
     from wrn.models.flops import forward_flops
 
     device = accel.resolve_device(s.config.accel.device)
-    precision = s.config.accel.precision
-    if precision == "auto":  # resolved once, from the device's ISA (see accel.auto_precision)
-        precision = accel.auto_precision(device)
+    precision = accel.resolve_precision(s.config.accel.precision, device)  # "auto": from the device's ISA
     probe = _build(s, torch.device("cpu"))
     flops = forward_flops(probe, s.input_size)
     params = sum(p.numel() for p in probe.parameters())
@@ -425,7 +429,9 @@ def format_result(r: dict) -> str:
                          f"{f['ms_per_step']:>9.1f} ± {f['ms_per_step_std']:<5.1f}{f['gflops']:>8.0f} "
                          f"{f['pct_of_peak']:>6.1f}% {mode[what + '_warmup_s']:>9.1f} "
                          f"{mode['peak_memory_mb']:>10.0f}")
-        lines.append(f"{'':<10} {mode['precision']}, compile={mode['compile']}, "
+        asked = r["settings"]["accel"]["precision"] if mode["mode"] == "fast" else mode["precision"]
+        how = f" (accel.precision={asked})" if asked != mode["precision"] else ""
+        lines.append(f"{'':<10} {mode['precision']}{how}, compile={mode['compile']}, "
                      f"channels_last={mode['channels_last']}; {mode['pipeline']}")
     if "speedup" in r:
         lines.append("fast / reference: " + ", ".join(f"{k} {v:.2f}x" for k, v in r["speedup"].items()))
