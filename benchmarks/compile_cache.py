@@ -12,6 +12,8 @@ import tempfile
 
 from common import bench
 
+from wrn.train import accel
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -22,10 +24,13 @@ def main() -> None:
     a = p.parse_args()
     args = [a.model, "--batch-size", a.batch_size, "accel.device=cpu", "accel.compile=true", *a.overrides,
             "--no-reference", "--steps", "3", "--repeats", "2", "--warmup", "2"]
+    # Named by the CPU's ISA and the precision, so one machine's figures do not overwrite another's.
+    precision = next((o.split("=", 1)[1] for o in a.overrides if o.startswith("accel.precision=")), "default")
+    tag = f"{accel.cpu_isa().lower().replace(' ', '-')}-{a.model}-b{a.batch_size}-{precision}"
     with tempfile.TemporaryDirectory() as cache:
         env = {"TORCHINDUCTOR_CACHE_DIR": cache}
         for run in ("cold", "warm"):
-            fast = bench(args, f"compile-cache-{a.model}-b{a.batch_size}-{run}", env)["modes"][0]
+            fast = bench(args, f"compile-cache-{tag}-{run}", env)["modes"][0]
             print(f"{run} cache: train warm-up {fast['train_warmup_s']:.1f} s, eval warm-up "
                   f"{fast['eval_warmup_s']:.1f} s, then {fast['train']['img_per_s']:.0f} img/s")
 

@@ -3,9 +3,10 @@
 memory kept throughout), then the fastest beside the same-run fp32 reference.
 
 Why: bf16 autocast is ~3x fp32 where the CPU multiplies bf16 natively (AMX, AVX-512 bf16) and
-many times slower where it does not (AVX2: oneDNN widens every product to fp32), so the fast
-path's precision depends on the CPU. The bf16 rows run one timed step where bf16 is not native
-(each takes tens of seconds there; a 20x gap needs no repeats).
+~15x slower where it does not (measured on an AVX2 EPYC), so the fast path's precision depends on
+the CPU (accel.precision=auto, the quick preset's, picks it from the ISA). Where bf16 is not
+native the bf16 rows run one timed step (each takes tens of seconds there; a 15x gap needs no
+repeats).
 
     flock /tmp/wrn-cpu.lock python benchmarks/cpu_paths.py [--model wrn-16-4] [--batch-size 64]
 
@@ -24,9 +25,9 @@ PATHS = [  # name, precision, channels_last, compile
     ("fp32-eager-nchw", "fp32", False, False),
     ("fp32-eager-cl", "fp32", True, False),
     ("fp32-compile-nchw", "fp32", False, True),
-    ("fp32-compile-cl", "fp32", True, True),
+    ("fp32-compile-cl", "fp32", True, True),  # the quick preset's path without native bf16 (auto)
     ("bf16-eager-cl", "bf16", True, False),
-    ("bf16-compile-cl", "bf16", True, True),  # the quick preset's path
+    ("bf16-compile-cl", "bf16", True, True),  # the quick preset's path with native bf16 (auto)
 ]
 
 

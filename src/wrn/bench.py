@@ -47,8 +47,8 @@ from wrn.train.validate import model_kwargs
 # The fast mode's model.* and accel.* defaults: this preset's, so that `wrn bench MODEL` measures
 # what `wrn train --preset quick model.name=MODEL` runs, and no second set of defaults exists.
 FAST_PRESET = "quick"
-BENCH_SECTIONS = ("model", "accel")
-CIFAR = dataset_info("cifar10")  # the random data is CIFAR-shaped and normalised with its statistics  # what a benchmark reads from the config
+BENCH_SECTIONS = ("model", "accel")  # what a benchmark reads from the config
+CIFAR = dataset_info("cifar10")  # the random data is CIFAR-shaped and normalised with its statistics
 PEAK_SECONDS = 0.5  # the time bound of one peak measurement (see matmul_peak_gflops)
 
 
