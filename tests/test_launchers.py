@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -136,6 +137,8 @@ def test_ray_retries_a_run_lost_with_its_worker(tiny):
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # the test's own local head
     try:
+        with pytest.raises(UserError, match="--cpus 3: the Ray cluster has 2 CPUs in all"):
+            launchers.RayLauncher(cpus=3, gpus=0).connect()  # Ray would wait for it forever
         kills = kill_once_checkpointed(lost.run_dir, worker_pid, signal.SIGKILL)
         outcome = launchers.execute(tiny, launchers.RayLauncher(cpus=1, gpus=0, max_retries=2),
                                     echo=lambda m: None)
@@ -161,6 +164,15 @@ def test_a_missing_cluster_package_or_slurm_is_one_line_with_the_fix(monkeypatch
         with pytest.raises(UserError, match="no SLURM on this machine"):
             launchers.make("slurm", planned, max_retries=1)
     assert not any(tmp_path.iterdir()), "nothing left behind"
+
+
+def test_a_ray_address_where_nothing_listens_is_one_line():
+    pytest.importorskip("ray", reason="the cluster extra is not installed: pip install -e '.[cluster]'")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
+    with pytest.raises(UserError, match=f"--address 127.0.0.1:{port}: no Ray head answers there"):
+        launchers.RayLauncher(address=f"127.0.0.1:{port}").connect()
 
 
 def test_options_are_checked_against_the_launcher():

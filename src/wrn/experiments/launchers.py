@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -293,6 +294,18 @@ class RunLost(Exception):
     task, which resumes."""
 
 
+def _listening(address: str) -> bool:
+    """Whether something accepts connections at HOST:PORT (any other form: left to Ray)."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not port.isdigit():
+        return True
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
 def ray_task(p: PlannedRun) -> int:
     """One run inside a Ray worker, in-process: a worker killed (or lost with its node) takes its
     training with it (Ray does not kill a crashed worker's children), and Ray's retry resumes it."""
@@ -320,23 +333,44 @@ class RayLauncher(Launcher):
                  max_retries: int = 2):
         self.ray = _need("ray", "ray")
         self.address, self.cpus, self.gpus, self.max_retries = address, cpus, gpus, max_retries
+        self.started_here: bool | None = None  # None: not connected yet
+
+    def connect(self) -> None:
+        """Join the cluster (or start a local one) and check that it can hold one run."""
+        ray = self.ray
+        if self.started_here is not None:
+            return
+        if not ray.is_initialized():
+            if self.address and not _listening(self.address):  # Ray itself retries for minutes
+                raise UserError(f"--address {self.address}: no Ray head answers there: start one with "
+                                "`ray start --head --port PORT`, or drop --address for a local Ray")
+            ray.init(address=self.address, include_dashboard=False)
+            self.started_here = True
+        else:
+            self.started_here = False
+        have = ray.cluster_resources()
+        if self.gpus is None:
+            self.gpus = int(have.get("GPU", 0) > 0)
+        for flag, asked, name in (("--cpus", self.cpus, "CPU"), ("--gpus", self.gpus, "GPU")):
+            if asked > have.get(name, 0):  # Ray would wait for it forever
+                self.close()
+                raise UserError(f"{flag} {asked}: the Ray cluster has {have.get(name, 0):g} {name}s in all; "
+                                f"ask for fewer with {flag}")
+
+    def close(self) -> None:
+        if self.started_here:
+            self.ray.shutdown()
+        self.started_here = None
 
     def run(self, runs: list[PlannedRun], progress: Progress) -> None:
         ray = self.ray
-        started_here = not ray.is_initialized()
-        if started_here:
-            try:
-                ray.init(address=self.address, include_dashboard=False)
-            except ConnectionError as e:
-                raise UserError(f"--address {self.address}: no Ray cluster there ({e}); start one with "
-                                "`ray start --head`, or drop --address for a local one") from None
+        self.connect()
         try:
-            gpus = self.gpus if self.gpus is not None else int(ray.cluster_resources().get("GPU", 0) > 0)
             # max_calls=1: a fresh worker per run, so no run inherits another's memory.
             task = ray.remote(max_calls=1)(ray_task)
             refs = {}
             for p in map(shared, runs):
-                refs[task.options(num_cpus=self.cpus, num_gpus=gpus, max_retries=self.max_retries,
+                refs[task.options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.max_retries,
                                   retry_exceptions=[RunLost], name=p.name).remote(p)] = p
                 progress.started(p, f": Ray task, log {log_path(p)}")
             while refs:
@@ -348,8 +382,7 @@ class RayLauncher(Launcher):
                     rc = None
                 progress.ended(p, rc, str(log_path(p)))
         finally:
-            if started_here:
-                ray.shutdown()
+            self.close()
 
 
 def check_options(name: str, *, cpus: int | None = None, gpus: int | None = None, partition: str | None = None,
@@ -386,7 +419,9 @@ def make(name: str, planned: list[PlannedRun], *, cpus: int | None = None, gpus:
         return SlurmLauncher(folder, cpus=cpus or DEFAULT_CPUS, gpus=DEFAULT_SLURM_GPUS if gpus is None else gpus,
                              partition=partition,
                              account=account, max_retries=max_retries, cpu_tflops=cpu_tflops)
-    return RayLauncher(address=address, cpus=cpus or DEFAULT_CPUS, gpus=gpus, max_retries=max_retries)
+    ray = RayLauncher(address=address, cpus=cpus or DEFAULT_CPUS, gpus=gpus, max_retries=max_retries)
+    ray.connect()  # a wrong address or an impossible request fails before the sweep writes anything
+    return ray
 
 
 def describe(name: str, planned: list[PlannedRun], *, cpus: int | None = None, gpus: int | None = None,
