@@ -2,7 +2,9 @@
 tasks. Every launcher runs the same command for a run, ``wrn train`` (``train_argv``), chosen by
 the run's own state when it starts: ``--preset P --out RUN_DIR OVERRIDES`` for a new run,
 ``--resume RUN_DIR`` for one with a checkpoint, nothing for a finished one. So a retried,
-requeued or re-launched run resumes, and a finished run is never trained again.
+requeued or re-launched run resumes, and a finished run is never trained again. Local and SLURM
+runs start ``python -m wrn.cli train ...``; a Ray task calls ``wrn.cli.main`` itself (see
+``ray_task``).
 
     local  one run after another on this machine (the default)
     slurm  one submitit job per run; SLURM's time-limit/preemption signal checkpoints the run and
@@ -417,8 +419,7 @@ def make(name: str, planned: list[PlannedRun], *, cpus: int | None = None, gpus:
     if name == "slurm":
         folder = planned[0].run_dir.parent.resolve() / "slurm"
         return SlurmLauncher(folder, cpus=cpus or DEFAULT_CPUS, gpus=DEFAULT_SLURM_GPUS if gpus is None else gpus,
-                             partition=partition,
-                             account=account, max_retries=max_retries, cpu_tflops=cpu_tflops)
+                             partition=partition, account=account, max_retries=max_retries, cpu_tflops=cpu_tflops)
     ray = RayLauncher(address=address, cpus=cpus or DEFAULT_CPUS, gpus=gpus, max_retries=max_retries)
     ray.connect()  # a wrong address or an impossible request fails before the sweep writes anything
     return ray
