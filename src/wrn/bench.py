@@ -6,9 +6,10 @@ speed-up is a ratio taken side by side:
 - ``fast``: the project's own path, end to end: the images live on the device (DeviceLoader),
   augmentation is batched tensor ops (Augment), and the step comes from ``wrn.train.accel`` with
   the config's ``accel.*`` settings. Its defaults are not declared here: they are the
-  ``quick`` preset's (``FAST_PRESET``: bf16, channels_last, compile, freed memory kept), i.e. the
-  fast path as a user runs it, and ``key=value`` overrides change them through the config's own
-  parser, as for ``wrn train``.
+  ``quick`` preset's (``FAST_PRESET``: precision auto, i.e. bf16 where the hardware has it
+  natively and fp32 elsewhere; channels_last, compile, freed memory kept), i.e. the fast path as
+  a user runs it, and ``key=value`` overrides change them through the config's own parser, as
+  for ``wrn train``.
 - ``reference``: the same architecture as a common public WRN training script runs it: fp32,
   eager, NCHW, a per-image ``torch.utils.data.Dataset`` (PIL pad + random crop + flip, to-tensor,
   normalise) batched by a DataLoader, the default SGD, and ``loss.item()`` every step.

@@ -1,6 +1,7 @@
 """`wrn bench MODEL [key=value ...]`: training/eval throughput of the fast path beside a plain
 reference path. The fast path's settings are `wrn train`'s `model.*`/`accel.*` keys (defaults:
-the quick preset's, i.e. bf16 + channels_last + compile); the flags are the bench's own."""
+the quick preset's: bf16 where native else fp32, channels_last, compile); the flags are the
+bench's own."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="model.* and accel.* keys as for `wrn train`, e.g. accel.precision=fp32 "
                              "accel.compile=false accel.channels_last=false accel.device=cpu accel.threads=auto "
-                             "model.num_classes=100; defaults: the quick preset's (bf16, channels_last, compile, "
-                             "freed memory kept)")
+                             "model.num_classes=100; defaults: the quick preset's (precision auto: bf16 where "
+                             "native, else fp32; channels_last, compile, freed memory kept)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat (default 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
