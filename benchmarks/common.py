@@ -29,6 +29,14 @@ def bench(args: list[str], name: str, env: dict[str, str] | None = None) -> dict
     return result
 
 
+def accel_overrides(precision: str, channels_last: bool, compile: bool, keep_memory: bool = True,
+                    device: str = "cpu") -> list[str]:
+    """`wrn bench`'s accel.* overrides for one path (the same keys as `wrn train`)."""
+    on = lambda b: str(b).lower()  # noqa: E731
+    return [f"accel.device={device}", f"accel.precision={precision}", f"accel.channels_last={on(channels_last)}",
+            f"accel.compile={on(compile)}", f"accel.keep_memory={on(keep_memory)}"]
+
+
 def hardware(result: dict) -> str:
     """The CPU family column: the CPU's model and best ISA, or the GPU's name."""
     m = result["machine"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import bench, rows
+from common import accel_overrides, bench, rows
 
 from wrn.train import accel
 
@@ -29,12 +29,6 @@ PATHS = [  # name, precision, channels_last, compile
     ("bf16-eager-cl", "bf16", True, False),
     ("bf16-compile-cl", "bf16", True, True),  # the quick preset's path with native bf16 (auto)
 ]
-
-
-def overrides(precision: str, channels_last: bool, compile: bool) -> list[str]:
-    on = lambda b: str(b).lower()  # noqa: E731
-    return ["accel.device=cpu", f"accel.precision={precision}", f"accel.channels_last={on(channels_last)}",
-            f"accel.compile={on(compile)}", "accel.keep_memory=true"]
 
 
 def main() -> None:
@@ -57,14 +51,14 @@ def main() -> None:
         timing = ["--steps", "1", "--repeats", "1", "--warmup", "1"] if slow else \
             ["--steps", a.steps, "--repeats", a.repeats, "--warmup", "2"]
         r = bench([a.model, "--batch-size", a.batch_size, *timing, "--no-reference", "--no-eval",
-                   *overrides(precision, channels_last, compile)], f"{tag}-{name}")
+                   *accel_overrides(precision, channels_last, compile)], f"{tag}-{name}")
         speed[name] = r["modes"][0]["train"]["img_per_s"]
         lines += rows(r, name)
     if a.headline:
         best = max(speed, key=speed.get)
         _, precision, channels_last, compile = next(path for path in PATHS if path[0] == best)
         r = bench([a.model, "--batch-size", a.batch_size, "--steps", a.steps, "--repeats", a.repeats,
-                   *overrides(precision, channels_last, compile)], f"{tag}-fastest-vs-reference")
+                   *accel_overrides(precision, channels_last, compile)], f"{tag}-fastest-vs-reference")
         lines += rows(r, f"fastest ({best})")
     print("\n".join(lines))
 

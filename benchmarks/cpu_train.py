@@ -1,7 +1,8 @@
 """CPU training throughput for BENCHMARKS.md: WRN-16-4, batch 64, end to end (data + step).
 
-1. The headline: the fast path (bf16 autocast + channels_last + torch.compile, device-resident
-   data, batched augmentation, freed memory kept for reuse) beside the plain fp32 eager
+1. The headline: the fast path (`wrn bench`'s defaults: bf16 autocast where the CPU has it
+   natively, else fp32, + channels_last + torch.compile, device-resident data, batched
+   augmentation, freed memory kept for reuse) beside the plain fp32 eager
    per-image-DataLoader reference, in the same `wrn bench` run; then the same with the
    reference given the fast path's allocator setting too.
 2. The ladder: each switch alone (fp32 eager -> bf16 -> + channels_last -> + compile -> + keeping
@@ -16,21 +17,14 @@ from __future__ import annotations
 
 import argparse
 
-from common import bench, rows
-
-def accel(precision: str, channels_last: bool, compile: bool, keep_memory: bool) -> list[str]:
-    """`wrn bench`'s accel.* overrides for one rung (the same keys as `wrn train`)."""
-    on = lambda b: str(b).lower()  # noqa: E731
-    return [f"accel.precision={precision}", f"accel.channels_last={on(channels_last)}",
-            f"accel.compile={on(compile)}", f"accel.keep_memory={on(keep_memory)}"]
-
+from common import accel_overrides, bench, rows
 
 LADDER = [
-    ("fp32-eager", accel("fp32", False, False, False)),
-    ("bf16", accel("bf16", False, False, False)),
-    ("bf16-cl", accel("bf16", True, False, False)),
-    ("bf16-cl-compile", accel("bf16", True, True, False)),
-    ("bf16-cl-compile-keep-memory", accel("bf16", True, True, True)),
+    ("fp32-eager", accel_overrides("fp32", False, False, False)),
+    ("bf16", accel_overrides("bf16", False, False, False)),
+    ("bf16-cl", accel_overrides("bf16", True, False, False)),
+    ("bf16-cl-compile", accel_overrides("bf16", True, True, False)),
+    ("bf16-cl-compile-keep-memory", accel_overrides("bf16", True, True, True)),
 ]
 
 
