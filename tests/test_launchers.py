@@ -199,4 +199,4 @@ def test_resources_come_from_the_cost_estimate(capsys):
     assert cpu.minutes == launchers.MAX_JOB_MIN and cpu.jobs > 1 and r_big.jobs == 1
     # The dry run says what each job will ask for.
     assert main(["sweep", "dropout", "--dry-run", "--dataset", "cifar10", "--launcher", "slurm", "--cpus", "8"]) == 0
-    assert "slurm: one job per run, 8 CPUs, 1 GPU, up to 9 GB each; time limits " in capsys.readouterr().out
+    assert "slurm: one job per run, 8 CPUs, 1 GPU, up to 9 GB each; time limit 17 min to " in capsys.readouterr().out

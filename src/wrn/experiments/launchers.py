@@ -429,15 +429,16 @@ def describe(name: str, planned: list[PlannedRun], *, cpus: int | None = None, g
              cpu_tflops: float = DEFAULT_CPU_TFLOPS) -> str:
     """The dry run's line on what each run will ask the cluster for ("" for local)."""
     cpus = cpus or DEFAULT_CPUS
+    each = f"{cpus} CPU{'s' * (cpus > 1)}"
     if name == "ray":
-        return (f"ray: one task per run, {cpus} CPUs and " + (f"{gpus} GPU" if gpus is not None else
-                "1 GPU when the cluster has GPUs (else 0)") + " each")
+        return (f"ray: one task per run, {each} and " + ({0: "no GPU", 1: "1 GPU"}.get(gpus) or
+                "1 GPU when the cluster has GPUs (else none)") + " each")
     if name != "slurm":
         return ""
     gpus = DEFAULT_SLURM_GPUS if gpus is None else gpus
     rs = [resources(p, cpus=cpus, gpus=gpus, cpu_tflops=cpu_tflops) for p in planned]
     lo, hi = (fmt_duration(60 * f(r.minutes for r in rs)) for f in (min, max))
-    return (f"slurm: one job per run, {cpus} CPUs, {'1 GPU' if gpus else 'no GPU'}, "
+    return (f"slurm: one job per run, {each}, {'1 GPU' if gpus else 'no GPU'}, "
             f"up to {max(r.mem_gb for r in rs)} GB each; "
-            f"time limits {lo} to {hi} ({TIME_FACTOR}x the {'H100' if gpus else 'CPU'} estimate + "
+            f"time limit {lo if lo == hi else f'{lo} to {hi}'} ({TIME_FACTOR}x the {'H100' if gpus else 'CPU'} estimate + "
             f"{TIME_OVERHEAD_MIN} min, at most {MAX_JOB_MIN // 60} h: a longer run is requeued and resumes)")
