@@ -19,9 +19,24 @@ COMMANDS = ("info", "train", "eval", "predict", "runs", "bench", "sweep", "repor
 
 
 class _Parser(argparse.ArgumentParser):
+    _intermixed = False
+
     # argparse's own errors print usage plus a line; keep them to the one line with the fix.
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        # Subcommands take key=value overrides after their options (`wrn eval RUN --data X
+        # accel.precision=bf16`): plain argparse fills a command's positionals from one run of
+        # words only and rejects later ones, so a subcommand (no subparsers of its own) parses
+        # intermixed, which calls this method again for the real work.
+        if self._subparsers is not None or self._intermixed:
+            return super().parse_known_args(args, namespace)
+        self._intermixed = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = False
 
 
 def build_parser() -> argparse.ArgumentParser:

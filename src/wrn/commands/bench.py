@@ -39,25 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the largest n of the n x n matmul measured as the peak (default 2048; smaller "
                              "where one product would take too long, e.g. bf16 without native support)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    _parse_intermixed(parser)
-
-
-def _parse_intermixed(parser: argparse.ArgumentParser) -> None:
-    """Let key=value overrides follow flags (`wrn bench MODEL --batch-size 64 accel.precision=fp32`).
-
-    argparse alone fills MODEL and the (then empty) overrides from the first run of positional
-    words and rejects later ones as unrecognised; this subcommand's parser (which has no
-    subparsers of its own) parses intermixed instead, as argparse offers."""
-    plain = parser.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):
-        parser.parse_known_args = plain  # parse_known_intermixed_args calls it
-        try:
-            return parser.parse_known_intermixed_args(args, namespace)
-        finally:
-            parser.parse_known_args = parse_known_args
-
-    parser.parse_known_args = parse_known_args
 
 
 def _text(value) -> str:
