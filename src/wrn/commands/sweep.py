@@ -9,7 +9,6 @@ HELP = "run one of the paper's tables: plan (--dry-run), train every run x seeds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _allow_intermixed(parser)
     parser.add_argument("table", nargs="?", help="table name (see --list), e.g. block-types")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides for every run, e.g. accel.precision=bf16")
@@ -43,24 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="slurm/ray: GPUs per run (default 1; ray: 1 when the cluster has GPUs, else 0)")
     cluster.add_argument("--max-retries", type=int, default=2,
                          help="slurm/ray: times a lost run (killed, node gone) is started again to resume")
-
-
-def _allow_intermixed(parser: argparse.ArgumentParser) -> None:
-    """Let key=value overrides follow options (`wrn sweep T --epochs 3 a.b=1`): plain argparse
-    takes a command's positionals in one run only and rejects the later ones."""
-    plain = parser.parse_known_args
-    inside: list[bool] = []
-
-    def parse_known_args(args=None, namespace=None):
-        if inside:  # parse_known_intermixed_args calls parse_known_args itself
-            return plain(args, namespace)
-        inside.append(True)
-        try:
-            return parser.parse_known_intermixed_args(args, namespace)
-        finally:
-            inside.pop()
-
-    parser.parse_known_args = parse_known_args
 
 
 def run(args: argparse.Namespace) -> int:
