@@ -59,8 +59,10 @@ def training_pid(run_dir: Path) -> int | None:
     return None
 
 
-def parent_pid(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+def job_pid(run_dir: Path) -> int | None:
+    """The submitit job process running the run: the training process's parent."""
+    pid = training_pid(run_dir)
+    return None if pid is None else int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def kill_once_checkpointed(run_dir: Path, target, sig: int) -> list[int]:
@@ -109,7 +111,7 @@ def test_submitit_resubmits_a_killed_run_and_requeues_a_preempted_one(tiny, tmp_
     kills = kill_once_checkpointed(killed.run_dir, training_pid, signal.SIGKILL)
     # SLURM's signal before the time limit (or on preemption) goes to the job process: submitit
     # asks training to checkpoint and stop, requeues the job, and the same job resumes the run.
-    usr2 = kill_once_checkpointed(preempted.run_dir, lambda d: parent_pid(training_pid(d)), signal.SIGUSR2)
+    usr2 = kill_once_checkpointed(preempted.run_dir, job_pid, signal.SIGUSR2)
     messages: list[str] = []
     outcome = launchers.execute(tiny, slurm, echo=messages.append)
     assert kills and usr2, "the control: both runs were interrupted while training"
