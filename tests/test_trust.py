@@ -374,7 +374,7 @@ def test_eval_takes_accel_overrides_and_refuses_the_rest(subset_run, capsys, tmp
     for split in ("train", "test"):
         write_folder(other, split, ["class0", "class1", "class2"], 4, seed=9)
     capsys.readouterr()
-    assert main(["eval", str(subset_run), "accel.precision=bf16", "--data", str(other), "--json"]) == 0
+    assert main(["eval", str(subset_run), "--data", str(other), "--json", "accel.precision=bf16"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["precision"] == "bf16" and result["images"] == 12 and 0 <= result["accuracy"] <= 1
     fp32 = by_hand(subset_run, other / "test", ["class0", "class1", "class2"])
