@@ -386,7 +386,7 @@ def test_images_too_small_for_the_crop_are_an_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("layout,words", [
-    ("empty", "no images found"), ("no-test", "it needs 'train' and 'test'"), ("no-train", "no 'train' folder"),
+    ("empty", "no images found"), ("no-test", "it needs 'train' and 'test'"), ("no-train", "it needs 'train' and 'test'"),
     ("not-a-dataset", "unknown dataset format"),
 ])
 def test_wrong_layouts(tmp_path, capsys, layout, words):

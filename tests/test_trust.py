@@ -352,8 +352,6 @@ def test_eval_on_another_folder_with_the_runs_classes(subset_run, capsys, tmp_pa
     assert by_hand(subset_run, other / "test", ["class1", "class2", "class0"]) != result["accuracy"]
 
 
-@pytest.mark.xfail(strict=True, reason="the image-folder reader (wrn.data.formats) requires a train/ folder; "
-                                       "a folder of test images alone should evaluate")
 def test_eval_on_a_folder_of_test_images_only(subset_run, capsys, tmp_path):
     other = write_folder(tmp_path / "other", "test", ["class0", "class1", "class2"], 3, seed=7)
     assert main(["eval", str(subset_run), "--data", str(other), "--json"]) == 0

@@ -301,9 +301,7 @@ def _assemble(decoder: _Decoder, where: Path) -> dict[str, ArrayDataset]:
     for split in sorted(set(splits.tolist())):
         mask = splits == split
         out[split] = ArrayDataset(images[mask], labels[mask], classes)
-    if "train" not in out:
-        raise UserError(f"{where}: found splits {sorted(out)} but no 'train' folder: use the layout train/<class>/..., test/<class>/...")
-    return out
+    return out  # training needs train/ and test/ (make_splits says so); evaluation may read test/ alone
 
 
 def read_image_folder(root: Path, *, workers: int | None = None) -> dict[str, ArrayDataset]:
