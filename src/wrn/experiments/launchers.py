@@ -207,13 +207,20 @@ class SlurmJob:
     then the job is requeued and ``__call__`` resumes the run."""
 
     GRACE_S = 80  # submitit asks for the signal 90 s before the limit
+    # SLURM's own preemption SIGTERM reached training, which checkpointed and stopped: SLURM ends or
+    # requeues this job within its grace time. Returning now would let the sweep resubmit the run
+    # while SLURM requeues it too (two trainings in one directory), so wait for SLURM first.
+    PREEMPTED_WAIT_S = 300
 
     def __init__(self, p: PlannedRun):
         self.p = p
         self.pid: int | None = None
 
     def __call__(self) -> int:
-        return train(self.p, started=lambda pid: setattr(self, "pid", pid))
+        rc = train(self.p, started=lambda pid: setattr(self, "pid", pid))
+        if rc == EXIT_PREEMPTED:
+            time.sleep(self.PREEMPTED_WAIT_S)
+        return rc
 
     def checkpoint(self):
         from submitit.helpers import DelayedSubmission
