@@ -119,8 +119,8 @@ def test_two_processes_end_identical_and_match_one_process(runs):
     assert records(two, "start")[0]["world_size"] == 2
     assert_same_training(two, one, init)
     # Rank 0 alone wrote: one log, no second summary or stray temporary files.
-    assert sorted(p.name for p in two.iterdir()) == ["checkpoint", "checkpoints", "config.yaml", "log.jsonl",
-                                                      "summary.json"]
+    assert sorted(p.name for p in two.iterdir()) == ["checkpoint", "checkpoints", "config.yaml", "curves.png",
+                                                      "log.jsonl", "summary.json"]
     assert json.loads((two / "summary.json").read_text())["finished"]
 
 
