@@ -22,12 +22,11 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from wrn.data import catalog
 from wrn.errors import UserError
 from wrn.experiments.paper import NUM_CLASSES, Run, Table
 from wrn.fsio import write_atomic
 
-# Training images per dataset after the default validation split is carved out (estimates only).
-TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "svhn": 604_388}
 # A training step costs ~3x the forward pass (forward + backward for activations and weights).
 TRAIN_FLOPS_PER_FORWARD = 3
 # Throughput assumptions for the cost estimate, in sustained training TFLOP/s.
@@ -48,7 +47,7 @@ class Budget:
     """The knobs that shrink a table so it fits a CPU; all unset = the paper's budget."""
 
     epochs: int | None = None  # None = the recipe's (200 for CIFAR); lr milestones scale with it
-    subset: int = 0  # first K training images; 0 = all
+    subset: int = 0  # a seeded, stratified sample of K training images; 0 = all
     model_scale: float = 1.0  # width k -> max(1, round(k * scale)) for WRNs
     # An lr schedule other than the recipe's (set by plan() from an optim.schedule override), so
     # e.g. a one-cycle run is labelled as such and never passes for the paper's step schedule.
@@ -88,7 +87,7 @@ class Budget:
         if self.epochs is not None:
             parts.append(f"{self.epochs} epochs" + ("" if self.schedule else " (lr milestones scaled)"))
         if self.subset:
-            parts.append(f"first {self.subset} training images")
+            parts.append(f"a seeded stratified sample of {self.subset} training images")
         if self.model_scale != 1.0:
             parts.append(f"width k x {self.model_scale:g}")
         if self.schedule:
@@ -163,13 +162,19 @@ class PlannedRun:
         return "new"
 
 
-def _recipe_schedule(preset: str, overrides: list[str]) -> tuple[int, list[int], int, str | None]:
-    """(epochs, lr milestones, val_size, lr schedule when the overrides change the recipe's)."""
+def _recipe(preset: str, overrides: list[str]):
+    """(the recipe's config with the overrides, its lr schedule when the overrides change it)."""
     from wrn.train.config import load_config
 
     cfg = load_config(preset=preset, overrides=overrides)
     changed = cfg.optim.schedule if cfg.optim.schedule != load_config(preset=preset).optim.schedule else None
-    return cfg.train.epochs, list(cfg.optim.milestones), cfg.data.val_size, changed
+    return cfg, changed
+
+
+def _train_images(dataset: str, cfg) -> int:
+    """Training images a run of ``cfg`` sees (estimates the cost): train (+ extra) - val split."""
+    splits = catalog.get(dataset).splits
+    return splits["train"] + (splits.get("extra", 0) if cfg.data.use_extra else 0) - cfg.data.val_size
 
 
 def plan(
@@ -208,19 +213,20 @@ def plan(
             f"--data {data} would feed every dataset of table {table.name} "
             f"({', '.join(table.datasets())}): pick one with --dataset"
         )
-    schedules: dict[str, tuple[int, list[int], int, str | None]] = {}
+    recipes: dict[str, tuple] = {}
     planned = []
     for run in runs:
-        if run.recipe not in schedules:
-            schedules[run.recipe] = _recipe_schedule(run.recipe, list(overrides))
-        recipe_epochs, recipe_milestones, val_size, schedule = schedules[run.recipe]
+        if run.recipe not in recipes:
+            recipes[run.recipe] = _recipe(run.recipe, list(overrides))
+        recipe, schedule = recipes[run.recipe]
+        recipe_epochs, recipe_milestones = recipe.train.epochs, list(recipe.optim.milestones)
         run_budget = replace(budget, schedule=schedule) if schedule else budget
         base = Path(out) / table.name / run_budget.label
         epochs = budget.epochs or recipe_epochs
         # Milestones only mean something to the step schedule.
         milestones = [] if schedule else scale_milestones(recipe_milestones, recipe_epochs, epochs)
         model = scale_model(run.model, budget.model_scale)
-        train_images = TRAIN_IMAGES[run.dataset] - val_size
+        train_images = _train_images(run.dataset, recipe)
         if budget.subset:
             train_images = min(budget.subset, train_images)
         for seed in range(seeds):
@@ -240,6 +246,8 @@ def plan(
                 ov.append(f"train.epochs={epochs}")
                 if not schedule:
                     ov.append("optim.milestones=" + ",".join(map(str, milestones)))
+                if recipe.optim.warmup_epochs:  # a warm-up keeps its fraction of training, like the drops
+                    ov.append(f"optim.warmup_epochs={recipe.optim.warmup_epochs * epochs / recipe_epochs:.6g}")
             if budget.subset:
                 ov.append(f"data.subset={budget.subset}")
             ov += list(overrides)
