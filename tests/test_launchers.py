@@ -18,7 +18,7 @@ import pytest
 
 from wrn.cli import main
 from wrn.errors import UserError
-from wrn.experiments import launchers, paper, sweep
+from wrn.experiments import cluster, launchers, paper, sweep
 from wrn.train import checkpoint
 
 from helpers import write_image_folder  # tests/helpers.py
@@ -106,7 +106,7 @@ def test_submitit_resubmits_a_killed_run_and_requeues_a_preempted_one(tiny, tmp_
     pytest.importorskip("submitit", reason="the cluster extra is not installed: pip install -e '.[cluster]'")
     killed, preempted = tiny
     folder = killed.run_dir.parent / "slurm"
-    slurm = launchers.SlurmLauncher(folder, cpus=1, gpus=0, max_retries=1, cluster="local", poll_s=0.3)
+    slurm = cluster.SlurmLauncher(folder, cpus=1, gpus=0, max_retries=1, cluster="local", poll_s=0.3)
     # A node lost or an OOM kill: the job fails, the sweep submits it again and the run resumes.
     kills = kill_once_checkpointed(killed.run_dir, training_pid, signal.SIGKILL)
     # SLURM's signal before the time limit (or on preemption) goes to the job process: submitit
@@ -140,9 +140,9 @@ def test_ray_retries_a_run_lost_with_its_worker(tiny):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # the test's own local head
     try:
         with pytest.raises(UserError, match="--cpus 3: the Ray cluster has 2 CPUs in all"):
-            launchers.RayLauncher(cpus=3, gpus=0).connect()  # Ray would wait for it forever
+            cluster.RayLauncher(cpus=3, gpus=0).connect()  # Ray would wait for it forever
         kills = kill_once_checkpointed(lost.run_dir, worker_pid, signal.SIGKILL)
-        outcome = launchers.execute(tiny, launchers.RayLauncher(cpus=1, gpus=0, max_retries=2),
+        outcome = launchers.execute(tiny, cluster.RayLauncher(cpus=1, gpus=0, max_retries=2),
                                     echo=lambda m: None)
     finally:
         ray.shutdown()
@@ -174,7 +174,7 @@ def test_a_ray_address_where_nothing_listens_is_one_line():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # free once closed: nothing listens there
     with pytest.raises(UserError, match=f"--address 127.0.0.1:{port}: no Ray head answers there"):
-        launchers.RayLauncher(address=f"127.0.0.1:{port}").connect()
+        cluster.RayLauncher(address=f"127.0.0.1:{port}").connect()
 
 
 def test_options_are_checked_against_the_launcher():

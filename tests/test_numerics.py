@@ -91,7 +91,7 @@ def test_nan_gradient_with_a_finite_loss_never_reaches_a_checkpoint(data, tmp_pa
         model.fc.weight.register_hook(hook)
         return model
 
-    monkeypatch.setattr("wrn.train.engine.create_model", create_model)
+    monkeypatch.setattr("wrn.train.run.create_model", create_model)
     out = tmp_path / "run"
     # Checked only at checkpoints here (log lines rarely): the checkpoint after step 9 is refused.
     assert main(["train", "--out", str(out), *data, *ARGS, "log.every_steps=100", "train.checkpoint_every=1"]) == 2

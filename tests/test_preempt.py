@@ -130,8 +130,9 @@ def torchrun(*args: str) -> subprocess.Popen:
 def test_torchrun_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     """SIGTERM to rank 1 only (rank 0 writes the checkpoint and the log): both ranks agree through
     an all-reduce after every step, stop after the same step and checkpoint there; --resume
-    finishes. Rank 1 exits 75; rank 0 too, unless torchrun, seeing rank 1 gone, SIGTERMs it after
-    it has already stopped and said so (then -15: its checkpoint and message are there first)."""
+    finishes. The rank that exits first exits 75; the other too, unless torchrun, seeing the first
+    gone, SIGTERMs it after it has already stopped and said so (then -15: its checkpoint and
+    message are there first)."""
     data = write_image_folder(tmp_path / "data", 96, 32, 8, classes=3)
     args = ["--data", str(data), *ARGS, "accel.device=cpu", "train.epochs=4", f"data.cache_dir={tmp_path / 'cache'}"]
     run = tmp_path / "run"
@@ -154,8 +155,10 @@ def test_torchrun_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path)
     said = {int(r): int(s) for r, s in re.findall(r"\[\w*?(\d)\]:wrn: stopped by .*? after step (\d+)", out)}
     assert said == {0: step, 1: step}, out[-3000:]
     codes = dict(re.findall(r"rank\s*: (\d) \(local_rank.*?\n\s*exitcode\s*: (-?\d+)", out))
-    assert codes["1"] == str(EXIT_PREEMPTED), out[-3000:]
-    assert codes.get("0", str(EXIT_PREEMPTED)) in (str(EXIT_PREEMPTED), str(-signal.SIGTERM)), out[-3000:]
+    # A rank that exits 75 first makes torchrun SIGTERM the other, which may still be on its way
+    # out after checkpointing: that second signal ends it at once (-15). Either rank can be first.
+    assert set(codes.values()) <= {str(EXIT_PREEMPTED), str(-signal.SIGTERM)}, out[-3000:]
+    assert str(EXIT_PREEMPTED) in codes.values(), out[-3000:]
     proc = torchrun("--resume", str(run))
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 0, out[-3000:]

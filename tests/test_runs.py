@@ -13,6 +13,7 @@ import time
 import pytest
 
 from wrn.cli import main
+from wrn.train import accel
 from wrn.train.config import load_config
 from wrn.train.engine import NonFiniteLoss, fit
 
@@ -29,9 +30,8 @@ def _cfg(data, cache, *extra):
 
 def _break_at_step(monkeypatch, step: int, how: str) -> None:
     """The training step `step` (0-based) feeds a NaN batch (a diverging run) or is hit by Ctrl-C."""
-    import wrn.train.engine as engine
 
-    real = engine.accel.make_train_step
+    real = accel.make_train_step
 
     def make(*args, **kwargs):
         train_step = real(*args, **kwargs)
@@ -47,7 +47,7 @@ def _break_at_step(monkeypatch, step: int, how: str) -> None:
 
         return patched
 
-    monkeypatch.setattr(engine.accel, "make_train_step", make)
+    monkeypatch.setattr(accel, "make_train_step", make)
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,8 @@ def test_reduced_budget_is_applied_and_labelled(tmp_path, capsys):
                          data="/data/cifar10.tar.xz", overrides=("accel.precision=bf16",))
     assert len(planned) == 12
     p = planned[0]
-    assert p.run_dir == tmp_path / "block-types" / "reduced-e4-sub1000-k0.5" / "c10_wrn-40-2_b1-3-1-seed0"
+    # bf16 changes what the runs compute: the label says so.
+    assert p.run_dir == tmp_path / "block-types" / "reduced-e4-sub1000-k0.5-precisionbf16" / "c10_wrn-40-2_b1-3-1-seed0"
     assert p.model == "wrn-40-1" and p.params < 0.5e6  # k = 2 x 0.5
     cfg = load_config(preset=p.preset, overrides=p.overrides)
     assert cfg.model.name == "wrn-40-1" and cfg.model.block == (1, 3, 1)
@@ -88,12 +89,13 @@ def test_a_changed_lr_schedule_is_allowed_and_labelled(tmp_path, capsys):
     planned = sweep.plan(table, out=tmp_path, budget=sweep.Budget(epochs=3),
                          overrides=("optim.schedule=onecycle", "optim.warmup_epochs=0.5"))
     p = planned[0]
-    assert p.run_dir.parent == tmp_path / "deepening" / "reduced-e3-onecycle"
+    assert p.run_dir.parent == tmp_path / "deepening" / "reduced-e3-onecycle-warmup_epochs0.5"
     cfg = load_config(preset=p.preset, overrides=p.overrides)
     assert cfg.optim.schedule == "onecycle" and cfg.train.epochs == 3 and p.milestones == []
     budget = sweep.Budget(epochs=3)  # what the CLI passes: the manifest records the planned budget
     manifest = json.loads(sweep.write_manifest(table, planned, budget, ["wrn"]).read_text())
-    assert manifest["budget"]["label"] == "reduced-e3-onecycle" and manifest["budget"]["schedule"] == "onecycle"
+    assert manifest["budget"]["label"] == "reduced-e3-onecycle-warmup_epochs0.5"
+    assert manifest["budget"]["schedule"] == "onecycle" and manifest["budget"]["changes"] == ["optim.warmup_epochs=0.5"]
     assert "onecycle lr schedule instead of the recipe's" in manifest["budget"]["description"]
     # Without any other knob the run is still not the paper's budget.
     only = sweep.plan(table, out=tmp_path, overrides=("optim.schedule=cosine",))[0]
@@ -214,3 +216,16 @@ def test_a_tiny_real_sweep_trains_then_skips_then_resumes(tmp_path):
     assert commands[0].split()[4:8] == ["train", "--preset", "paper-cifar", "--out"]
     assert commands[-1].endswith(f"-m wrn.cli train --resume {planned[0].run_dir}")
     assert json.loads((planned[0].run_dir / "summary.json").read_text())["test_acc"] == summary["test_acc"]
+
+
+def test_labels_name_every_override_that_changes_the_recipe(tmp_path):
+    table = paper.get_table("deepening")
+    planned = sweep.plan(table, out=tmp_path, budget=sweep.Budget(epochs=2), count=False,
+                         overrides=("optim.lr=0.2", "optim.label_smoothing=0.1", "accel.precision=bf16",
+                                    "accel.threads=1", "optim.weight_decay=5e-4"))
+    label = planned[0].budget.label
+    assert label == "reduced-e2-lr0.2-label_smoothing0.1-precisionbf16", label
+    assert planned[0].run_dir.parent.name == label
+    # Control: speed switches and the recipe's own values change nothing, so the full budget stays "full".
+    same = sweep.plan(table, out=tmp_path, count=False, overrides=("accel.threads=1", "optim.weight_decay=5e-4"))
+    assert same[0].budget.label == "full"

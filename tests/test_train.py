@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from wrn.cli import main
+from wrn.train import accel
 from wrn.train.config import load_config
 from wrn.train.engine import NonFiniteLoss, fit
 from wrn.train.optim import Schedule, param_groups, scaled
@@ -121,9 +122,8 @@ def test_overfits_256_images(tmp_path):
 
 def _nan_at_step(monkeypatch, bad_step: int) -> None:
     """Feed a NaN batch at one global step, as a diverging run would produce."""
-    import wrn.train.engine as engine
 
-    real = engine.accel.make_train_step
+    real = accel.make_train_step
 
     def make(*args, **kwargs):
         step = real(*args, **kwargs)
@@ -135,7 +135,7 @@ def _nan_at_step(monkeypatch, bad_step: int) -> None:
 
         return patched
 
-    monkeypatch.setattr(engine.accel, "make_train_step", make)
+    monkeypatch.setattr(accel, "make_train_step", make)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ reports and ONNX exports all write through here.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -69,3 +70,13 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data``: readers see the old or the new file, never part of one."""
     with replacing(path) as tmp:
         write_synced(tmp, data)
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest of a file, streamed in 1 MiB reads: a 150 MB checkpoint or a dataset archive
+    never sits in memory (hashlib.file_digest needs Python 3.11)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

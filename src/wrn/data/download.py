@@ -7,7 +7,6 @@ exists under its final name has therefore passed its checksum.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import sys
@@ -19,14 +18,11 @@ from tqdm import tqdm
 
 from wrn.data import catalog
 from wrn.errors import UserError
+from wrn.fsio import file_digest
 
 
 def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def download(url: str, dest: Path, md5: str, *, quiet: bool | None = None, timeout: float = 30.0) -> Path:

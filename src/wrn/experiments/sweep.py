@@ -52,6 +52,9 @@ class Budget:
     # An lr schedule other than the recipe's (set by plan() from an optim.schedule override), so
     # e.g. a one-cycle run is labelled as such and never passes for the paper's step schedule.
     schedule: str | None = None
+    # Every other override that changes the recipe ("optim.lr=0.2", "accel.precision=bf16", ...),
+    # set by plan(), so that the label names all that differs from the paper's recipe.
+    changes: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.epochs is not None and self.epochs < 1:
@@ -63,7 +66,8 @@ class Budget:
 
     @property
     def full(self) -> bool:
-        return self.epochs is None and self.subset == 0 and self.model_scale == 1.0 and self.schedule is None
+        return (self.epochs is None and self.subset == 0 and self.model_scale == 1.0 and self.schedule is None
+                and not self.changes)
 
     @property
     def label(self) -> str:
@@ -78,6 +82,9 @@ class Budget:
             parts.append(f"k{self.model_scale:g}")
         if self.schedule:
             parts.append(self.schedule)
+        for change in self.changes:  # "optim.lr=0.2" -> "lr0.2"
+            key, _, value = change.partition("=")
+            parts.append(key.rsplit(".", 1)[-1] + value.replace("/", "_"))
         return "-".join(parts)
 
     def describe(self) -> str:
@@ -92,6 +99,7 @@ class Budget:
             parts.append(f"width k x {self.model_scale:g}")
         if self.schedule:
             parts.append(f"{self.schedule} lr schedule instead of the recipe's")
+        parts += [f"{c} instead of the recipe's" for c in self.changes]
         return "REDUCED budget, not the paper's: " + ", ".join(parts)
 
 
@@ -162,13 +170,27 @@ class PlannedRun:
         return "new"
 
 
+# Overrides that change how runs execute or are stored, never what they compute: no relabelling.
+UNLABELLED = ("accel.device", "accel.compile", "accel.compile_mode", "accel.channels_last", "accel.cuda_graphs",
+              "accel.fused_optimizer", "accel.threads", "accel.keep_memory", "accel.sync_bn", "data.cache_dir",
+              "data.workers", "log.", "train.checkpoint_every", "train.keep_every", "train.eval_batch_size")
+
+
 def _recipe(preset: str, overrides: list[str]):
-    """(the recipe's config with the overrides, its lr schedule when the overrides change it)."""
+    """(the recipe's config with the overrides, its lr schedule when the overrides change it, the
+    other overrides that change the recipe as "key=value")."""
     from wrn.train.config import load_config
 
     cfg = load_config(preset=preset, overrides=overrides)
-    changed = cfg.optim.schedule if cfg.optim.schedule != load_config(preset=preset).optim.schedule else None
-    return cfg, changed
+    plain = load_config(preset=preset).to_dict()
+    changed = cfg.optim.schedule if cfg.optim.schedule != plain["optim"]["schedule"] else None
+    changes = []
+    for key in dict.fromkeys(o.split("=", 1)[0].strip() for o in overrides):
+        section, _, name = key.partition(".")
+        value = cfg.to_dict()[section][name]
+        if key != "optim.schedule" and not key.startswith(UNLABELLED) and value != plain[section][name]:
+            changes.append(f"{key}={','.join(map(str, value)) if isinstance(value, list) else value}")
+    return cfg, changed, tuple(changes)
 
 
 def _train_images(dataset: str, cfg) -> int:
@@ -218,9 +240,9 @@ def plan(
     for run in runs:
         if run.recipe not in recipes:
             recipes[run.recipe] = _recipe(run.recipe, list(overrides))
-        recipe, schedule = recipes[run.recipe]
+        recipe, schedule, changes = recipes[run.recipe]
         recipe_epochs, recipe_milestones = recipe.train.epochs, list(recipe.optim.milestones)
-        run_budget = replace(budget, schedule=schedule) if schedule else budget
+        run_budget = replace(budget, schedule=schedule, changes=changes)
         base = Path(out) / table.name / run_budget.label
         epochs = budget.epochs or recipe_epochs
         # Milestones only mean something to the step schedule.
@@ -374,7 +396,7 @@ def write_manifest(table: Table, planned: list[PlannedRun], budget: Budget, comm
         "title": table.title,
         "budget": {"label": budget.label, "full": budget.full, "description": budget.describe(),
                    "epochs": budget.epochs, "subset": budget.subset, "model_scale": budget.model_scale,
-                   "schedule": budget.schedule},
+                   "schedule": budget.schedule, "changes": list(budget.changes)},
         "command": command,
         "runs": [
             {"dir": p.name, "id": p.run.id, "label": p.run.label, "seed": p.seed, "model": p.model,

@@ -34,7 +34,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from wrn.errors import UserError
-from wrn.fsio import fsync_dir, write_synced
+from wrn.fsio import file_digest, fsync_dir, write_synced
 
 CHECKPOINT = "checkpoint"
 OLD = ".checkpoint.old"
@@ -180,12 +180,7 @@ def keep_copy(run_dir: Path, epoch: int) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    """Streamed in 1 MiB reads: a 150 MB file never sits in memory (hashlib.file_digest needs 3.11)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def check(ckpt_dir: Path, *, verify: bool = True) -> tuple[dict[str, Any] | None, str | None]:

@@ -11,12 +11,10 @@ weights bit for bit on CPU. (RNG states are saved in the checkpoint too, for any
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,52 +22,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wrn.data import zca
-from wrn.errors import UserError
-from wrn.fsio import write_atomic
-from wrn.models import create_model
-from wrn.train import accel, budget, checkpoint, dist, preempt
+from wrn.train import budget, checkpoint, dist, preempt
 from wrn.train.config import Config
-from wrn.train.validate import model_kwargs
-from wrn.train.numerics import EpochSums, NonFiniteLoss, SkipNonFinite, step_seed
-from wrn.train.data import ZCA_FILE, build_data, find_whitening
-from wrn.train.log import RunLog, git_commit, truncate_log, write_json
-from wrn.train.optim import Schedule, build_optimizer, scaled, set_lr
-
-
-@dataclass
-class RunState:
-    """What ``fit`` builds once and the epoch functions use."""
-    cfg: Config
-    out_dir: Path
-    device: torch.device
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    train_step: Callable
-    eval_step: Callable
-    schedule: Schedule
-    augment: Any
-    loaders: dict[str, Any]
-    log: RunLog | None
-    rank: int = 0
-    is_main: bool = True
-    generator: torch.Generator | None = None
-    skipper: SkipNonFinite | None = None
-    total_steps: int = 0
-    train_images: int = 0
-    quiet: bool = False
-    whitening: zca.Whitening | None = None
-    # Choices that shape the computation (compile, the steps a budget allowed): made once, from
-    # the config, saved in every checkpoint and reused on resume.
-    decisions: dict[str, Any] = field(default_factory=dict)
-    extra_state: dict[str, Any] = field(default_factory=dict)  # saved with each checkpoint
-    guard: preempt.Guard = field(default_factory=preempt.Guard)
-    clock: budget.Clock | None = None
-    start_time: float = field(default_factory=time.perf_counter)
-    elapsed_before: float = 0.0  # seconds spent before a resume
-
-    def elapsed(self) -> float:
-        return self.elapsed_before + time.perf_counter() - self.start_time
+from wrn.train.numerics import EpochSums, NonFiniteLoss, step_seed  # noqa: F401 - NonFiniteLoss is fit's error
+from wrn.train.run import RunState, build_run, start_run
+from wrn.train.log import git_commit, write_json
+from wrn.train.optim import set_lr
 
 
 def _all_ranks(sums: EpochSums) -> EpochSums:
@@ -226,114 +184,6 @@ def _epoch_means(out_dir: Path) -> tuple[float | None, float | None]:
     return mean(times), mean(rates)
 
 
-def _setup(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: float) -> tuple[RunState, dict | None]:
-    """Data, model, optimizer, compiled steps and the restored checkpoint (if resuming)."""
-    rank, world_size, _ = dist.world()
-    is_main = rank == 0
-    ckpt_dir = None
-    if resume:
-        try:
-            ckpt_dir = checkpoint.find_checkpoint(out_dir)
-        except UserError:
-            if (out_dir / checkpoint.CHECKPOINT).exists():
-                raise  # damaged with no complete one to fall back to: never silently start over
-            ckpt_dir = None  # killed before its first checkpoint: start over in the same directory
-    if cfg.train.batch_size % world_size:
-        raise UserError(f"train.batch_size: {cfg.train.batch_size} does not divide among {world_size} processes")
-
-    if is_main:  # a read-only or full output directory fails now, not after the data is loaded
-        checkpoint.check_writable(out_dir)
-    device = dist.local_device(accel.resolve_device(cfg.accel.device))
-    # On resume the run's own fitted ZCA whitening, not a new fit (which could round differently elsewhere).
-    whitening = find_whitening(cfg, out_dir) if ckpt_dir is not None else None
-    data = build_data(cfg, device, rank=rank, world_size=world_size, whitening=whitening)
-    num_classes = cfg.model.num_classes or len(data.classes)
-    spe = len(data.loaders["train"])
-
-    torch.manual_seed(cfg.train.seed)  # the initial weights
-    model = create_model(cfg.model.name, **model_kwargs(cfg, num_classes))
-    model = accel.prepare_model(model, device, cfg.accel.channels_last)
-    train_model = dist.wrap_model(model, device, sync_bn=cfg.accel.sync_bn)  # DDP under torchrun
-    hyper = scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs)
-    optimizer = build_optimizer(model, cfg.optim, hyper)
-    skipper = SkipNonFinite(optimizer, model) if cfg.train.skip_nonfinite else None
-
-    state: dict[str, Any] | None = None
-    if ckpt_dir is not None:
-        state = checkpoint.restore(ckpt_dir, model, optimizer)
-        if state["steps_per_epoch"] != spe:
-            raise UserError(f"{ckpt_dir}: the checkpoint has {state['steps_per_epoch']} steps per epoch but this "
-                            f"config gives {spe}: resume with the run's own data and train.batch_size")
-    # A budget's choice is in the config (train.steps) once made; until then plan the recipe's length.
-    planned = cfg.train.steps or cfg.train.epochs * spe
-    decisions = dict((state or {}).get("decisions") or {})
-    if "compile" not in decisions:
-        decisions["compile"], decisions["compile_reason"] = accel.should_compile(
-            cfg.accel.compile, planned, device.type)
-    if "precision" not in decisions:
-        decisions["precision"] = accel.resolve_precision(cfg.accel.precision, device)
-    do_compile, precision = decisions["compile"], decisions["precision"]
-    train_step = accel.make_train_step(train_model, skipper or optimizer, precision=precision, device=device,
-                                       compile=do_compile, label_smoothing=cfg.optim.label_smoothing,
-                                       compile_mode=cfg.accel.compile_mode, cuda_graphs=cfg.accel.cuda_graphs,
-                                       fused_optimizer=cfg.accel.fused_optimizer, threads=cfg.accel.threads)
-    eval_step = accel.make_eval_step(model, precision=precision, device=device, compile=do_compile,
-                                     compile_mode=cfg.accel.compile_mode, cuda_graphs=cfg.accel.cuda_graphs)
-    run = RunState(cfg=cfg, out_dir=out_dir, device=device, model=model, optimizer=optimizer, train_step=train_step,
-                   eval_step=eval_step, schedule=Schedule(cfg.optim, hyper, spe, cfg.train.epochs, total_steps=planned),
-                   augment=data.augment, loaders=data.loaders, log=None, rank=rank, is_main=is_main,
-                   generator=torch.Generator(device=device), skipper=skipper, total_steps=planned,
-                   decisions=decisions, whitening=data.whitening,
-                   extra_state={"normalize": {"mean": data.mean, "std": data.std,
-                                              "zca": ZCA_FILE if data.whitening is not None else None},
-                                "classes": data.classes, "input_size": data.input_size},
-                   train_images=data.train_images, quiet=quiet, start_time=t_fit,
-                   elapsed_before=state["elapsed_s"] if state else 0.0)
-    return run, state
-
-
-def _start(run: RunState, state: dict | None) -> int:
-    """Write config.yaml (a fresh run; a budget first fixes train.steps) and the start record."""
-    cfg, out_dir = run.cfg, run.out_dir
-    start = state["step"] if state else 0
-    # config.yaml first (never on resume: the run's config.yaml is what it is): a run killed from
-    # here on, even inside the budget's probe, is a run directory that --resume can continue.
-    if run.is_main and state is None:
-        if run.whitening is not None:
-            zca.save(run.whitening, out_dir / ZCA_FILE)
-        write_atomic(out_dir / "config.yaml", cfg.to_yaml().encode())
-    if run.is_main:
-        truncate_log(out_dir, start if state else -1)  # a start-over keeps none of the old lines
-    run.log = RunLog(out_dir, enabled=run.is_main, quiet=run.quiet, tensorboard=cfg.log.tensorboard,
-                     resume_step=start if state else None)
-    if cfg.train.time_budget and not cfg.train.steps:
-        steps = budget.probe_and_choose(run)
-        run.cfg = cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
-        run.total_steps = steps
-        run.decisions["budget_steps"] = steps
-        hyper = scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs)
-        run.schedule = Schedule(cfg.optim, hyper, len(run.loaders["train"]), cfg.train.epochs, total_steps=steps)
-        if run.is_main:  # the choice, before the first step
-            write_atomic(out_dir / "config.yaml", cfg.to_yaml().encode())
-    if run.is_main and state is None:
-        run.log.hparams(dataclasses.asdict(cfg))
-    run.clock = budget.Clock(run, start, enabled=not cfg.train.time_budget and start < run.total_steps)
-    spe = len(run.loaders["train"])
-    params = sum(p.numel() for p in run.model.parameters())
-    kept_memory = cfg.accel.keep_memory and accel.keep_freed_memory(run.device)
-    run.log.write({"kind": "resume" if state else "start", "step": start, "device": str(run.device), "params": params,
-                   "world_size": dist.world()[1], "steps_per_epoch": spe, "total_steps": run.total_steps,
-                   "lr": run.schedule.hyper.lr, "weight_decay": run.schedule.hyper.weight_decay,
-                   "warmup_epochs": run.schedule.hyper.warmup_epochs, "compile": run.decisions["compile"],
-                   "compile_reason": run.decisions["compile_reason"], "time_budget_s": cfg.train.time_budget,
-                   "keep_memory": kept_memory, "elapsed_s": run.elapsed()})
-    run.log.info(f"{cfg.model.name}: {params / 1e6:.2f}M params | {run.train_images} train images, {spe} steps/epoch, "
-                 f"{run.total_steps} steps ({run.total_steps / spe:.4g} epochs) | {run.device}, {run.decisions['precision']}"
-                 f"{', channels_last' if cfg.accel.channels_last else ''} | {run.decisions['compile_reason']}"
-                 + (f" | resumed at step {start}" if state else ""))
-    return start
-
-
 def _train(run: RunState, start: int, state: dict | None) -> dict[str, Any]:
     """The epoch loop from ``start``; returns the last epoch's metrics."""
     cfg, loaders = run.cfg, run.loaders
@@ -433,9 +283,9 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
     run, training = None, False
     try:
         with preempt.Guard() as guard:
-            run, state = _setup(cfg, out_dir, resume, quiet, t_fit)
+            run, state = build_run(cfg, out_dir, resume, quiet, t_fit)
             run.guard = guard
-            start = _start(run, state)
+            start = start_run(run, state)
             training = True  # from here on a failure (NaN at step 3) keeps the log that explains it
             metrics = _train(run, start, state)
             return _finish(run, metrics)
