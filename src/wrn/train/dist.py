@@ -94,7 +94,12 @@ def with_process_group(fit: FitFn) -> FitFn:
 
         started = init(local_device(resolve_device(cfg.accel.device))) if world()[1] > 1 else False
         try:
-            return fit(cfg, *args, **kwargs)
+            result = fit(cfg, *args, **kwargs)
+            if started:
+                # Leave together: rank 0 still writes the summary and plots the curves, and a rank
+                # that tears gloo down while another is still connected can abort at exit.
+                tdist.barrier()
+            return result
         finally:
             if started:
                 tdist.destroy_process_group()
