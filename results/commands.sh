@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The reduced reproduction behind results/README.md, exactly as it ran (2026-11-23, from 14:00 UTC,
-# on the shared 2-core CPU machine). Run from the repository root; runs go to runs/repro (git-ignored; the original run used /work/runs-repro2).
+# on the shared 2-core CPU machine). Run from the repository root; runs go to runs/repro (git-ignored).
 set -eu
 DATA=${DATA:-../shared/data/cifar10-jpeg.tar.xz}   # run from the repository root
 OUT=${OUT:-runs/repro}
