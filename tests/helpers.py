@@ -23,3 +23,27 @@ def write_image_folder(root: Path, n_train: int, n_test: int, size: int, *, clas
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(d / f"{i:05d}.png")
     return root
+
+
+def break_at_step(monkeypatch, step: int, how: str = "nan") -> None:
+    """The training step ``step`` (0-based) feeds a NaN batch (a diverging run) or, with
+    ``how="interrupt"``, is hit by Ctrl-C."""
+    from wrn.train import accel
+
+    real = accel.make_train_step
+
+    def make(*args, **kwargs):
+        train_step = real(*args, **kwargs)
+        calls = {"n": 0}
+
+        def patched(x, y):
+            calls["n"] += 1
+            if calls["n"] == step + 1:
+                if how == "interrupt":
+                    raise KeyboardInterrupt
+                x = x * float("nan")
+            return train_step(x, y)
+
+        return patched
+
+    monkeypatch.setattr(accel, "make_train_step", make)

@@ -13,11 +13,10 @@ import time
 import pytest
 
 from wrn.cli import main
-from wrn.train import accel
 from wrn.train.config import load_config
 from wrn.train.engine import NonFiniteLoss, fit
 
-from helpers import write_image_folder  # tests/helpers.py
+from helpers import break_at_step, write_image_folder  # tests/helpers.py
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,28 +25,6 @@ def _cfg(data, cache, *extra):
     return load_config(overrides=["model.name=wrn-10-1", "model.dropout=0", f"data.path={data}", "data.val_size=16",
                                   f"data.cache_dir={cache}", "train.epochs=2", "train.batch_size=16",
                                   "train.checkpoint_every=2", "log.every_steps=1", "accel.device=cpu", *extra])
-
-
-def _break_at_step(monkeypatch, step: int, how: str) -> None:
-    """The training step `step` (0-based) feeds a NaN batch (a diverging run) or is hit by Ctrl-C."""
-
-    real = accel.make_train_step
-
-    def make(*args, **kwargs):
-        train_step = real(*args, **kwargs)
-        calls = {"n": 0}
-
-        def patched(x, y):
-            calls["n"] += 1
-            if calls["n"] == step + 1:
-                if how == "interrupt":
-                    raise KeyboardInterrupt
-                x = x * float("nan")
-            return train_step(x, y)
-
-        return patched
-
-    monkeypatch.setattr(accel, "make_train_step", make)
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +37,11 @@ def runs(tmp_path_factory, one_thread):
     fit(_cfg(data, tmp / "cache"), root / "finished", quiet=True)
     mp = pytest.MonkeyPatch()
     try:
-        _break_at_step(mp, 5, "interrupt")
+        break_at_step(mp, 5, "interrupt")
         with pytest.raises(KeyboardInterrupt):
             fit(_cfg(data, tmp / "cache"), root / "group" / "interrupted", quiet=True)
         mp.undo()
-        _break_at_step(mp, 5, "nan")
+        break_at_step(mp, 5, "nan")
         with pytest.raises(NonFiniteLoss):
             fit(_cfg(data, tmp / "cache"), root / "group" / "deeper" / "failed", quiet=True)
     finally:

@@ -11,12 +11,11 @@ import pytest
 import torch
 
 from wrn.cli import main
-from wrn.train import accel
 from wrn.train.config import load_config
 from wrn.train.engine import NonFiniteLoss, fit
 from wrn.train.optim import Schedule, param_groups, scaled
 
-from helpers import write_image_folder  # tests/helpers.py
+from helpers import break_at_step, write_image_folder  # tests/helpers.py
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -120,24 +119,6 @@ def test_overfits_256_images(tmp_path):
     assert summary["train_acc"] > 0.95
 
 
-def _nan_at_step(monkeypatch, bad_step: int) -> None:
-    """Feed a NaN batch at one global step, as a diverging run would produce."""
-
-    real = accel.make_train_step
-
-    def make(*args, **kwargs):
-        step = real(*args, **kwargs)
-        calls = {"n": 0}
-
-        def patched(x, y):
-            calls["n"] += 1
-            return step(x * float("nan") if calls["n"] == bad_step + 1 else x, y)
-
-        return patched
-
-    monkeypatch.setattr(accel, "make_train_step", make)
-
-
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("small")
@@ -154,7 +135,7 @@ def _small_cfg(small_data, *extra):
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, small_data, monkeypatch):
     from safetensors.torch import load_file
 
-    _nan_at_step(monkeypatch, 5)
+    break_at_step(monkeypatch, 5)
     with pytest.raises(NonFiniteLoss, match="step 5 "):
         fit(_small_cfg(small_data), tmp_path / "run", quiet=True)
     state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
@@ -164,7 +145,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, small_dat
 
 
 def test_skip_nonfinite_skips_the_batch(tmp_path, small_data, monkeypatch):
-    _nan_at_step(monkeypatch, 5)
+    break_at_step(monkeypatch, 5)
     summary = fit(_small_cfg(small_data, "train.skip_nonfinite=true"), tmp_path / "run", quiet=True)
     assert summary["finished"] and np.isfinite(summary["test_loss"])
     last = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()][-2]
