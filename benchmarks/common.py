@@ -4,6 +4,7 @@ memory, threads and compile state do not leak into the next."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -27,6 +28,17 @@ def bench(args: list[str], name: str, env: dict[str, str] | None = None) -> dict
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, path)
     return result
+
+
+def parser(doc: str, *, batch_size: str, steps: str, repeats: str, model: str | None = "wrn-16-4"):
+    """The arguments every script takes, passed on to `wrn bench` as they are (strings)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if model:
+        p.add_argument("--model", default=model)
+    p.add_argument("--batch-size", default=batch_size)
+    p.add_argument("--steps", default=steps)
+    p.add_argument("--repeats", default=repeats)
+    return p
 
 
 def accel_overrides(precision: str, channels_last: bool, compile: bool, keep_memory: bool = True,

@@ -15,9 +15,7 @@ Prints markdown rows for BENCHMARKS.md (CPU model and ISA in each); JSON in benc
 
 from __future__ import annotations
 
-import argparse
-
-from common import accel_overrides, bench, rows
+from common import accel_overrides, bench, parser, rows
 
 from wrn.train import accel
 
@@ -32,11 +30,7 @@ PATHS = [  # name, precision, channels_last, compile
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="wrn-16-4")
-    p.add_argument("--batch-size", default="64")
-    p.add_argument("--steps", default="5")
-    p.add_argument("--repeats", default="3")
+    p = parser(__doc__, batch_size="64", steps="5", repeats="3")
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="skip the bf16 paths")
     p.add_argument("--no-headline", dest="headline", action="store_false",
                    help="skip the fastest path's run beside the reference")

@@ -15,9 +15,7 @@ Prints markdown rows for BENCHMARKS.md; the JSON of every run lands in benchmark
 
 from __future__ import annotations
 
-import argparse
-
-from common import accel_overrides, bench, rows
+from common import accel_overrides, bench, parser, rows
 
 LADDER = [
     ("fp32-eager", accel_overrides("fp32", False, False, False)),
@@ -29,11 +27,7 @@ LADDER = [
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="wrn-16-4")
-    p.add_argument("--batch-size", default="64")
-    p.add_argument("--steps", default="10")
-    p.add_argument("--repeats", default="3")
+    p = parser(__doc__, batch_size="64", steps="10", repeats="3")
     p.add_argument("--no-ladder", dest="ladder", action="store_false")
     a = p.parse_args()
     common = [a.model, "--batch-size", a.batch_size, "accel.device=cpu", "--steps", a.steps,

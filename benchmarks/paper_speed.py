@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import argparse
 
-from common import bench, rows
+from common import bench, parser, rows
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, batch_size="32", steps="3", repeats="2", model=None)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", default="32")
-    p.add_argument("--steps", default="3")
-    p.add_argument("--repeats", default="2")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="compile the fast mode (a ResNet-1001 compile takes many minutes on CPU)")
     p.add_argument("overrides", nargs="*", metavar="key=value",

@@ -14,6 +14,7 @@ import torch
 
 from wrn.cli import main
 from wrn.errors import UserError
+from wrn.models import create_model
 from wrn.train import budget, checkpoint, preempt
 from wrn.train.budget import Probe, choose_steps, measure, parse_duration
 from wrn.train.config import OptimConfig, load_config
@@ -345,3 +346,49 @@ def test_too_short_a_budget_is_one_line_and_leaves_nothing(data, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "train.time_budget" in err and "--budget 1m" in err, err
     assert not out.exists()
+
+
+# -- a narrower WRN when the budget is short (train.budget_min_epochs) ------------------------------
+
+def narrower(model: str, epochs: float, min_epochs: float, spe: int = 100) -> str | None:
+    cfg = load_config(overrides=[f"model.name={model}", f"train.budget_min_epochs={min_epochs}"])
+    return budget.narrower_model(cfg, round(epochs * spe), spe)
+
+
+def test_a_wrn_that_gets_its_epochs_is_kept():
+    assert narrower("wrn-16-4", 6.0, 3.0) is None
+    assert narrower("wrn-16-4", 0.5, 0) is None  # 0: never change the model
+    assert narrower("resnet-110", 0.5, 3.0) is None  # no WRN: nothing to narrow
+
+
+@pytest.mark.parametrize("epochs, min_epochs, expected", [
+    (0.7, 2.5, "wrn-16-2"),  # 0.7 x 3.9 (the FLOP ratio) = 2.7 epochs are expected of WRN-16-2
+    (0.7, 3.0, "wrn-16-1"),  # 2.7 < 3: halve again
+    (0.01, 3.0, "wrn-16-1"),  # width 1 is the floor, even when it will not get them
+])
+def test_the_widest_narrower_wrn_expected_to_get_the_epochs(epochs, min_epochs, expected):
+    assert narrower("wrn-16-4", epochs, min_epochs) == expected
+
+
+def test_an_odd_width_halves_to_whole_widths():
+    assert narrower("wrn-28-10", 0.1, 1.0) == "wrn-28-2"  # 10 -> 5 -> 2 (x 4.9 FLOPs)
+
+
+def test_a_budgeted_run_that_narrows_records_its_model_and_replays_exactly(data, tmp_path, monkeypatch):
+    """WRN-10-2 would get ~2 epochs of the 60 s, fewer than asked: the run trains WRN-10-1 instead,
+    probed again, and config.yaml says so; replaying that config.yaml gives the same weights."""
+    cfg = budget_config(data, "train.time_budget=60", "model.name=wrn-10-2", "train.budget_min_epochs=50")
+    run = tmp_path / "narrowed"
+    probes = fake_probe(monkeypatch)
+    summary = fit(cfg, run, quiet=True)
+    assert probes == [1, 1]  # the configured model, then the one trained
+    recorded = load_config(config_file=run / "config.yaml")
+    assert recorded.model.name == summary["model"] == "wrn-10-1" and summary["configured_model"] == "wrn-10-2"
+    assert recorded.train.steps == summary["steps"] and records(run, "budget_model")[0]["configured"] == "wrn-10-2"
+    assert summary["params"] == sum(p.numel() for p in create_model("wrn-10-1", num_classes=3).parameters())
+    fit(recorded, tmp_path / "replay", quiet=True)  # train.steps is set: no probe, no decision
+    assert differing(run, tmp_path / "replay") == []
+    # Control: asking for no minimum keeps WRN-10-2, one probe.
+    probes.clear()
+    kept = fit(budget_config(data, "train.time_budget=60", "model.name=wrn-10-2"), tmp_path / "kept", quiet=True)
+    assert probes == [1] and kept["model"] == "wrn-10-2" and kept["configured_model"] is None

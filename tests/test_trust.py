@@ -20,7 +20,7 @@ from PIL import Image
 
 import wrn
 from wrn.cli import main
-from wrn.commands.train import RESUME_SAFE_KEYS
+from wrn.train.config import RUN_NEUTRAL_KEYS
 from wrn.data.loader import DeviceLoader
 from wrn.train import accel, checkpoint, preempt
 from wrn.train.config import load_config
@@ -234,7 +234,7 @@ def test_help_lists_the_overrides_resume_allows(capsys):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--resume" in text
-    for key in RESUME_SAFE_KEYS:
+    for key in RUN_NEUTRAL_KEYS:
         assert key in text
 
 

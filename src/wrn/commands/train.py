@@ -7,18 +7,15 @@ import time
 from pathlib import Path
 
 HELP = "train a model: wrn train --preset quick --data cifar10 [--budget 15m] [key=value ...]"
-# What --resume may change: how the run is watched and stored, never what it computes.
-RESUME_SAFE_KEYS = ("accel.threads", "accel.keep_memory", "data.cache_dir", "data.workers", "log.every_steps",
-                    "log.quiet", "log.test_every_epoch", "log.tensorboard", "train.checkpoint_every",
-                    "train.keep_every")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from wrn.train.config import list_presets, valid_keys
+    from wrn.train.config import RUN_NEUTRAL_KEYS, list_presets, valid_keys
     from wrn.train.preempt import EXIT_PREEMPTED
 
+    resume_keys = ", ".join(k + "*" if k.endswith(".") else k for k in RUN_NEUTRAL_KEYS)  # "log." = log.*
     parser.epilog = (f"presets: {', '.join(list_presets())}. keys: {', '.join(valid_keys())}. "
-                     f"With --resume only these may be overridden: {', '.join(RESUME_SAFE_KEYS)}. "
+                     f"With --resume only these may be overridden: {resume_keys}. "
                      f"The first SIGTERM/SIGINT checkpoints after the current step and exits {EXIT_PREEMPTED}; "
                      "a second one exits at once.")
     source = parser.add_mutually_exclusive_group()
@@ -39,7 +36,7 @@ def _resume_config(out: Path, overrides: list[str]):
     """The run's own config.yaml plus the overrides --resume allows; anything that would change
     what the run computes is refused (naming the key) before a single file is written."""
     from wrn.errors import UserError
-    from wrn.train.config import load_config, parse_override, set_value, validate
+    from wrn.train.config import RUN_NEUTRAL_KEYS, load_config, parse_override, set_value, validate
 
     if not (out / "config.yaml").is_file():
         raise UserError(f"--resume {str(out)!r} is not a run directory (no config.yaml): give the --out of a run")
@@ -49,7 +46,7 @@ def _resume_config(out: Path, overrides: list[str]):
         key, value = parse_override(text)
         set_value(cfg, key, value)
         section, _, name = key.partition(".")
-        if key not in RESUME_SAFE_KEYS and cfg.to_dict()[section][name] != saved[section][name]:
+        if not key.startswith(RUN_NEUTRAL_KEYS) and cfg.to_dict()[section][name] != saved[section][name]:
             raise UserError(f"--resume cannot change {key} (the run has {saved[section][name]!r}): it would no longer "
                             "be the same run; drop the override, or start a new run with --out")
     validate(cfg)

@@ -170,25 +170,27 @@ class PlannedRun:
         return "new"
 
 
-# Overrides that change how runs execute or are stored, never what they compute: no relabelling.
-UNLABELLED = ("accel.device", "accel.compile", "accel.compile_mode", "accel.channels_last", "accel.cuda_graphs",
-              "accel.fused_optimizer", "accel.threads", "accel.keep_memory", "accel.sync_bn", "data.cache_dir",
-              "data.workers", "log.", "train.checkpoint_every", "train.keep_every", "train.eval_batch_size")
+# Besides the run-neutral keys (config.RUN_NEUTRAL_KEYS), the speed switches do not relabel a run:
+# they change the arithmetic's rounding, not the recipe (a resume may not change them: its weights
+# must stay bit-identical).
+SPEED_KEYS = ("accel.device", "accel.compile", "accel.compile_mode", "accel.channels_last", "accel.cuda_graphs",
+              "accel.fused_optimizer", "accel.sync_bn", "train.eval_batch_size")
 
 
 def _recipe(preset: str, overrides: list[str]):
     """(the recipe's config with the overrides, its lr schedule when the overrides change it, the
     other overrides that change the recipe as "key=value")."""
-    from wrn.train.config import load_config
+    from wrn.train.config import RUN_NEUTRAL_KEYS, load_config
 
     cfg = load_config(preset=preset, overrides=overrides)
     plain = load_config(preset=preset).to_dict()
     changed = cfg.optim.schedule if cfg.optim.schedule != plain["optim"]["schedule"] else None
     changes = []
+    unlabelled = RUN_NEUTRAL_KEYS + SPEED_KEYS
     for key in dict.fromkeys(o.split("=", 1)[0].strip() for o in overrides):
         section, _, name = key.partition(".")
         value = cfg.to_dict()[section][name]
-        if key != "optim.schedule" and not key.startswith(UNLABELLED) and value != plain[section][name]:
+        if key != "optim.schedule" and not key.startswith(unlabelled) and value != plain[section][name]:
             changes.append(f"{key}={','.join(map(str, value)) if isinstance(value, list) else value}")
     return cfg, changed, tuple(changes)
 

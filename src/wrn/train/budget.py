@@ -17,16 +17,20 @@ import re
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from wrn.errors import UserError
 
+if TYPE_CHECKING:  # run.py imports this module
+    from wrn.train.config import Config
+    from wrn.train.run import RunState
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-WARMUP_STEPS = 2  # untimed: the first compiled step compiles
-TIMED_STEPS = 8
+WARMUP_STEPS = 3  # untimed: the first compiled step compiles, the next ones still settle
+TIMED_STEPS = 16  # 8 misjudged a small net's step by up to 20% on a 2-core CPU
 # Kept back for what the probe cannot see (checkpoint writes, noise): a fraction plus seconds.
 MARGIN_FRACTION, MARGIN_S = 0.03, 5.0
 A_DAY_S = 86400.0
@@ -114,6 +118,38 @@ def choose_steps(budget_s: float, elapsed_s: float, probe: Probe, *, steps_per_e
     return n
 
 
+_WRN = re.compile(r"wrn-(\d+)-(\d+)")
+
+
+def narrower_model(cfg: Config, steps: int, steps_per_epoch: int) -> str | None:
+    """The WRN to train instead when the budget gives the configured one fewer than
+    ``train.budget_min_epochs`` epochs: the widest of the same depth, width halved down to 1,
+    expected to get them. The expectation takes the step time as proportional to the forward FLOPs;
+    narrow nets use a CPU less well than that, so it errs towards the wider net, and the caller
+    probes the choice again (FLOP ratios hardly depend on the image size: 32x32 stands for any).
+    ``None``: the configured model gets its epochs, or is no WRN."""
+    from wrn.models import create_model
+    from wrn.models.flops import forward_flops
+    from wrn.train.validate import model_kwargs
+
+    m = _WRN.fullmatch(cfg.model.name)
+    if not m or steps >= cfg.train.budget_min_epochs * steps_per_epoch:
+        return None
+    depth, width = int(m[1]), int(m[2])
+
+    def flops(name: str) -> int:
+        with torch.device("meta"):  # shapes only: no memory, no compute
+            return forward_flops(create_model(name, **model_kwargs(cfg)))
+
+    configured, choice = flops(cfg.model.name), None
+    while width > 1:
+        width //= 2
+        choice = f"wrn-{depth}-{width}"
+        if steps * configured / flops(choice) >= cfg.train.budget_min_epochs * steps_per_epoch:
+            break
+    return choice
+
+
 def estimate_line(total_s: float) -> str:
     """The estimated wall time every run logs after warm-up, with advice when it is long."""
     line = f"estimated wall time {format_duration(total_s)}"
@@ -123,7 +159,7 @@ def estimate_line(total_s: float) -> str:
     return line
 
 
-def log_estimate(run, total_s: float, step_s: float) -> None:
+def log_estimate(run: RunState, total_s: float, step_s: float) -> None:
     run.log.write({"kind": "estimate", "wall_s": total_s, "step_s": step_s, "elapsed_s": run.elapsed()})
     run.log.info(estimate_line(total_s))
 
@@ -132,7 +168,7 @@ class Clock:
     """Every run logs its estimated wall time once, after warm-up (compile included): a
     newcomer's 200-epoch WRN-28-10 on a laptop CPU says it will take weeks, and what to do."""
 
-    def __init__(self, run, start: int, enabled: bool = True):
+    def __init__(self, run: RunState, start: int, enabled: bool = True):
         self.run = run
         self.mark = start + WARMUP_STEPS if enabled else -1
         self.end = self.mark + TIMED_STEPS if enabled else -1  # disabled: never fires
@@ -160,7 +196,7 @@ def _repeat(loader):
             return
 
 
-def probe_and_choose(run) -> int:
+def probe_and_choose(run: RunState) -> int:
     """Time a few real steps and evaluation batches, put everything back as it was, and choose
     the run's total steps for ``train.time_budget`` (rank 0 decides, all processes follow)."""
     from wrn.train import checkpoint, dist

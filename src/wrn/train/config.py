@@ -26,6 +26,11 @@ from wrn.train.validate import validate
 RECIPES_DIR = Path(__file__).parent / "recipes"
 # A duration in seconds; config values and overrides may also say 90s, 15m, 2h (budget.parse_duration).
 Seconds = typing.NewType("Seconds", float)
+# Keys that change how a run executes or is stored, never what it computes: --resume may override
+# them, and a sweep keeps a run's label under them. A key ending in "." stands for its section.
+RUN_NEUTRAL_KEYS = ("accel.threads", "accel.keep_memory", "data.cache_dir", "data.workers", "log.",
+                    "train.checkpoint_every", "train.keep_every")
+
 # Upper bounds for integer keys: a typo like train.epochs=1e99 is an instant error, not a run.
 INT_LIMITS = {"train.epochs": 100_000, "train.batch_size": 1 << 20, "train.eval_batch_size": 1 << 20,
               "train.steps": 1 << 40, "train.seed": (1 << 63) - 1, "train.checkpoint_every": 1 << 40,
@@ -82,6 +87,10 @@ class TrainConfig:
     # Wall-clock budget in seconds (or 90s / 15m / 2h; --budget): after warm-up the run fixes
     # train.steps so that the whole schedule and the final evaluation end within it. 0 = none.
     time_budget: Seconds = 0.0
+    # The fewest epochs a budget may give a WRN: when the configured one would get fewer (a slow
+    # CPU), the run trains the widest narrower WRN of the same depth (width halved, down to 1)
+    # that gets them, and writes its name into config.yaml beside train.steps. 0 = never.
+    budget_min_epochs: float = 0.0
     # Total optimizer steps; 0 = train.epochs x steps per epoch. A budget writes its choice here
     # (so resume and replay never decide again); the schedule keeps its shape: milestones and
     # warm-up stay at the same fractions of training.
@@ -343,21 +352,27 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
     return cfg
 
 
-def data_overrides(data: str | None) -> list[str]:
-    """The overrides for ``--data X`` (every command that reads data takes it): a path when X
-    exists (or looks like one), else a dataset name."""
+def data_source(data: str) -> tuple[str | None, str | None]:
+    """(dataset name, path) for ``--data X`` (every command that reads data takes it): an absolute
+    path when X exists (or looks like one), else a dataset name; either is checked."""
     from wrn.data import NAMES  # the names load_dataset downloads
 
-    if data is None:
-        return []
     if os.path.exists(data) or os.sep in data or data.startswith("."):
         if not os.path.exists(data):
             raise UserError(f"--data {data!r} does not exist: check the path, or give a name ({', '.join(NAMES)})")
-        return [f"data.path={os.path.abspath(data)}"]
+        return None, os.path.abspath(data)
     if data not in NAMES:
         raise UserError(f"--data {data!r} is neither a file/folder nor a dataset name: use a path or one of "
                         f"{', '.join(NAMES)}")
-    return [f"data.name={data}", "data.path=none"]
+    return data, None
+
+
+def data_overrides(data: str | None) -> list[str]:
+    """The config overrides for ``--data X`` (none without it)."""
+    if data is None:
+        return []
+    name, path = data_source(data)
+    return [f"data.path={path}"] if path else [f"data.name={name}", "data.path=none"]
 
 
 def config_from_dict(data: dict) -> Config:

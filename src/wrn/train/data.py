@@ -168,10 +168,10 @@ def other_data(cfg: Config, source: str, split: str, classes: list[str] | None, 
     """(loader, augment) for evaluating a run on another dataset laid out with its classes: the
     ``split`` of ``source`` (or its only split). Settings that only shape training (subset, val
     split, extra) do not apply; labels follow the run's class order (matched by name)."""
-    from wrn.train.config import data_overrides
+    from wrn.train.config import data_source
 
-    given = dict(o.split("=", 1) for o in data_overrides(source))  # checks the path or name
-    datasets = load_dataset(given.get("data.name") or given["data.path"], cache_dir=cfg.data.cache_dir)
+    name, path = data_source(source)  # checks the path or name
+    datasets = load_dataset(path or name, cache_dir=cfg.data.cache_dir)
     if split not in datasets:
         if len(datasets) != 1:
             raise UserError(f"{source}: no {split!r} split (it has {', '.join(sorted(datasets))}): "

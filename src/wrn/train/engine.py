@@ -233,6 +233,7 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
                "data_source": cfg.source(), "params": sum(p.numel() for p in run.model.parameters()),
                "epochs": round(run.total_steps / spe, 4), "steps": run.total_steps,
                "time_budget_s": cfg.train.time_budget or None, "budget_steps": run.decisions.get("budget_steps"),
+               "configured_model": run.decisions.get("configured_model"),
                "test_acc": test_acc, "test_loss": test_loss, "val_acc": metrics.get("val_acc"),
                "val_loss": metrics.get("val_loss"), "train_acc": metrics.get("train_acc"),
                "train_loss": metrics.get("train_loss"), "wall_time_s": run.elapsed(),

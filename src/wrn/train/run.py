@@ -61,6 +61,43 @@ class RunState:
         return self.elapsed_before + time.perf_counter() - self.start_time
 
 
+def _model_and_optimizer(cfg: Config, device: torch.device, num_classes: int):
+    """The model (seeded: the same initial weights on every rank and every replay), its training
+    wrapper (DDP under torchrun), the optimizer and the non-finite skipper."""
+    torch.manual_seed(cfg.train.seed)  # the initial weights
+    model = create_model(cfg.model.name, **model_kwargs(cfg, num_classes))
+    model = accel.prepare_model(model, device, cfg.accel.channels_last)
+    train_model = dist.wrap_model(model, device, sync_bn=cfg.accel.sync_bn)
+    optimizer = build_optimizer(model, cfg.optim, scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs))
+    skipper = SkipNonFinite(optimizer, model) if cfg.train.skip_nonfinite else None
+    return model, train_model, optimizer, skipper
+
+
+def _steps(cfg: Config, model: nn.Module, train_model: nn.Module, optimizer, device: torch.device,
+           decisions: dict[str, Any]) -> tuple[Callable, Callable]:
+    """The training and evaluation steps, compiled and in the precision the decisions say."""
+    a = cfg.accel
+    train_step = accel.make_train_step(train_model, optimizer, precision=decisions["precision"], device=device,
+                                       compile=decisions["compile"], label_smoothing=cfg.optim.label_smoothing,
+                                       compile_mode=a.compile_mode, cuda_graphs=a.cuda_graphs,
+                                       fused_optimizer=a.fused_optimizer, threads=a.threads)
+    eval_step = accel.make_eval_step(model, precision=decisions["precision"], device=device,
+                                     compile=decisions["compile"], compile_mode=a.compile_mode,
+                                     cuda_graphs=a.cuda_graphs)
+    return train_step, eval_step
+
+
+def _switch_model(run: RunState, name: str) -> None:
+    """Put a fresh ``name`` (same seed, same recipe) in place of the run's model: a budget too
+    short for the configured WRN trains a narrower one (``train.budget_min_epochs``)."""
+    cfg = dataclasses.replace(run.cfg, model=dataclasses.replace(run.cfg.model, name=name))
+    num_classes = cfg.model.num_classes or len(run.extra_state["classes"])
+    run.model, train_model, run.optimizer, run.skipper = _model_and_optimizer(cfg, run.device, num_classes)
+    run.train_step, run.eval_step = _steps(cfg, run.model, train_model, run.skipper or run.optimizer,
+                                           run.device, run.decisions)
+    run.cfg = cfg
+
+
 def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: float) -> tuple[RunState, dict | None]:
     """Data, model, optimizer, compiled steps and the restored checkpoint (if resuming)."""
     rank, world_size, _ = dist.world()
@@ -85,14 +122,7 @@ def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: floa
     num_classes = cfg.model.num_classes or len(data.classes)
     spe = len(data.loaders["train"])
 
-    torch.manual_seed(cfg.train.seed)  # the initial weights
-    model = create_model(cfg.model.name, **model_kwargs(cfg, num_classes))
-    model = accel.prepare_model(model, device, cfg.accel.channels_last)
-    train_model = dist.wrap_model(model, device, sync_bn=cfg.accel.sync_bn)  # DDP under torchrun
-    hyper = scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs)
-    optimizer = build_optimizer(model, cfg.optim, hyper)
-    skipper = SkipNonFinite(optimizer, model) if cfg.train.skip_nonfinite else None
-
+    model, train_model, optimizer, skipper = _model_and_optimizer(cfg, device, num_classes)
     state: dict[str, Any] | None = None
     if ckpt_dir is not None:
         state = checkpoint.restore(ckpt_dir, model, optimizer)
@@ -107,13 +137,8 @@ def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: floa
             cfg.accel.compile, planned, device.type)
     if "precision" not in decisions:
         decisions["precision"] = accel.resolve_precision(cfg.accel.precision, device)
-    do_compile, precision = decisions["compile"], decisions["precision"]
-    train_step = accel.make_train_step(train_model, skipper or optimizer, precision=precision, device=device,
-                                       compile=do_compile, label_smoothing=cfg.optim.label_smoothing,
-                                       compile_mode=cfg.accel.compile_mode, cuda_graphs=cfg.accel.cuda_graphs,
-                                       fused_optimizer=cfg.accel.fused_optimizer, threads=cfg.accel.threads)
-    eval_step = accel.make_eval_step(model, precision=precision, device=device, compile=do_compile,
-                                     compile_mode=cfg.accel.compile_mode, cuda_graphs=cfg.accel.cuda_graphs)
+    train_step, eval_step = _steps(cfg, model, train_model, skipper or optimizer, device, decisions)
+    hyper = scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs)
     run = RunState(cfg=cfg, out_dir=out_dir, device=device, model=model, optimizer=optimizer, train_step=train_step,
                    eval_step=eval_step, schedule=Schedule(cfg.optim, hyper, spe, cfg.train.epochs, total_steps=planned),
                    augment=data.augment, loaders=data.loaders, log=None, rank=rank, is_main=is_main,
@@ -143,6 +168,17 @@ def start_run(run: RunState, state: dict | None) -> int:
                      resume_step=start if state else None)
     if cfg.train.time_budget and not cfg.train.steps:
         steps = budget.probe_and_choose(run)
+        narrower = budget.narrower_model(cfg, steps, len(run.loaders["train"]))
+        if narrower:  # too few epochs for the configured WRN: a narrower one, probed again
+            run.log.write({"kind": "budget_model", "configured": cfg.model.name, "model": narrower,
+                           "configured_epochs": steps / len(run.loaders["train"])})
+            run.log.info(f"{cfg.model.name} would get only {steps / len(run.loaders['train']):.2g} epochs in "
+                         f"{budget.format_duration(cfg.train.time_budget)} (train.budget_min_epochs="
+                         f"{cfg.train.budget_min_epochs:g}): training {narrower} instead")
+            run.decisions["configured_model"] = cfg.model.name
+            _switch_model(run, narrower)
+            steps = budget.probe_and_choose(run)
+        cfg = run.cfg
         run.cfg = cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
         run.total_steps = steps
         run.decisions["budget_steps"] = steps

@@ -111,6 +111,8 @@ def validate(cfg: Config) -> None:
     _check(t.checkpoint_every >= 0, "train.checkpoint_every", f"{t.checkpoint_every} must be >= 0 (0 = epoch ends only)")
     _check(t.keep_every >= 0, "train.keep_every", f"{t.keep_every} must be >= 0 (0 = keep only the last)")
     _check(t.steps >= 0, "train.steps", f"{t.steps} must be >= 0 (0 = train.epochs x steps per epoch)")
+    _check(math.isfinite(t.budget_min_epochs) and t.budget_min_epochs >= 0, "train.budget_min_epochs",
+           f"{t.budget_min_epochs} must be >= 0 (0 = keep the configured model whatever the budget)")
 
     _check(math.isfinite(o.lr) and o.lr > 0, "optim.lr", f"{o.lr} must be a positive number")
     _check(0.0 <= o.momentum < 1.0, "optim.momentum", f"{o.momentum} is out of range: use 0 <= momentum < 1")
