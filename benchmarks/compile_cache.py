@@ -12,7 +12,7 @@ import tempfile
 
 from common import bench
 
-from wrn.train import accel
+from wrn.train import hardware
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
             "--no-reference", "--steps", "3", "--repeats", "2", "--warmup", "2"]
     # Named by the CPU's ISA and the precision, so one machine's figures do not overwrite another's.
     precision = next((o.split("=", 1)[1] for o in a.overrides if o.startswith("accel.precision=")), "default")
-    tag = f"{accel.cpu_isa().lower().replace(' ', '-')}-{a.model}-b{a.batch_size}-{precision}"
+    tag = f"{hardware.cpu_isa().lower().replace(' ', '-')}-{a.model}-b{a.batch_size}-{precision}"
     with tempfile.TemporaryDirectory() as cache:
         env = {"TORCHINDUCTOR_CACHE_DIR": cache}
         for run in ("cold", "warm"):

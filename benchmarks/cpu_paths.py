@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from common import accel_overrides, bench, parser, rows
 
-from wrn.train import accel
+from wrn.train import accel, hardware
 
 PATHS = [  # name, precision, channels_last, compile
     ("fp32-eager-nchw", "fp32", False, False),
@@ -35,8 +35,8 @@ def main() -> None:
     p.add_argument("--no-headline", dest="headline", action="store_false",
                    help="skip the fastest path's run beside the reference")
     a = p.parse_args()
-    native = accel.native_bf16(accel.resolve_device("cpu"))
-    tag = f"cpu-{accel.cpu_isa().lower().replace(' ', '-')}-{a.model}-b{a.batch_size}"
+    native = hardware.native_bf16(accel.resolve_device("cpu"))
+    tag = f"cpu-{hardware.cpu_isa().lower().replace(' ', '-')}-{a.model}-b{a.batch_size}"
     lines, speed = [], {}
     for name, precision, channels_last, compile in PATHS:
         if precision == "bf16" and not a.bf16:

@@ -1,4 +1,4 @@
-"""What the CPU computes natively (wrn.train.accel.cpu_isa / native_bf16 / auto_precision): the
+"""What the CPU computes natively (wrn.train.hardware.cpu_isa / native_bf16 / auto_precision): the
 ISA ladder from /proc/cpuinfo-style flags, and the precision the fast path would pick from it."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wrn.train import accel
+from wrn.train import hardware
 
 CPU = torch.device("cpu")
 # Flag sets as /proc/cpuinfo lists them (abridged) on the CPU families the benchmarks name.
@@ -27,30 +27,30 @@ GRAVITON3 = frozenset("fp asimd sve bf16 i8mm".split())
     (frozenset(), "baseline", False),
 ])
 def test_isa_and_native_bf16_from_flags(flags, isa, bf16):
-    assert accel.cpu_isa(flags) == isa
-    assert accel.native_bf16(CPU, flags) is bf16
-    assert accel.auto_precision(CPU, flags) == ("bf16" if bf16 else "fp32")
+    assert hardware.cpu_isa(flags) == isa
+    assert hardware.native_bf16(CPU, flags) is bf16
+    assert hardware.auto_precision(CPU, flags) == ("bf16" if bf16 else "fp32")
 
 
 def test_this_machine_agrees_with_torchs_own_probes():
     """The /proc/cpuinfo reading against torch's cpuinfo-based probes (x86 only)."""
-    flags = accel.cpu_flags()
+    flags = hardware.cpu_flags()
     if not hasattr(torch.cpu, "_is_avx2_supported") or "asimd" in flags:
         pytest.skip("torch's x86 probes are not available here")
     assert ("avx2" in flags) == torch.cpu._is_avx2_supported()
     assert ("avx512_bf16" in flags) == torch.cpu._is_avx512_bf16_supported()
     assert ("amx_bf16" in flags) == torch.cpu._is_amx_tile_supported()
     # Control: the ladder is read from these flags, so another flag set gives another answer.
-    assert accel.cpu_isa(flags) == accel.cpu_isa() != accel.cpu_isa(frozenset({"sse2"}))
+    assert hardware.cpu_isa(flags) == hardware.cpu_isa() != hardware.cpu_isa(frozenset({"sse2"}))
 
 
 def test_cpu_info_records_model_isa_and_torchs_kernel_level():
-    info = accel.cpu_info()
-    assert info["cpu"] and info["isa"] == accel.cpu_isa()
-    assert info["native_bf16"] is accel.native_bf16(CPU)
+    info = hardware.cpu_info()
+    assert info["cpu"] and info["isa"] == hardware.cpu_isa()
+    assert info["native_bf16"] is hardware.native_bf16(CPU)
     assert info["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    assert set(info["isa_flags"]) <= {flag for _, flag, _ in accel.ISAS}
+    assert set(info["isa_flags"]) <= {flag for _, flag, _ in hardware.ISAS}
 
 
 def test_a_device_other_than_cpu_or_cuda_has_no_native_bf16():
-    assert accel.native_bf16(torch.device("meta"), SAPPHIRE_RAPIDS) is False
+    assert hardware.native_bf16(torch.device("meta"), SAPPHIRE_RAPIDS) is False

@@ -10,7 +10,7 @@ import torch
 
 from wrn.bench import BenchSettings, bench_config
 from wrn.cli import build_parser, main
-from wrn.train import accel
+from wrn.train import accel, hardware
 from wrn.train.config import load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -68,7 +68,7 @@ def test_table_without_reference(capsys):
     out = capsys.readouterr().out
     assert "fast" in out and "train" in out and "reference" not in out.split("command:")[0]
     assert "command: wrn bench wrn-10-1" in out and "--no-reference" in out
-    assert f"CPU: {accel.cpu_model()}, {accel.cpu_isa()}" in out  # the CPU model and its ISA
+    assert f"CPU: {hardware.cpu_model()}, {hardware.cpu_isa()}" in out  # the CPU model and its ISA
 
 
 def test_fast_mode_defaults_are_the_quick_presets_accel_section():
@@ -143,6 +143,6 @@ def test_fast_mode_feeds_the_memory_format_the_config_asks_for(monkeypatch, chan
 def test_auto_precision_is_resolved_for_the_device_and_an_explicit_one_is_kept(capsys):
     assert main(["bench", *TINY, "--no-reference", "--no-eval", "accel.precision=auto"]) == 0
     out = capsys.readouterr().out
-    assert f"{accel.auto_precision(torch.device('cpu'))} (accel.precision=auto)" in out
+    assert f"{hardware.auto_precision(torch.device('cpu'))} (accel.precision=auto)" in out
     assert main(["bench", *TINY, "--no-reference", "--no-eval", "accel.precision=bf16", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["modes"][0]["precision"] == "bf16"  # control: asked, not resolved

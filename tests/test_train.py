@@ -56,7 +56,7 @@ def test_quick_preset_runs_and_loss_falls(quick_run):
     assert summary["test_acc"] > 0.5  # 4 colour-cast classes: far above chance after 3 epochs
     cfg = load_config(config_file=out / "config.yaml")  # the resolved config loads back as is
     assert cfg.accel.precision == "auto" and cfg.model.name == "wrn-10-1"
-    from wrn.train.accel import auto_precision
+    from wrn.train.hardware import auto_precision
 
     # "auto" is resolved once, for this machine, and the run says what it ran.
     assert json.loads((out / "summary.json").read_text())["precision"] == auto_precision(torch.device("cpu"))

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from wrn.data.catalog import get as dataset_info
 from wrn.errors import UserError
 from wrn.timing import PEAK_SECONDS, figures, matmul_peak_gflops, peak_memory_mb, reset_peak_memory, time_loop
-from wrn.train import accel
+from wrn.train import accel, hardware
 from wrn.train.config import Config, load_config, parse_override
 from wrn.train.validate import model_kwargs
 
@@ -256,7 +256,7 @@ def bench_reference(s: BenchSettings, device: torch.device, flops: int, peak: fl
 
 
 def machine() -> dict:
-    info = {**accel.cpu_info(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+    info = {**hardware.cpu_info(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(),
             # Other jobs on a shared CPU slow every figure: the load says how quiet it was.
             "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
