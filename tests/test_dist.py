@@ -144,6 +144,18 @@ def test_resume_on_a_different_number_of_processes(runs):
     assert_same_training(down, root / "one", init)
 
 
+def test_a_budget_under_torchrun_decides_once_for_both_processes(runs):
+    """--budget under torchrun: rank 0's probe decides the steps and both ranks follow, the
+    narrowing to a smaller WRN included (a rank that built another net would hang DDP or differ)."""
+    root, common, _ = runs
+    run = root / "budget"
+    torchrun("--out", str(run), *common, "--budget", "20s", "model.name=wrn-10-2", "train.budget_min_epochs=1000")
+    end, summary = records(run, "end")[0], json.loads((run / "summary.json").read_text())
+    assert end["world_size"] == 2 and end["replicas_identical"]
+    assert summary["model"] == "wrn-10-1" and summary["configured_model"] == "wrn-10-2"
+    assert summary["budget_steps"] == summary["steps"] >= 1 and summary["wall_time_s"] <= 20 + 20
+
+
 def test_resume_with_another_global_batch_is_refused(runs, capsys):
     root, _, _ = runs
     run = resume_dir(root / "one", root / "other-batch")
