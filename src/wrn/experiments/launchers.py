@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Callable
 
 from wrn.errors import UserError
-from wrn.experiments.sweep import DEFAULT_CPU_TFLOPS, H100_TFLOPS, PlannedRun, fmt_duration
+from wrn.experiments.sweep import DEFAULT_CPU_TFLOPS, H100_TFLOPS, PlannedRun
+from wrn.train.budget import format_duration
 
 LAUNCHERS = ("local", "slurm", "ray")
 # `wrn train`'s exit status for a bad config: the same failure every time, so never retried.
@@ -133,7 +134,7 @@ class Progress:
             self.outcome["failed"].append(p.name)
             return
         summary = json.loads((p.run_dir / "summary.json").read_text())
-        self.echo(f"{self.head(p)}: done in {fmt_duration(time.time() - self.start[p.name])}, "
+        self.echo(f"{self.head(p)}: done in {format_duration(time.time() - self.start[p.name])}, "
                   f"final test error {100 * (1 - summary['test_acc']):.2f}%")
         self.outcome["resumed" if self.resumed[p.name] else "trained"].append(p.name)
 
@@ -237,7 +238,7 @@ def describe(name: str, planned: list[PlannedRun], *, cpus: int | None = None, g
         return ""
     gpus = DEFAULT_SLURM_GPUS if gpus is None else gpus
     rs = [resources(p, cpus=cpus, gpus=gpus, cpu_tflops=cpu_tflops) for p in planned]
-    lo, hi = (fmt_duration(60 * f(r.minutes for r in rs)) for f in (min, max))
+    lo, hi = (format_duration(60 * f(r.minutes for r in rs)) for f in (min, max))
     return (f"slurm: one job per run, {each}, {'1 GPU' if gpus else 'no GPU'}, "
             f"up to {max(r.mem_gb for r in rs)} GB each; "
             f"time limit {lo if lo == hi else f'{lo} to {hi}'} ({TIME_FACTOR}x the {'H100' if gpus else 'CPU'} estimate + "

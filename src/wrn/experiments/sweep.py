@@ -321,18 +321,6 @@ def _fmt_params(n: int | None) -> str:
     return "?" if n is None else f"{n / 1e6:.3f}M"
 
 
-def fmt_duration(seconds: float) -> str:
-    if seconds < 1:
-        return "<1 s"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
-
-
 def _blocks_per_group(model: str) -> str:
     """N = (depth - 4) / 6 of a WRN name (the paper's naming, whatever the block); "-" otherwise."""
     m = re.fullmatch(r"wrn-(\d+)-\d+", model)
@@ -341,6 +329,8 @@ def _blocks_per_group(model: str) -> str:
 
 def format_plan(table: Table, planned: list[PlannedRun], budget: Budget, *, tflops: float) -> str:
     """The dry-run listing: one line per network (seeds folded), with params next to the paper's."""
+    from wrn.train.budget import format_duration
+
     budget = planned[0].budget if planned else budget  # as planned: with a changed lr schedule
     seeds = sorted({p.seed for p in planned})
     first = [p for p in planned if p.seed == seeds[0]]
@@ -370,15 +360,15 @@ def format_plan(table: Table, planned: list[PlannedRun], budget: Budget, *, tflo
             f"{p.run.paper_params_m:g}M" if p.run.paper_params_m else "-",
             "?" if p.forward_flops is None else f"{p.forward_flops / 1e9:.2f}",
             "?" if flops is None else f"{flops / 1e15:.3f}",
-            "?" if flops is None else fmt_duration(flops / (tflops * 1e12)),
-            "?" if flops is None else fmt_duration(flops / (H100_TFLOPS * 1e12)),
+            "?" if flops is None else format_duration(flops / (tflops * 1e12)),
+            "?" if flops is None else format_duration(flops / (H100_TFLOPS * 1e12)),
             "/".join(sorted({q.status() for q in planned if q.run is p.run})),
         ])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     lines.append("")
-    cpu, gpu = (fmt_duration(total_flops / (t * 1e12)) for t in (tflops, H100_TFLOPS))
+    cpu, gpu = (format_duration(total_flops / (t * 1e12)) for t in (tflops, H100_TFLOPS))
     lines.append(f"total: {len(planned)} runs, {total_flops / 1e15:.3f} PFLOP: ~{cpu} on this CPU, ~{gpu} on one H100"
                  .replace("~<", "<"))
     if planned and planned[0].epochs and first[0].milestones:

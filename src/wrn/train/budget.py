@@ -57,13 +57,16 @@ def parse_duration(key: str, value) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    if seconds >= A_DAY_S:
-        return f"{seconds / A_DAY_S:.1f} days"
-    if seconds >= 3600:
+    """A duration as a person reads it: "<1 s", "45 s", "15 min", "2.2 h", "3.5 days"."""
+    if seconds < 1:
+        return "<1 s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * A_DAY_S:
         return f"{seconds / 3600:.1f} h"
-    if seconds >= 60:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds:.0f} s"
+    return f"{seconds / A_DAY_S:.1f} days"
 
 
 @dataclass(frozen=True)
