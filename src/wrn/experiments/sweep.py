@@ -288,6 +288,7 @@ def _count(planned: list[PlannedRun]) -> None:
     import torch
 
     from wrn.models import create_model
+    from wrn.models.flops import model_forward_flops
 
     cache: dict[str, tuple[int, int | None]] = {}
     for p in planned:
@@ -297,21 +298,8 @@ def _count(planned: list[PlannedRun]) -> None:
             with torch.device("meta"):
                 model = create_model(p.model, **kwargs)
             params = sum(t.numel() for t in model.parameters())
-            cache[key] = (params, _forward_flops(model, p.model, kwargs))
+            cache[key] = (params, model_forward_flops(p.model, **kwargs))
         p.params, p.forward_flops = cache[key]
-
-
-def _forward_flops(meta_model, name: str, kwargs: dict) -> int | None:
-    try:
-        from wrn.models.flops import forward_flops
-    except ImportError:
-        return None
-    try:
-        return int(forward_flops(meta_model, input_size=32))
-    except Exception:  # noqa: BLE001 - a counter that needs real tensors: count on a CPU copy
-        from wrn.models import create_model
-
-        return int(forward_flops(create_model(name, **kwargs), input_size=32))
 
 
 # --- printing -------------------------------------------------------------------------------

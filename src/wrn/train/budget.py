@@ -131,8 +131,7 @@ def narrower_model(cfg: Config, steps: int, steps_per_epoch: int) -> str | None:
     narrow nets use a CPU less well than that, so it errs towards the wider net, and the caller
     probes the choice again (FLOP ratios hardly depend on the image size: 32x32 stands for any).
     ``None``: the configured model gets its epochs, or is no WRN."""
-    from wrn.models import create_model
-    from wrn.models.flops import forward_flops
+    from wrn.models.flops import model_forward_flops
     from wrn.train.validate import model_kwargs
 
     m = _WRN.fullmatch(cfg.model.name)
@@ -141,8 +140,7 @@ def narrower_model(cfg: Config, steps: int, steps_per_epoch: int) -> str | None:
     depth, width = int(m[1]), int(m[2])
 
     def flops(name: str) -> int:
-        with torch.device("meta"):  # shapes only: no memory, no compute
-            return forward_flops(create_model(name, **model_kwargs(cfg)))
+        return model_forward_flops(name, **model_kwargs(cfg))
 
     configured, choice = flops(cfg.model.name), None
     while width > 1:
