@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # run.py imports this module
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 WARMUP_STEPS = 3  # untimed: the first compiled step compiles, the next ones still settle
-TIMED_STEPS = 16  # 8 misjudged a small net's step by up to 20% on a 2-core CPU
+TIMED_STEPS = 16  # steps vary by ~10% on a shared 2-core VM: average over more of them
 # Kept back for what the probe cannot see (checkpoint writes, noise): a fraction plus seconds.
 MARGIN_FRACTION, MARGIN_S = 0.03, 5.0
 A_DAY_S = 86400.0

@@ -98,6 +98,24 @@ def _switch_model(run: RunState, name: str) -> None:
     run.cfg = cfg
 
 
+def _budget_steps(run: RunState) -> int:
+    """The steps the budget allows, after a switch to a narrower WRN when the configured one
+    would get fewer than ``train.budget_min_epochs`` epochs (then probed again)."""
+    cfg, spe = run.cfg, len(run.loaders["train"])
+    steps = budget.probe_and_choose(run)
+    narrower = budget.narrower_model(cfg, steps, spe)
+    if narrower:
+        run.log.write({"kind": "budget_model", "configured": cfg.model.name, "model": narrower,
+                       "configured_epochs": steps / spe})
+        run.log.info(f"{cfg.model.name} would get only {steps / spe:.2g} epochs in "
+                     f"{budget.format_duration(cfg.train.time_budget)} (train.budget_min_epochs="
+                     f"{cfg.train.budget_min_epochs:g}): training {narrower} instead")
+        run.decisions["configured_model"] = cfg.model.name
+        _switch_model(run, narrower)
+        steps = budget.probe_and_choose(run)
+    return steps
+
+
 def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: float) -> tuple[RunState, dict | None]:
     """Data, model, optimizer, compiled steps and the restored checkpoint (if resuming)."""
     rank, world_size, _ = dist.world()
@@ -170,19 +188,8 @@ def start_run(run: RunState, state: dict | None) -> int:
     # freed memory makes a CPU step 11-15% faster; set after the probe, budgets went unused).
     kept_memory = cfg.accel.keep_memory and accel.keep_freed_memory(run.device)
     if cfg.train.time_budget and not cfg.train.steps:
-        steps = budget.probe_and_choose(run)
-        narrower = budget.narrower_model(cfg, steps, len(run.loaders["train"]))
-        if narrower:  # too few epochs for the configured WRN: a narrower one, probed again
-            run.log.write({"kind": "budget_model", "configured": cfg.model.name, "model": narrower,
-                           "configured_epochs": steps / len(run.loaders["train"])})
-            run.log.info(f"{cfg.model.name} would get only {steps / len(run.loaders['train']):.2g} epochs in "
-                         f"{budget.format_duration(cfg.train.time_budget)} (train.budget_min_epochs="
-                         f"{cfg.train.budget_min_epochs:g}): training {narrower} instead")
-            run.decisions["configured_model"] = cfg.model.name
-            _switch_model(run, narrower)
-            steps = budget.probe_and_choose(run)
-        cfg = run.cfg
-        run.cfg = cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
+        steps = _budget_steps(run)
+        run.cfg = cfg = dataclasses.replace(run.cfg, train=dataclasses.replace(run.cfg.train, steps=steps))
         run.total_steps = steps
         run.decisions["budget_steps"] = steps
         hyper = scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs)
