@@ -327,3 +327,31 @@ def test_disk_full_while_logging_is_one_line(setup, tmp_path, capsys, monkeypatc
     assert main([*train, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["wrn: error: [Errno 28] No space left on device"], err
+
+
+def _killed_while_holding(lock) -> None:
+    """A forked child takes ``lock`` and dies by SIGKILL holding it (as a run killed mid-draw)."""
+    pid = os.fork()
+    if pid == 0:
+        lock.acquire()
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
+def test_a_process_killed_while_drawing_cannot_hang_the_others():
+    """The progress bar's lock is this process's own: a forked run killed while drawing (these
+    tests kill dozens) leaves nothing held for its parent, whose next bar would otherwise hang."""
+    import multiprocessing
+
+    from tqdm import tqdm
+
+    import wrn.train.log  # noqa: F401 - sets tqdm's lock
+
+    lock = tqdm.get_lock()
+    _killed_while_holding(lock)
+    assert lock.acquire(timeout=5)
+    lock.release()
+    # Control: tqdm's default includes a process-shared lock, which stays held by the dead child.
+    shared = multiprocessing.RLock()
+    _killed_while_holding(shared)
+    assert not shared.acquire(timeout=0.5)

@@ -14,6 +14,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,11 @@ from tqdm import tqdm
 
 from wrn.errors import UserError
 from wrn.fsio import write_atomic
+
+# tqdm's default lock includes a process-shared semaphore: a process killed while drawing (SIGKILL,
+# out of memory) leaves it held, and every process forked from the same parent then hangs at its
+# next bar or tqdm.write. Only one process of a run draws, so a lock of this process's own suffices.
+tqdm.set_lock(threading.RLock())
 
 TENSORBOARD_HINT = 'pip install -e ".[tb]"'
 # Records whose numbers become TensorBoard scalars; start/resume/estimate hold settings, not curves.
