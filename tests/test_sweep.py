@@ -121,6 +121,21 @@ def test_model_scale_divides_width_only():
     assert sweep.scale_model("preact-resnet-1001", 0.5) == "preact-resnet-1001"
 
 
+def test_a_scale_that_makes_two_nets_one_is_refused(tmp_path):
+    """--model-scale 0.5 would train WRN-40-1 for both WRN-40-1 and WRN-40-2: a width "effect"
+    that is seed noise. Control: full width, and a scale that keeps them apart (0.75: k = 1, 2, 3)."""
+    width = paper.get_table("width")
+    with pytest.raises(UserError, match="trains wrn-40-1 for each of wrn-40-1, wrn-40-2"):
+        sweep.plan(width, out=tmp_path, budget=sweep.Budget(epochs=1, model_scale=0.5), count=False)
+    for scale in (1.0, 0.75):
+        models = [p.model for p in sweep.plan(width, out=tmp_path, budget=sweep.Budget(epochs=1, model_scale=scale),
+                                             count=False)]
+        assert len(set(models)) == len(models) == 3
+    # Runs that differ by their arguments (block types, dropout) may share a scaled name.
+    assert len(sweep.plan(paper.get_table("block-types"), out=tmp_path,
+                          budget=sweep.Budget(epochs=1, model_scale=0.125), count=False)) == 6
+
+
 def test_bad_input_is_one_line_with_the_fix(tmp_path, capsys):
     with pytest.raises(UserError, match="block-types"):
         paper.get_table("block-type")

@@ -111,6 +111,19 @@ def scale_model(name: str, scale: float) -> str:
     return f"wrn-{m.group(1)}-{max(1, round(int(m.group(2)) * scale))}"
 
 
+def _check_distinct(runs: list[Run], scale: float) -> None:
+    """Refuse a scale that makes two of a table's nets one (a width cannot go below 1): their
+    "difference" would be seed noise, reported as the paper's effect."""
+    nets: dict[tuple, list[str]] = {}
+    for r in runs:
+        key = (r.dataset, r.recipe, json.dumps(r.model_kwargs, sort_keys=True), scale_model(r.model, scale))
+        nets.setdefault(key, []).append(r.model)
+    for key, models in nets.items():
+        if len(set(models)) > 1:
+            raise UserError(f"--model-scale {scale:g} trains {key[-1]} for each of {', '.join(sorted(set(models)))} "
+                            "(a width cannot go below 1): use a larger --model-scale, or fewer --epochs instead")
+
+
 def scale_milestones(milestones: list[int], recipe_epochs: int, epochs: int) -> list[int]:
     """Keep the lr drops at the same fractions of training (60/120/160 of 200 -> 2/4/5 of 6).
 
@@ -237,6 +250,7 @@ def plan(
             f"--data {data} would feed every dataset of table {table.name} "
             f"({', '.join(table.datasets())}): pick one with --dataset"
         )
+    _check_distinct(runs, budget.model_scale)
     recipes: dict[str, tuple] = {}
     planned = []
     for run in runs:
