@@ -86,6 +86,23 @@ def test_bf16_channels_last_step_matches_the_fp32_reference():
     assert (a - b).abs().max() <= 0.05 * a.abs().max() + 1e-2
 
 
+@pytest.mark.parametrize("channels_last, compile", [(False, False), (True, True)])
+def test_flip_eval_step_gives_logits_of_the_mean_prediction_over_each_image_and_its_mirror(channels_last, compile):
+    model = accel.prepare_model(tiny(), CPU, channels_last=channels_last).eval()
+    x, _ = batch()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    plain = accel.make_eval_step(model, precision="fp32", device=CPU)
+    tta = accel.make_eval_step(model, precision="fp32", device=CPU, flip=True, compile=compile)
+    mean = (plain(x).softmax(1) + plain(x.flip(3)).softmax(1)) / 2
+    out = tta(x)
+    torch.testing.assert_close(out.softmax(1), mean, atol=1e-5, rtol=1e-5)  # read as logits: the mean
+    torch.testing.assert_close(out.exp().sum(1), torch.ones(len(x)), atol=1e-5, rtol=0)  # log-probabilities
+    assert (out.softmax(1) - plain(x).softmax(1)).abs().max() > 1e-3  # control: the flip changes the answer
+    symmetric = torch.cat([x[..., :4], x[..., :4].flip(3)], dim=3)  # each image its own mirror
+    torch.testing.assert_close(tta(symmetric), plain(symmetric).log_softmax(1), atol=1e-5, rtol=1e-5)
+
+
 def test_fast_optimizer_switches_implementation_but_not_the_update():
     x, y = batch()
     a, b = tiny(), tiny()

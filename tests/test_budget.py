@@ -291,6 +291,39 @@ def test_control_a_probe_that_did_not_restore_would_change_the_run(data, tmp_pat
     assert differing(tmp_path / "unrestored", tmp_path / "replay")
 
 
+def test_the_probe_times_evaluation_as_the_run_evaluates_flip_tta_included(data, tmp_path, monkeypatch):
+    """train.eval_tta doubles every evaluation: the probe's evaluation batches must run both views,
+    or the budget would under-count evaluation and overrun. Control: without it, one view."""
+    real = budget.measure
+    views: list[float] = []  # images through the classifier per image evaluated, each probe batch
+    seen: list[int] = []
+
+    def count(module, inputs, output):
+        if isinstance(module, torch.nn.Linear):
+            seen.append(len(inputs[0]))
+
+    def measure(train_step, eval_batch, clock=None):
+        def batch():
+            seen.clear()
+            n = eval_batch()
+            views.append(sum(seen) / n)
+            return n
+
+        return real(train_step, batch)
+
+    monkeypatch.setattr(budget, "measure", measure)
+    hook = torch.nn.modules.module.register_module_forward_hook(count)
+    try:
+        for tta, expected in ((True, 2.0), (False, 1.0)):
+            views.clear()
+            cfg = budget_config(data, "train.time_budget=60", f"train.eval_tta={str(tta).lower()}")
+            monkeypatch.setattr(budget, "choose_steps", lambda *a, **k: 2)  # the choice is tested above
+            fit(cfg, tmp_path / f"tta-{tta}", quiet=True)
+            assert views and set(views) == {expected}
+    finally:
+        hook.remove()
+
+
 def test_a_real_20s_budget_ends_within_it(data, tmp_path, capsys):
     """Behaviour, not a benchmark: the real probe and clock choose the steps, and the run (start-up
     and final evaluation included) ends near its budget, far below the 200 epochs it asked for."""

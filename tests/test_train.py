@@ -200,6 +200,36 @@ def test_zca_run_saves_its_whitening_and_eval_reuses_it(tmp_path):
     assert main(["eval", str(out)]) == 2
 
 
+def test_flip_tta_changes_the_evaluation_and_never_the_training(tmp_path, capsys):
+    """train.eval_tta: every evaluation averages each image with its mirror; the weights are those of
+    the same run without it, and `wrn eval` reproduces either number from the one checkpoint."""
+    from wrn.train.checkpoint import load_checkpoint
+
+    data = write_image_folder(tmp_path / "data", 96, 64, 16)
+    common = ["--data", str(data), "--quiet", "model.name=wrn-10-1", "model.dropout=0", "train.epochs=2",
+              "train.batch_size=32", "data.val_size=32", f"data.cache_dir={tmp_path / 'cache'}"]
+    runs = {}
+    for tta in (False, True):
+        runs[tta] = tmp_path / f"tta-{tta}"
+        assert main(["train", "--out", str(runs[tta]), *common, f"train.eval_tta={str(tta).lower()}"]) == 0
+    a, b = (load_checkpoint(runs[t])[0].state_dict() for t in (False, True))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same weights, bit for bit
+    plain, flipped = (json.loads((runs[t] / "summary.json").read_text()) for t in (False, True))
+    assert (plain["eval_tta"], flipped["eval_tta"]) == (False, True)
+    assert flipped["test_loss"] != plain["test_loss"]  # control: the evaluation did change
+    val = lambda run: [json.loads(line)["val_loss"] for line in (run / "log.jsonl").read_text().splitlines()
+                       if json.loads(line)["kind"] == "epoch"]  # noqa: E731
+    assert all(x != y for x, y in zip(val(runs[False]), val(runs[True])))  # per-epoch val as well
+    capsys.readouterr()
+    for flag, expected in (("--tta", flipped), ("--no-tta", plain)):
+        assert main(["eval", str(runs[False]), flag, "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert (result["accuracy"], result["loss"], result["tta"]) == (expected["test_acc"], expected["test_loss"],
+                                                                     flag == "--tta")
+    assert main(["eval", str(runs[True]), "--json"]) == 0  # by default, as the run evaluated
+    assert json.loads(capsys.readouterr().out)["loss"] == flipped["test_loss"]
+
+
 def test_tensorboard_events_from_a_run(tmp_path):
     pytest.importorskip("tensorboard", reason="the tb extra is not installed")
     data = write_image_folder(tmp_path / "data", 64, 32, 8)

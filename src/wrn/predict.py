@@ -68,7 +68,6 @@ class Predictor:
     normalize: Any  # wrn.data.augment.Augment: the run's mean/std normalisation or ZCA whitening
     image_size: int
     streaming: bool
-    channels_last: bool
     classes: list[str]
     batch_size: int
 
@@ -90,9 +89,10 @@ def input_size(model: nn.Module, state: dict[str, Any]) -> tuple[int, bool]:
 def load_predictor(model_or_run: Any, *, device: str | None = None, precision: str | None = None,
                    batch_size: int | None = None, mean: Sequence[float] | None = None,
                    std: Sequence[float] | None = None, classes: Sequence[str] | None = None,
-                   image_size: int | None = None) -> Predictor:
+                   image_size: int | None = None, tta: bool = False) -> Predictor:
     """From a run directory / checkpoint path, a ``(model, state)`` pair as ``wrn.load_checkpoint``
-    returns, or a bare model with its ``mean``/``std`` (and optionally ``classes``, ``image_size``)."""
+    returns, or a bare model with its ``mean``/``std`` (and optionally ``classes``, ``image_size``).
+    ``tta``: each prediction averages the image's and its horizontal mirror's."""
     from wrn.data.augment import Augment
     from wrn.train import accel
 
@@ -145,10 +145,10 @@ def load_predictor(model_or_run: Any, *, device: str | None = None, precision: s
     batch = batch_size if batch_size is not None else (cfg.get("train") or {}).get("eval_batch_size") or DEFAULT_BATCH
     if batch < 1:
         raise UserError(f"--batch-size {batch} must be >= 1")
-    step = accel.make_eval_step(model, precision=precision or accel_cfg.get("precision", "fp32"), device=dev)
+    step = accel.make_eval_step(model, precision=precision or accel_cfg.get("precision", "fp32"), device=dev, flip=tta)
     normalize = Augment(None if whitening else mean, None if whitening else std, whiten=whitening, crop_padding=0,
                         flip=False, channels_last=channels_last)  # as evaluation's
-    return Predictor(model, step, dev, normalize, image_size or size, streaming, channels_last, classes, batch)
+    return Predictor(model, step, dev, normalize, image_size or size, streaming, classes, batch)
 
 
 # -- inputs --------------------------------------------------------------------------------------
@@ -261,18 +261,9 @@ def _chunks(pairs: Iterator[tuple[str, Any]], n: int) -> Iterator[list[tuple[str
         yield chunk
 
 
-def _probabilities(p: Predictor, batch: np.ndarray, tta: bool) -> np.ndarray:
+def _probabilities(p: Predictor, batch: np.ndarray) -> np.ndarray:
     x = p.normalize.normalize(torch.from_numpy(batch).to(p.device))  # [B, 3, S, S] float32, model's layout
-
-    def probs(x: torch.Tensor) -> torch.Tensor:
-        if p.channels_last:  # (the flipped copy may come back in NCHW memory)
-            x = x.contiguous(memory_format=torch.channels_last)
-        return torch.softmax(p.step(x).float(), dim=1)
-
-    out = probs(x)
-    if tta:  # the training augmentation flips horizontally: average over both views
-        out = (out + probs(x.flip(3))) / 2
-    return out.cpu().numpy()
+    return torch.softmax(p.step(x), dim=1).cpu().numpy()
 
 
 def predict(model_or_run: Any, images: Any, *, tta: bool = False, strict: bool = False,
@@ -290,7 +281,7 @@ def predict(model_or_run: Any, images: Any, *, tta: bool = False, strict: bool =
     """
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     _check_paths(items)
-    p = load_predictor(model_or_run, device=device, precision=precision, batch_size=batch_size, **model_info)
+    p = load_predictor(model_or_run, device=device, precision=precision, batch_size=batch_size, tta=tta, **model_info)
     was_training = p.model.training
     p.model.eval()
     names: list[str] = []
@@ -315,7 +306,7 @@ def predict(model_or_run: Any, images: Any, *, tta: bool = False, strict: bool =
                         batch.append(result)
                         batch_names.append(name)
                 if batch:
-                    probs.append(_probabilities(p, np.stack(batch), tta))
+                    probs.append(_probabilities(p, np.stack(batch)))
                     names += batch_names
     finally:
         p.model.train(was_training)

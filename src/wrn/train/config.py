@@ -80,6 +80,10 @@ class TrainConfig:
     epochs: int = 200
     batch_size: int = 128  # global (all processes together)
     eval_batch_size: int = 500
+    # Test-time augmentation: every evaluation (val, test, final) averages the softmax of each
+    # image and of its left-right mirror, as `wrn predict --tta`; twice the evaluation compute,
+    # which a budget counts. The paper evaluated one view (its presets leave this off).
+    eval_tta: bool = False
     seed: int = 0
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = epoch ends only)
     keep_every: int = 0  # also keep the checkpoint of every N-th epoch (0 = only the last)

@@ -140,7 +140,8 @@ def _preempted(run: RunState, step: int) -> None:
 @torch.no_grad()
 def evaluate(model: nn.Module, eval_step: Callable, loader, augment) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of ``model`` on ``loader``'s split (this process's shard under
-    torchrun), without augmentation; one host sync at the end."""
+    torchrun), without training's augmentation (``eval_step`` may average over a flip: accel's
+    ``flip``); one host sync at the end."""
     dist.average_buffers(model)
     model.eval()
     loss = torch.zeros((), dtype=torch.float64)
@@ -234,7 +235,7 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
                "epochs": round(run.total_steps / spe, 4), "steps": run.total_steps,
                "time_budget_s": cfg.train.time_budget or None, "budget_steps": run.decisions.get("budget_steps"),
                "configured_model": run.decisions.get("configured_model"),
-               "test_acc": test_acc, "test_loss": test_loss, "val_acc": metrics.get("val_acc"),
+               "test_acc": test_acc, "test_loss": test_loss, "eval_tta": cfg.train.eval_tta, "val_acc": metrics.get("val_acc"),
                "val_loss": metrics.get("val_loss"), "train_acc": metrics.get("train_acc"),
                "train_loss": metrics.get("train_loss"), "wall_time_s": run.elapsed(),
                "epoch_time_s": epoch_time_s, "img_per_s": img_per_s, "device": str(run.device),
@@ -247,7 +248,8 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
         write_json(out_dir / "summary.json", summary)
         _plot_curves(out_dir)
     budget_note = f" of a {budget.format_duration(cfg.train.time_budget)} budget" if cfg.train.time_budget else ""
-    run.log.info(f"test accuracy {100 * test_acc:.2f}% (final epoch) | wall time {run.elapsed():.0f}s{budget_note}"
+    tta = ", flip TTA" if cfg.train.eval_tta else ""
+    run.log.info(f"test accuracy {100 * test_acc:.2f}% (final epoch{tta}) | wall time {run.elapsed():.0f}s{budget_note}"
                  f" | {out_dir}")
     return summary
 

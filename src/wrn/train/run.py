@@ -83,7 +83,7 @@ def _steps(cfg: Config, model: nn.Module, train_model: nn.Module, optimizer, dev
                                        fused_optimizer=a.fused_optimizer, threads=a.threads)
     eval_step = accel.make_eval_step(model, precision=decisions["precision"], device=device,
                                      compile=decisions["compile"], compile_mode=a.compile_mode,
-                                     cuda_graphs=a.cuda_graphs)
+                                     cuda_graphs=a.cuda_graphs, flip=cfg.train.eval_tta)
     return train_step, eval_step
 
 
