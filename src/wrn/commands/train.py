@@ -42,11 +42,15 @@ def _resume_config(out: Path, overrides: list[str]):
         raise UserError(f"--resume {str(out)!r} is not a run directory (no config.yaml): give the --out of a run")
     cfg = load_config(config_file=out / "config.yaml")
     saved = cfg.to_dict()
+    keys = []
     for text in overrides:
         key, value = parse_override(text)
         set_value(cfg, key, value)
+        keys.append(key)
+    resolved = cfg.to_dict()
+    for key in keys:
         section, _, name = key.partition(".")
-        if not key.startswith(RUN_NEUTRAL_KEYS) and cfg.to_dict()[section][name] != saved[section][name]:
+        if not key.startswith(RUN_NEUTRAL_KEYS) and resolved[section][name] != saved[section][name]:
             raise UserError(f"--resume cannot change {key} (the run has {saved[section][name]!r}): it would no longer "
                             "be the same run; drop the override, or start a new run with --out")
     validate(cfg)

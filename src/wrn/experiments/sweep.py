@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -105,10 +104,13 @@ class Budget:
 
 def scale_model(name: str, scale: float) -> str:
     """``wrn-40-2`` at scale 0.5 -> ``wrn-40-1``; nets without a width k are kept as they are."""
-    m = re.fullmatch(r"wrn-(\d+)-(\d+)", name)
-    if scale == 1.0 or not m:
+    from wrn.models.wide_resnet import WRN_NAME, parse_wrn
+
+    wrn = parse_wrn(name)
+    if scale == 1.0 or wrn is None:
         return name
-    return f"wrn-{m.group(1)}-{max(1, round(int(m.group(2)) * scale))}"
+    depth, width = wrn
+    return WRN_NAME.format(depth=depth, width=max(1, round(width * scale)))
 
 
 def _check_distinct(runs: list[Run], scale: float) -> None:
@@ -200,9 +202,10 @@ def _recipe(preset: str, overrides: list[str]):
     changed = cfg.optim.schedule if cfg.optim.schedule != plain["optim"]["schedule"] else None
     changes = []
     unlabelled = RUN_NEUTRAL_KEYS + SPEED_KEYS
+    resolved = cfg.to_dict()
     for key in dict.fromkeys(o.split("=", 1)[0].strip() for o in overrides):
         section, _, name = key.partition(".")
-        value = cfg.to_dict()[section][name]
+        value = resolved[section][name]
         if key != "optim.schedule" and not key.startswith(unlabelled) and value != plain[section][name]:
             changes.append(f"{key}={','.join(map(str, value)) if isinstance(value, list) else value}")
     return cfg, changed, tuple(changes)
@@ -299,20 +302,14 @@ def plan(
 
 def _count(planned: list[PlannedRun]) -> None:
     """Params and forward FLOPs of each distinct network, built on the meta device (no memory)."""
-    import torch
+    from wrn.models.flops import model_size
 
-    from wrn.models import create_model
-    from wrn.models.flops import model_forward_flops
-
-    cache: dict[str, tuple[int, int | None]] = {}
+    cache: dict[str, tuple[int, int]] = {}
     for p in planned:
         kwargs = {"num_classes": NUM_CLASSES[p.run.dataset], **p.run.model_kwargs}
         key = json.dumps([p.model, kwargs], sort_keys=True)
         if key not in cache:
-            with torch.device("meta"):
-                model = create_model(p.model, **kwargs)
-            params = sum(t.numel() for t in model.parameters())
-            cache[key] = (params, model_forward_flops(p.model, **kwargs))
+            cache[key] = model_size(p.model, **kwargs)
         p.params, p.forward_flops = cache[key]
 
 
@@ -325,8 +322,10 @@ def _fmt_params(n: int | None) -> str:
 
 def _blocks_per_group(model: str) -> str:
     """N = (depth - 4) / 6 of a WRN name (the paper's naming, whatever the block); "-" otherwise."""
-    m = re.fullmatch(r"wrn-(\d+)-\d+", model)
-    return str((int(m.group(1)) - 4) // 6) if m else "-"
+    from wrn.models.wide_resnet import parse_wrn
+
+    wrn = parse_wrn(model)
+    return str((wrn[0] - 4) // 6) if wrn else "-"
 
 
 def format_plan(table: Table, planned: list[PlannedRun], budget: Budget, *, tflops: float) -> str:

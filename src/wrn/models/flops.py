@@ -70,14 +70,16 @@ def forward_flops(model: nn.Module, input_size: int = 32) -> int:
     return 2 * macs
 
 
-def model_forward_flops(name: str, input_size: int = 32, **kwargs) -> int:
-    """Forward FLOPs of ``create_model(name, **kwargs)`` for one image, counted on the meta device
-    (no memory, no compute; a model whose counting needs real tensors is counted on a CPU copy)."""
+def model_size(name: str, input_size: int = 32, **kwargs) -> tuple[int, int]:
+    """(parameters, forward FLOPs for one image) of ``create_model(name, **kwargs)``, counted on
+    the meta device (no memory, no compute; a model whose counting needs real tensors is counted
+    on a CPU copy)."""
     from wrn.models import create_model
 
     with torch.device("meta"):
         model = create_model(name, **kwargs)
+    params = sum(p.numel() for p in model.parameters())
     try:
-        return forward_flops(model, input_size)
+        return params, forward_flops(model, input_size)
     except Exception:  # noqa: BLE001 - the meta device cannot run everything: count a real copy
-        return forward_flops(create_model(name, **kwargs), input_size)
+        return params, forward_flops(create_model(name, **kwargs), input_size)

@@ -24,6 +24,13 @@ def _pattern_regex(pattern: str) -> re.Pattern:
     return re.compile("^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>\\d+)", re.escape(pattern)) + "$")
 
 
+def match_name(pattern: str, name: str) -> dict[str, int] | None:
+    """The numbers of ``name`` under ``pattern`` (``match_name("wrn-{depth}-{width}", "wrn-28-10")``
+    -> ``{"depth": 28, "width": 10}``), or None when it is not of that family."""
+    m = _pattern_regex(pattern).fullmatch(name)
+    return {k: int(v) for k, v in m.groupdict().items()} if m else None
+
+
 def register_model(pattern: str, examples: tuple[str, ...] = ()):
     """Register a builder under ``pattern`` (``{field}`` parts are ints passed as keywords)."""
 
@@ -39,9 +46,9 @@ def register_model(pattern: str, examples: tuple[str, ...] = ()):
 
 def _resolve(name: str):
     for pattern, fn in _BUILDERS.items():
-        m = _pattern_regex(pattern).match(name)
-        if m:
-            return fn, {k: int(v) for k, v in m.groupdict().items()}
+        fields = match_name(pattern, name)
+        if fields is not None:
+            return fn, fields
     return None, None
 
 

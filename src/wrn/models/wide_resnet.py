@@ -18,7 +18,7 @@ from typing import Sequence
 
 from wrn.models.layers import (PreActNet, block_name, check_block, check_drop_path_mode, check_groups,
                                check_positive_int, check_rate)
-from wrn.models.registry import register_model
+from wrn.models.registry import match_name, register_model
 
 STEM_WIDTH = 16
 GROUP_WIDTHS = (16, 32, 64)  # times the widening factor k
@@ -115,7 +115,16 @@ class WideResNet(PreActNet):
         }
 
 
-@register_model("wrn-{depth}-{width}", examples=(
+WRN_NAME = "wrn-{depth}-{width}"  # the paper's WRN-n-k: depth n, widening factor k
+
+
+def parse_wrn(name: str) -> tuple[int, int] | None:
+    """(depth, width k) of a WRN's name, e.g. ``wrn-28-10`` -> (28, 10); None for other nets."""
+    fields = match_name(WRN_NAME, name)
+    return (fields["depth"], fields["width"]) if fields else None
+
+
+@register_model(WRN_NAME, examples=(
     "wrn-16-4", "wrn-16-8", "wrn-16-10", "wrn-22-8", "wrn-22-10", "wrn-28-10", "wrn-28-12",
     "wrn-40-1", "wrn-40-2", "wrn-40-4", "wrn-40-8", "wrn-40-10", "wrn-52-1"))
 def wide_resnet(depth: int, width: int, num_classes: int = 10, block: Sequence[int] = (3, 3),

@@ -31,8 +31,10 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 WARMUP_STEPS = 3  # untimed: the first compiled step compiles, the next ones still settle
 TIMED_STEPS = 16  # steps vary by ~10% on a shared 2-core VM: average over more of them
-# Kept back for what the probe cannot see (checkpoint writes, noise): a fraction plus seconds.
-MARGIN_FRACTION, MARGIN_S = 0.03, 5.0
+# Kept back for what the probe cannot see (checkpoint writes, the machine slowing down after it):
+# a fraction plus seconds. A shared VM's speed drifts: on a 2-core EPYC guest training ran at the
+# probe's speed one day and 15% below it another (BENCHMARKS.md); 5% covers the common case.
+MARGIN_FRACTION, MARGIN_S = 0.05, 5.0
 A_DAY_S = 86400.0
 
 
@@ -121,9 +123,6 @@ def choose_steps(budget_s: float, elapsed_s: float, probe: Probe, *, steps_per_e
     return n
 
 
-_WRN = re.compile(r"wrn-(\d+)-(\d+)")
-
-
 def narrower_model(cfg: Config, steps: int, steps_per_epoch: int) -> str | None:
     """The WRN to train instead when the budget gives the configured one fewer than
     ``train.budget_min_epochs`` epochs: the widest of the same depth, width halved down to 1,
@@ -131,21 +130,22 @@ def narrower_model(cfg: Config, steps: int, steps_per_epoch: int) -> str | None:
     narrow nets use a CPU less well than that, so it errs towards the wider net, and the caller
     probes the choice again (FLOP ratios hardly depend on the image size: 32x32 stands for any).
     ``None``: the configured model gets its epochs, or is no WRN."""
-    from wrn.models.flops import model_forward_flops
+    from wrn.models.flops import model_size
+    from wrn.models.wide_resnet import WRN_NAME, parse_wrn
     from wrn.train.validate import model_kwargs
 
-    m = _WRN.fullmatch(cfg.model.name)
-    if not m or steps >= cfg.train.budget_min_epochs * steps_per_epoch:
+    wrn = parse_wrn(cfg.model.name)
+    if wrn is None or steps >= cfg.train.budget_min_epochs * steps_per_epoch:
         return None
-    depth, width = int(m[1]), int(m[2])
+    depth, width = wrn
 
     def flops(name: str) -> int:
-        return model_forward_flops(name, **model_kwargs(cfg))
+        return model_size(name, **model_kwargs(cfg))[1]
 
     configured, choice = flops(cfg.model.name), None
     while width > 1:
         width //= 2
-        choice = f"wrn-{depth}-{width}"
+        choice = WRN_NAME.format(depth=depth, width=width)
         if steps * configured / flops(choice) >= cfg.train.budget_min_epochs * steps_per_epoch:
             break
     return choice
