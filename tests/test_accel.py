@@ -137,11 +137,18 @@ def test_compiled_step_matches_eager():
 
 
 def test_should_compile_skips_short_runs_and_says_why(tmp_path, monkeypatch):
-    assert accel.should_compile(False, 10**6, "cpu") == (False, "accel.compile=false")
+    assert accel.should_compile(False, 10**6, "cpu", "bf16") == (False, "accel.compile=false")
     need = accel.MIN_STEPS_TO_COMPILE["cpu"]
-    ok, reason = accel.should_compile(True, need - 1, "cpu")
+    ok, reason = accel.should_compile(True, need - 1, "cpu", "bf16")
     assert not ok and "too short" in reason and "eager" in reason
-    assert accel.should_compile(True, need, "cpu")[0]
+    assert accel.should_compile(True, need, "cpu", "bf16")[0]
+
+
+def test_fp32_on_a_cpu_runs_eager_and_says_why():
+    ok, reason = accel.should_compile(True, 10**6, "cpu", "fp32")
+    assert not ok and "fp32" in reason and "eager" in reason
+    assert accel.should_compile(True, 10**6, "cpu", "bf16")[0]  # controls: bf16 on a CPU, fp32 on a GPU
+    assert accel.should_compile(True, 10**6, "cuda", "fp32")[0]
 
 
 def test_should_compile_depends_on_the_config_alone(tmp_path, monkeypatch):
@@ -149,9 +156,9 @@ def test_should_compile_depends_on_the_config_alone(tmp_path, monkeypatch):
     # config would otherwise train compiled one day and eager the next, with other weights.
     need = accel.MIN_STEPS_TO_COMPILE["cpu"]
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
-    cold = [accel.should_compile(True, n, "cpu") for n in (need - 1, need)]
+    cold = [accel.should_compile(True, n, "cpu", "bf16") for n in (need - 1, need)]
     (tmp_path / "cache" / "fxgraph" / "ab").mkdir(parents=True)
-    assert [accel.should_compile(True, n, "cpu") for n in (need - 1, need)] == cold
+    assert [accel.should_compile(True, n, "cpu", "bf16") for n in (need - 1, need)] == cold
 
 
 def test_compile_cache_dir_default_and_override(tmp_path, monkeypatch):

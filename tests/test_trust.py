@@ -125,8 +125,8 @@ def compile_records(run: Path) -> list[tuple[str, int, bool]]:
 
 
 def test_eager_decision_is_recorded_and_kept_on_resume(runs, monkeypatch):
-    """accel.compile=true on a run shorter than the threshold runs eager, and stays eager when
-    resumed, even if the rule (here: the threshold) would now say compile."""
+    """accel.compile=true on a run the rule runs eager (fp32 on a CPU, and shorter than the
+    threshold) stays eager when resumed, even if the rule would now say compile."""
     root, data, cache, _ = runs
     cfg = config(data, cache, "accel.compile=true")
     total = EPOCHS * SPE
@@ -135,8 +135,7 @@ def test_eager_decision_is_recorded_and_kept_on_resume(runs, monkeypatch):
     interrupt(monkeypatch, cfg, run, STOP)
     state = checkpoint.read_state(run / checkpoint.CHECKPOINT)
     assert state["decisions"]["compile"] is False
-    monkeypatch.setitem(accel.MIN_STEPS_TO_COMPILE, "cpu", 1)  # a later version's rule
-    assert accel.should_compile(True, total - STOP, "cpu")[0]  # control: deciding again would compile
+    monkeypatch.setattr(accel, "should_compile", lambda *a: (True, "a later version's rule"))  # deciding again compiles
     fit(cfg, run, resume=True, quiet=True)
     assert compile_records(run) == [("start", 0, False), ("resume", STOP, False)]
     # eager + fp32 throughout: the same weights as the plain reference run
@@ -159,7 +158,7 @@ def test_fast_mode_killed_in_the_last_10_percent_resumes_bit_identical(runs, mon
     fit(cfg, reference, quiet=True)
     interrupt(monkeypatch, cfg, run, stop)
     assert checkpoint.read_state(run / checkpoint.CHECKPOINT)["decisions"]["compile"] is True
-    assert not accel.should_compile(True, total - stop, "cpu")[0]  # control: the old rule flips to eager
+    assert not accel.should_compile(True, total - stop, "cpu", "bf16")[0]  # control: the old rule flips to eager
     shutil.copytree(run, tmp_path / "resumed-eager")
     monkeypatch.setitem(accel.MIN_STEPS_TO_COMPILE, "cpu", 1000)  # and so would today's default now
     fit(cfg, run, resume=True, quiet=True)

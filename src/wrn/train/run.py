@@ -150,11 +150,11 @@ def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: floa
     # A budget's choice is in the config (train.steps) once made; until then plan the recipe's length.
     planned = cfg.train.steps or cfg.train.epochs * spe
     decisions = dict((state or {}).get("decisions") or {})
-    if "compile" not in decisions:
-        decisions["compile"], decisions["compile_reason"] = accel.should_compile(
-            cfg.accel.compile, planned, device.type)
     if "precision" not in decisions:
         decisions["precision"] = accel.resolve_precision(cfg.accel.precision, device)
+    if "compile" not in decisions:
+        decisions["compile"], decisions["compile_reason"] = accel.should_compile(
+            cfg.accel.compile, planned, device.type, decisions["precision"])
     train_step, eval_step = _steps(cfg, model, train_model, skipper or optimizer, device, decisions)
     hyper = scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs)
     run = RunState(cfg=cfg, out_dir=out_dir, device=device, model=model, optimizer=optimizer, train_step=train_step,
