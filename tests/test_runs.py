@@ -109,6 +109,29 @@ def test_table(runs, capsys):
     assert rows["not-started"].rstrip().endswith("not started")
 
 
+def test_a_budget_narrowed_run_keeps_its_preset_and_flip_tta_is_marked(runs, tmp_path, capsys):
+    """`wrn train --preset quick` names its run after the WRN asked for; a budget that trained a
+    narrower one says so in the log, and the preset is still found. Accuracies evaluated with flip
+    TTA are marked in the table."""
+    import yaml
+
+    run = tmp_path / "quick-wrn-16-4-20260101-120000"
+    shutil.copytree(runs / "finished", run)  # trained wrn-10-1
+    assert _json(tmp_path, capsys)[run.name]["preset"] is None  # control: the name does not match the model
+    log = run / "log.jsonl"
+    log.write_text(json.dumps({"kind": "budget_model", "configured": "wrn-16-4", "model": "wrn-10-1"}) + "\n"
+                   + log.read_text())
+    assert _json(tmp_path, capsys)[run.name]["preset"] == "quick"
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["train"]["eval_tta"] = True
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    shutil.copytree(runs / "finished", tmp_path / "plain")
+    assert main(["runs", str(tmp_path)]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows[run.name][5].endswith("%+flip") and rows[run.name][6].endswith("%+flip")
+    assert rows["plain"][5].endswith("%") and rows["plain"][6].endswith("%")  # control: one view
+
+
 def test_a_recently_written_log_may_be_a_live_run(runs, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(runs / "group" / "interrupted", run)

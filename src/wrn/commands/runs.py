@@ -2,7 +2,8 @@
 
 A run directory is one with a config.yaml (``engine.fit`` writes it first). Its status:
 
-- finished: summary.json says so (test and val accuracy come from there);
+- finished: summary.json says so (test and val accuracy come from there; "+flip" marks those
+  evaluated with flip test-time augmentation, train.eval_tta);
 - failed: log.jsonl's last record of a start or a failure is ``"kind": "error"`` (the error shown);
 - interrupted at step N: a checkpoint holds step N, so ``wrn train --resume DIR`` continues it;
 - not started: no checkpoint yet (a resume starts it over in place).
@@ -113,11 +114,14 @@ def run_info(run: Path, root: Path) -> dict[str, Any]:
     epochs = section("train").get("epochs")
     if spe and total_steps:  # a budget or train.steps may end training before train.epochs
         epochs = total_steps / spe
+    # A budget may have trained a narrower WRN than the one the run was named after.
+    named = next((r.get("configured") for r in records if r.get("kind") == "budget_model"), None) or model
     info: dict[str, Any] = {
         "run": str(run.relative_to(root)) if run != root else str(run), "model": model,
         "dataset": Path(data["path"]).name if data.get("path") else data.get("name"),
-        "preset": _preset(run, model), "epochs_done": 0, "epochs_total": epochs, "step": None,
-        "total_steps": total_steps, "test_acc": None, "val_acc": None, "wall_time_s": None, "status": "not started",
+        "preset": _preset(run, str(named)), "epochs_done": 0, "epochs_total": epochs, "step": None,
+        "total_steps": total_steps, "test_acc": None, "val_acc": None,
+        "eval_tta": bool(section("train").get("eval_tta")), "wall_time_s": None, "status": "not started",
         "error": None,
     }
     try:
@@ -165,10 +169,13 @@ def _status(info: dict[str, Any]) -> str:
 
 
 def format_table(infos: list[dict[str, Any]]) -> str:
-    pct = lambda x: "-" if x is None else f"{100 * x:.2f}%"  # noqa: E731
+    def pct(x: float | None, flip: bool) -> str:  # "+flip": evaluated with flip test-time augmentation
+        return "-" if x is None else f"{100 * x:.2f}%" + ("+flip" if flip else "")
+
     header = ("run", "model", "data", "preset", "epochs", "test", "val", "time", "status")
     rows = [(i["run"], i["model"], i["dataset"] or "-", i["preset"] or "-",
-             f"{_number(i['epochs_done'])}/{_number(i['epochs_total'])}", pct(i["test_acc"]), pct(i["val_acc"]),
+             f"{_number(i['epochs_done'])}/{_number(i['epochs_total'])}", pct(i["test_acc"], i["eval_tta"]),
+             pct(i["val_acc"], i["eval_tta"]),
              _duration(i["wall_time_s"]), _status(i)) for i in infos]
     widths = [max(len(str(r[c])) for r in (header, *rows)) for c in range(len(header))]
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in (header, *rows))
