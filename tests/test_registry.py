@@ -116,3 +116,18 @@ def test_list_models_filters_by_pattern_and_duplicates_are_rejected():
     assert {"resnet50", "wide_resnet50_2", "wide_resnet101_2", "resnet-110", "preact-resnet-164"} <= set(list_models())
     with pytest.raises(ValueError, match="registered twice"):
         register_model("resnet50")(lambda **kw: nn.Identity())
+
+
+@pytest.mark.parametrize("name, parsed", [("wrn-28-10", (28, 10)), ("wrn-40-1", (40, 1)), ("wrn-28-10x", None),
+                                          ("wrn-28-10\n", None), ("preact-resnet-164", None), ("wrn-28", None)])
+def test_wrn_names_parse_as_the_registry_reads_them(name, parsed):
+    """One parse of WRN-n-k for the registry, the budget's narrowing and the sweep's scaling: a name
+    the registry would not build is no WRN to them either."""
+    from wrn.models.registry import is_model
+    from wrn.models.wide_resnet import WRN_NAME, parse_wrn
+
+    assert parse_wrn(name) == parsed
+    if parsed:
+        assert WRN_NAME.format(depth=parsed[0], width=parsed[1]) == name and is_model(name)
+    elif name.startswith("wrn-"):
+        assert not is_model(name)  # control: the registry refuses it too
