@@ -139,6 +139,40 @@ def test_cli_report(block_types_runs, tmp_path, capsys):
     assert "no sweep runs under" in capsys.readouterr().err
 
 
+def test_a_report_adds_to_the_one_already_in_out(block_types_runs, tmp_path):
+    """Tables trained in different places meet in one report: a second `wrn report` into the same
+    --out keeps the sections and CSV of the tables it has no runs for, and replaces its own."""
+    out = tmp_path / "out"
+    depth = tmp_path / "depth-runs" / "depth" / "reduced-e3-k0.5"
+    for run in paper.get_table("depth").runs:
+        write_run(depth / f"{run.id}-seed0", model=run.model, test_error=20.0)
+    alone = report.write_report(tmp_path / "depth-runs", tmp_path / "alone", plots=False).read_text()
+    assert "Block types" not in alone  # control: a fresh --out holds only its own runs' tables
+    report.write_report(block_types_runs, out, plots=False)
+    report.write_report(tmp_path / "depth-runs", out, plots=False)
+    text = report.write_report(block_types_runs, out, plots=False).read_text()  # again: replaced
+    assert text.count("## Block types") == 1 and text.count("## Depth") == 1
+    assert set(table_rows(text, "| B(")) == set(FIXTURE_ERRORS)
+    assert f"Runs under `{tmp_path / 'depth-runs'}`" in text and f"Runs under `{block_types_runs}`" in text
+    assert (out / "depth.csv").exists() and (out / "block-types.csv").exists()
+    block_types = report.write_report(block_types_runs, tmp_path / "alone", plots=False).read_text()
+    assert block_types.count("## Depth") == 1  # the other order: depth kept under block types
+
+
+def test_a_tables_csv_keeps_the_rows_of_other_budgets(block_types_runs, tmp_path):
+    out = tmp_path / "out"
+    other = tmp_path / "e2" / "block-types" / "reduced-e2"
+    for run in paper.get_table("block-types").runs:
+        write_run(other / f"{run.id}-seed0", model=run.model, test_error=30.0, epochs=2)
+    report.write_report(block_types_runs, out, plots=False)
+    report.write_report(tmp_path / "e2", out, plots=False)
+    report.write_report(block_types_runs, out, plots=False)  # its own rows replaced, not repeated
+    with open(out / "block-types.csv", newline="") as f:
+        budgets = [row["budget"] for row in csv.DictReader(f)]
+    n = len(FIXTURE_ERRORS)
+    assert budgets.count("reduced-e3-k0.5") == 2 * n and budgets.count("reduced-e2") == n
+
+
 def test_speed_table_shows_times_relative_to_the_reference_net(tmp_path):
     root = tmp_path / "runs" / "speed" / "reduced-e1"
     wrn, thin = paper.get_table("speed").runs

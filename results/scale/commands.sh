@@ -1,18 +1,37 @@
 #!/usr/bin/env bash
-# The CPU reproduction (results/scale/README.md), as it ran on 2026-12-02 from 01:10 UTC on a
-# 2-core AMD EPYC (Zen 2, AVX2 only): the depth table, then the block-types table. Run from the
-# repository root. Resumable: run it again and finished runs are skipped, interrupted ones resume.
+# The CPU reproduction (results/scale/README.md): the depth table, then the block-types table.
+# Run from the repository root. Resumable on any machine: finished runs are skipped, interrupted
+# ones resume from their checkpoint.
 set -eu
 DATA=${DATA:-../shared/data/cifar10-jpeg.tar.xz}
 OUT=${OUT:-runs/scale}
+# Each finished run's record (config.yaml, log.jsonl, summary.json: no checkpoint, the data path
+# as given above) is committed here: a new machine starts from them, and the sweep skips those runs.
+RECORDS=results/scale/runs
 # The paper's CIFAR recipe (paper-cifar: all 50,000 images, step schedule, fp32), scaled by epochs
 # and width only: 4 epochs (lr drops scaled to epochs 1, 2, 3), width k x 0.125 (8 -> 1, 2 -> 1).
 BUDGET="--epochs 4 --model-scale 0.125"
+
+keep_records() {
+  local dir
+  for summary in $(cd "$OUT" && find . -name summary.json | sort); do
+    dir=$(dirname "$summary")
+    mkdir -p "$RECORDS/$dir"
+    for f in "$dir"/config.yaml "$dir"/log.jsonl "$dir"/summary.json "$(dirname "$dir")"/sweep.json; do
+      sed "s|$(realpath "$DATA")|$DATA|g" "$OUT/$f" > "$RECORDS/$f"
+    done
+  done
+}
+
+mkdir -p "$OUT" && cp -rn "$RECORDS"/. "$OUT"/
 for table in depth block-types; do
-  wrn sweep $table --dry-run --seeds 3 --out $OUT --data $DATA $BUDGET
+  wrn sweep $table --dry-run --seeds 3 --out "$OUT" --data "$DATA" $BUDGET
   # One seed of every net first (a partial table is still a table), then the next seed.
   for seeds in 1 2 3; do
-    nice -n 19 wrn sweep $table --seeds $seeds --out $OUT --data $DATA $BUDGET
+    nice -n 19 wrn sweep $table --seeds $seeds --out "$OUT" --data "$DATA" $BUDGET
+    keep_records
   done
 done
-wrn report $OUT --out results/scale --timing-note "2-core AMD EPYC (AVX2), shared with development work"
+# The depth table's runs (2026-12-02, before records were kept) left only depth.csv and their
+# REPORT.md section, which a report into results/scale keeps beside the tables it regenerates.
+wrn report "$RECORDS" --out results/scale --timing-note "2-core AMD EPYCs (AVX2; Zen 2 for depth, Zen 3 for block types), shared with development work"

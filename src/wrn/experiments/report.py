@@ -3,6 +3,8 @@
 Input: any directory holding run directories made by ``wrn sweep`` (see ``records``). Output in
 ``out``: ``REPORT.md`` (markdown tables, ranking agreement, effect sizes, embedded PNGs),
 ``<table>.csv`` (one row per finished run: the numbers behind the tables) and ``plots/*.png``.
+A report written where one already is adds to it: the tables (and budgets) it has no runs for
+keep their sections and CSV rows, so tables trained in different places meet in one report.
 The reported error is the FINAL-epoch test error (summary.json ``test_acc``), never the best over
 epochs. A single run's directory gets its learning curves instead (``plot_run_curves``).
 """
@@ -13,6 +15,7 @@ import csv
 import io
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -213,7 +216,7 @@ def _time_ratio_line(section: Section, timing_note: str) -> str:
 def render(root: Path, secs: list[Section], figures: dict[str, list[Path]], plot_note: str | None,
            out: Path, timing_note: str = "as measured", csvs: dict[str, Path] | None = None) -> str:
     lines = ["# Paper reproduction report", "",
-             f"Runs under `{root}`. Test error = 100 - final-epoch test accuracy (never the best "
+             "Test error = 100 - final-epoch test accuracy (never the best "
              "over epochs), median over seeds. Paper numbers: Zagoruyko & Komodakis 2016 (median "
              "of 5 runs, full 200-epoch recipe on the original data). Time per epoch (training "
              f"only, {timing_note}) is as measured in each run. ±1 s.e. is the binomial standard "
@@ -226,7 +229,7 @@ def render(root: Path, secs: list[Section], figures: dict[str, list[Path]], plot
         if reduced:
             lines += [f"> **{s.budget_description}.** Absolute errors are not comparable with the "
                       "paper's; compare orderings.", ""]
-        lines += [f"Paper's claim: {s.table.claim}", ""]
+        lines += [f"Paper's claim: {s.table.claim}", "", f"Runs under `{root}`.", ""]
         for command in s.commands:
             lines += [f"Command: `{command}`", ""]
         if s.table.notes:
@@ -269,8 +272,12 @@ def write_csvs(records: list[RunRecord], out: Path) -> dict[str, Path]:
         rows = csv_rows([r for r in records if r.table == table], out)
         if not rows:
             continue
+        budgets = {row["budget"] for row in rows}
+        if (out / f"{table}.csv").exists():  # keep the rows of budgets these runs do not have
+            with open(out / f"{table}.csv", newline="") as f:
+                rows = [row for row in csv.DictReader(f) if row.get("budget") not in budgets] + rows
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         written[table] = out / f"{table}.csv"
@@ -297,8 +304,26 @@ def write_report(root: str | Path, out: str | Path | None = None, *, plots: bool
     elif plots:
         figures = {s.slug: plot_section(s, out / "plots") for s in secs}
     path = out / "REPORT.md"
-    write_atomic(path, (render(root, secs, figures, note, out, timing_note, csvs) + "\n").encode())
+    text = render(root, secs, figures, note, out, timing_note, csvs)
+    if path.exists():
+        text = merge_sections(path.read_text(), text)
+    write_atomic(path, (text + "\n").encode())
     return path
+
+
+SECTION = re.compile(r"^## ", re.MULTILINE)
+
+
+def merge_sections(old: str, new: str) -> str:
+    """``new`` (a whole report) with the sections of ``old`` whose heading it lacks appended: a
+    section is a table at one budget, from its ``## `` heading to the next."""
+    def split(text: str) -> tuple[str, dict[str, str]]:
+        parts = SECTION.split(text)
+        return parts[0], {p.split("\n", 1)[0]: "## " + p.rstrip("\n") for p in parts[1:]}
+
+    head, fresh = split(new)
+    kept = [body for heading, body in split(old)[1].items() if heading not in fresh]
+    return "\n\n".join([head.rstrip("\n"), *fresh.values(), *kept])
 
 
 def report_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
