@@ -79,6 +79,26 @@ def test_measure_times_steps_after_warm_up():
     assert m.steps == budget.WARMUP_STEPS + budget.TIMED_STEPS  # a fixed count: torchrun ranks stay in step
 
 
+def test_measure_stops_timing_slow_steps_once_they_took_their_share():
+    """Steps of 0.5 s with 1.6 s to spend: timed over the minimum (4 steps, 2 s), not 16."""
+    m = FakeMachine()
+    probe = measure(m.train_step, m.eval_batch, clock=m.clock, max_s=1.6)
+    assert probe.step_s == pytest.approx(0.5)
+    assert m.steps == budget.WARMUP_STEPS + budget.MIN_TIMED_STEPS
+    m = FakeMachine()  # control: with 5 s to spend the timing runs 10 steps
+    measure(m.train_step, m.eval_batch, clock=m.clock, max_s=5.0)
+    assert m.steps == budget.WARMUP_STEPS + 10
+
+
+def test_measure_stops_where_every_process_agrees():
+    """Under torchrun another process's clock may run out first: all stop at that same step."""
+    m = FakeMachine()
+    votes = []
+    measure(m.train_step, m.eval_batch, clock=m.clock, agree=lambda stop: votes.append(stop) or len(votes) == 3)
+    assert votes == [False] * 3  # this process's clock had time left (max_s unset), the others' did not
+    assert m.steps == budget.WARMUP_STEPS + budget.MIN_TIMED_STEPS + 2
+
+
 def test_measure_control_a_clock_that_counts_warm_up_gives_another_answer():
     """The fake machine's warm-up is expensive: had the probe timed it, step_s would be far off."""
     m = FakeMachine()
@@ -221,7 +241,7 @@ def fake_probe(monkeypatch) -> list[int]:
     calls = []
     real = budget.measure
 
-    def measure(train_step, eval_batch, clock=None):
+    def measure(train_step, eval_batch, clock=None, **kw):
         calls.append(1)
         now = [0.0]
 
@@ -234,7 +254,7 @@ def fake_probe(monkeypatch) -> list[int]:
             now[0] += 0.001 * n
             return n
 
-        return real(step, batch, clock=lambda: now[0])
+        return real(step, batch, clock=lambda: now[0], **kw)
 
     monkeypatch.setattr(budget, "measure", measure)
     return calls
@@ -302,14 +322,14 @@ def test_the_probe_times_evaluation_as_the_run_evaluates_flip_tta_included(data,
         if isinstance(module, torch.nn.Linear):
             seen.append(len(inputs[0]))
 
-    def measure(train_step, eval_batch, clock=None):
+    def measure(train_step, eval_batch, clock=None, **kw):
         def batch():
             seen.clear()
             n = eval_batch()
             views.append(sum(seen) / n)
             return n
 
-        return real(train_step, batch)
+        return real(train_step, batch, **kw)
 
     monkeypatch.setattr(budget, "measure", measure)
     hook = torch.nn.modules.module.register_module_forward_hook(count)

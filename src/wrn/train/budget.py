@@ -31,6 +31,10 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 WARMUP_STEPS = 3  # untimed: the first compiled step compiles, the next ones still settle
 TIMED_STEPS = 16  # steps vary by ~10% on a shared 2-core VM: average over more of them
+# ... unless they are slow: timing stops (never before MIN_TIMED_STEPS) once the timed steps took
+# PROBE_FRACTION of the budget. A net far too slow for the budget, which the run will then narrow
+# (quick's WRN-16-4 at ~1.8 s a step on an AVX2 guest), no longer spends ~30 s of 15 minutes on it.
+MIN_TIMED_STEPS, PROBE_FRACTION = 4, 0.01
 # Kept back for what the probe cannot see (checkpoint writes, the machine slowing down after it):
 # a fraction plus seconds. A shared VM runs its first seconds fast: on two 2-core EPYC guests
 # (Zen 2, Zen 3) training ran 12-15% below the probe's speed from a minute in, and the quick
@@ -81,18 +85,23 @@ class Probe:
 
 
 def measure(train_step: Callable[[], None], eval_batch: Callable[[], int], *,
-            clock: Callable[[], float] = time.perf_counter) -> Probe:
+            clock: Callable[[], float] = time.perf_counter, max_s: float = math.inf,
+            agree: Callable[[bool], bool] = lambda stop: stop) -> Probe:
     """Time ``train_step`` (one step, synchronised) and ``eval_batch`` (returns its image count).
 
-    The caller restores the model and optimizer afterwards. Under torchrun every process runs
-    the same fixed number of steps (no time-based loop: the collectives must line up).
+    ``TIMED_STEPS`` steps, or fewer (at least ``MIN_TIMED_STEPS``) once they took ``max_s``.
+    Under torchrun ``agree`` (any process's clock ran out) makes every process stop at the same
+    step: the collectives must line up. The caller restores the model and optimizer afterwards.
     """
     for _ in range(WARMUP_STEPS):
         train_step()
-    t0 = clock()
-    for _ in range(TIMED_STEPS):
+    t0, n = clock(), 0
+    while n < TIMED_STEPS:
         train_step()
-    step_s = (clock() - t0) / TIMED_STEPS
+        n += 1
+        if n >= MIN_TIMED_STEPS and agree(clock() - t0 >= max_s):
+            break
+    step_s = (clock() - t0) / n
     eval_batch()  # warm-up (the compiled eval graph)
     t0 = clock()
     images = eval_batch()
@@ -221,7 +230,8 @@ def probe_and_choose(run: RunState) -> int:
         return len(images)
 
     try:
-        probe = measure(train_step, eval_batch)
+        probe = measure(train_step, eval_batch, max_s=PROBE_FRACTION * run.cfg.train.time_budget,
+                        agree=lambda stop: dist.any_true(stop, run.device))
     except StopIteration:
         raise UserError("train.time_budget: the data is too small to time a few steps: "
                         "set train.epochs instead") from None
