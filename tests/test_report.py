@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -227,6 +228,35 @@ def test_effect_sizes_set_our_differences_beside_the_papers(tmp_path, errors, ve
     assert [e["verdict"] for e in found] == verdicts
     text = report.write_report(tmp_path / "runs", plots=False).read_text()
     assert f"| WRN-40-1 -> WRN-40-2 | {errors[1] - errors[0]:+.2f} |" in text and "| -1.52 |" in text
+
+
+@pytest.mark.parametrize("spread, verdict, significant", [
+    (3.0, "within noise", False),  # seeds 3 points apart: a 2-point gap is noise
+    (0.1, "same direction", True),  # control: the same medians from seeds that agree
+])
+def test_with_seeds_the_noise_counts_their_spread(tmp_path, spread, verdict, significant):
+    for label, median in (("WRN-40-1", 20.0), ("WRN-40-2", 18.0)):
+        run = next(r for r in paper.get_table("width").runs if r.label == label and r.dataset == "cifar10")
+        for seed, error in enumerate((median, median + spread, median - spread)):
+            write_run(tmp_path / "runs" / "width" / "reduced-e3" / f"{run.id}-seed{seed}", model=run.model,
+                      test_error=error)
+    (section,) = records.sections(records.collect(tmp_path / "runs"))
+    (found,) = report.effects(section)
+    assert found["ours"] == pytest.approx(-2.0)
+    test_set_noise = 2 * math.hypot(report.standard_error(20.0, "cifar10"), report.standard_error(18.0, "cifar10"))
+    assert test_set_noise < 2.0  # the test set alone would call the gap real
+    assert found["noise"] == pytest.approx(max(test_set_noise, 2 * math.sqrt(2 * spread ** 2 / 3)))
+    assert found["verdict"] == verdict
+    assert (found["p"] < 0.01) == significant
+    text = report.write_report(tmp_path / "runs", plots=False).read_text()
+    assert f"| WRN-40-1 -> WRN-40-2 | -2.00 | {found['noise']:.2f} | {found['p']:.2f} | -1.52 | {verdict} |" in text
+
+
+def test_effects_of_one_seed_have_no_p_value(tmp_path):
+    write_table(tmp_path / "runs", "width", {"WRN-40-1": 20.0, "WRN-40-2": 18.0})
+    (section,) = records.sections(records.collect(tmp_path / "runs"))
+    (found,) = report.effects(section)
+    assert found["p"] is None and found["verdict"] == "same direction"
 
 
 def test_dropout_effects_pair_each_net_with_itself_plus_dropout(tmp_path):

@@ -16,6 +16,7 @@ import io
 import math
 import os
 import re
+import statistics
 import warnings
 from pathlib import Path
 
@@ -90,9 +91,27 @@ def effect_pairs(section: Section) -> list[tuple[Row, Row]]:
     return same_net or list(zip(rows, rows[1:]))
 
 
+def seed_statistics(a: Row, b: Row) -> tuple[float | None, float | None]:
+    """(2 s.e. of the difference in mean error, Welch's two-sided t-test p) from the seeds' own
+    spread, which holds the test-set noise as well; (None, None) under two seeds a side."""
+    if len(a.errors) < 2 or len(b.errors) < 2:
+        return None, None
+    noise = 2 * math.sqrt(statistics.variance(a.errors) / len(a.errors)
+                          + statistics.variance(b.errors) / len(b.errors))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # identical seeds on both sides: scipy warns and returns nan
+        p = float(stats.ttest_ind(b.errors, a.errors, equal_var=False).pvalue)
+    return noise, None if math.isnan(p) else p
+
+
 def effects(section: Section) -> list[dict]:
-    """Per pair: our change in median error, its noise (2 s.e.), the paper's change, and whether
-    ours goes the paper's way beyond the noise."""
+    """Per pair: our change in median error, its noise, the paper's change, and whether ours goes
+    the paper's way beyond the noise.
+
+    The noise is 2 s.e. of the difference: from the test-set size alone, or, with two seeds or
+    more a side, the larger of that and the seeds' spread (a few seeds can agree by chance, so the
+    test set's floor stays). ``p`` is Welch's t-test over the seeds.
+    """
     out = []
     for a, b in effect_pairs(section):
         ours = None if a.median is None or b.median is None else b.median - a.median
@@ -100,14 +119,17 @@ def effects(section: Section) -> list[dict]:
                  else b.run.paper_error - a.run.paper_error)
         se_a, se_b = standard_error(a.median, section.dataset), standard_error(b.median, section.dataset)
         noise = 2 * math.hypot(se_a, se_b) if se_a is not None and se_b is not None else None
+        spread, p = seed_statistics(a, b)
+        if noise is not None and spread is not None:
+            noise = max(noise, spread)
         if ours is None or paper is None or noise is None:
             verdict = "-"
         elif abs(ours) <= noise:
             verdict = "within noise"
         else:
             verdict = "same direction" if (ours > 0) == (paper > 0) else "opposite"
-        out.append({"from": a.run.label, "to": b.run.label, "ours": ours, "noise": noise, "paper": paper,
-                    "verdict": verdict})
+        out.append({"from": a.run.label, "to": b.run.label, "ours": ours, "noise": noise, "p": p,
+                    "paper": paper, "verdict": verdict})
     return out
 
 
@@ -191,12 +213,13 @@ def effects_table(section: Section) -> str:
     rows = effects(section)
     if not rows:
         return ""
-    lines = ["Effect sizes (change in test error, points; noise = 2 s.e. of the difference from the "
-             "test-set size alone, seed-to-seed variation comes on top):", "",
-             "| change | ours | noise (±) | paper | ours vs paper |", "|---|---|---|---|---|"]
+    lines = ["Effect sizes (change in median test error, points). Noise = 2 s.e. of the difference: "
+             "from the test-set size alone, or with 2+ seeds a side the larger of that and the "
+             "seeds' own spread; p = Welch's t-test over the seeds (two-sided).", "",
+             "| change | ours | noise (±) | p (seeds) | paper | ours vs paper |", "|---|---|---|---|---|---|"]
     for e in rows:
         lines.append(f"| {e['from']} -> {e['to']} | {_f(e['ours'], '+.2f')} | {_f(e['noise'], '.2f')} | "
-                     f"{_f(e['paper'], '+.2f')} | {e['verdict']} |")
+                     f"{_f(e['p'], '.2f')} | {_f(e['paper'], '+.2f')} | {e['verdict']} |")
     return "\n".join(lines)
 
 
