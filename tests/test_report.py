@@ -20,19 +20,27 @@ FIXTURE_ERRORS = {"B(1,3,1)": 16.0, "B(3,1)": 13.0, "B(1,3)": 18.0, "B(3,1,1)": 
 
 
 def write_run(run_dir: Path, *, model: str, test_error: float, epochs: int = 3,
-              finished: bool = True, params: int = 1_000_000) -> None:
-    """A run directory as `engine.fit` leaves it: config.yaml, log.jsonl, summary.json."""
+              finished: bool = True, params: int = 1_000_000, epoch_time: float = 10.0,
+              paused: float = 0.0, windows: bool = True) -> None:
+    """A run directory as `engine.fit` leaves it: config.yaml, log.jsonl, summary.json.
+
+    Each epoch trains 1,000 images in ``epoch_time`` seconds, logged as three windows of steps;
+    ``paused`` seconds (a suspended job) fall into the first epoch's second window."""
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(f"model:\n  name: {model}\ntrain:\n  epochs: {epochs}\n")
-    lines = []
+    lines, times = [], []
     for e in range(epochs):  # the engine counts epochs from 0
         lr = 0.1 * 0.2 ** e  # a drop after every epoch
         acc = 1 - test_error / 100 - 0.1 * (epochs - 1 - e)
-        lines.append({"kind": "step", "epoch": e, "step": e * 10 + 5, "loss": 1.0, "lr": lr,
-                      "img_per_s": 100.0, "elapsed_s": e * 10.0})
-        lines.append({"kind": "epoch", "epoch": e, "step": e * 10, "lr": lr, "train_loss": 1.0,
+        pause = paused if e == 0 else 0.0
+        times.append(epoch_time + pause)
+        for w in range(3 if windows else 0):
+            window_s = epoch_time / 3 + (pause if w == 1 else 0.0)
+            lines.append({"kind": "step", "epoch": e, "step": e * 30 + 10 * (w + 1), "loss": 1.0, "lr": lr,
+                          "img_per_s": 1000 / 3 / window_s, "elapsed_s": e * epoch_time})
+        lines.append({"kind": "epoch", "epoch": e, "step": e * 30, "lr": lr, "train_loss": 1.0,
                       "train_acc": acc + 0.05, "val_loss": 1.0, "val_acc": acc - 0.01, "test_acc": acc,
-                      "epoch_time_s": 10.0, "img_per_s": 100.0, "elapsed_s": e * 10.0})
+                      "epoch_time_s": times[-1], "img_per_s": 1000 / times[-1], "elapsed_s": sum(times)})
     text = "\n".join(json.dumps(x) for x in lines) + "\n"
     if not finished:
         text += '{"kind": "epoch", "epo'  # a line cut short by a crash
@@ -41,8 +49,8 @@ def write_run(run_dir: Path, *, model: str, test_error: float, epochs: int = 3,
         (run_dir / "summary.json").write_text(json.dumps({
             "model": model, "model_args": {"name": model}, "dataset": "cifar10", "params": params,
             "epochs": epochs, "test_acc": 1 - test_error / 100, "test_loss": 0.5, "val_acc": 0.8,
-            "train_acc": 0.9, "wall_time_s": 10.0 * epochs, "epoch_time_s": 10.0, "img_per_s": 100.0,
-            "git_commit": "abc", "finished": True}))
+            "train_acc": 0.9, "wall_time_s": sum(times), "epoch_time_s": sum(times) / epochs,
+            "img_per_s": 1000 * epochs / sum(times), "git_commit": "abc", "finished": True}))
 
 
 def hide_matplotlib(monkeypatch) -> None:
@@ -178,12 +186,23 @@ def test_speed_table_shows_times_relative_to_the_reference_net(tmp_path):
     root = tmp_path / "runs" / "speed" / "reduced-e1"
     wrn, thin = paper.get_table("speed").runs
     write_run(root / f"{wrn.id}-seed0", model=wrn.model, test_error=30.0, epochs=1)
-    write_run(root / f"{thin.id}-seed0", model=thin.model, test_error=35.0, epochs=1)
-    summary = json.loads((root / f"{thin.id}-seed0" / "summary.json").read_text())
-    summary["epoch_time_s"] = 45.0  # 4.5x the WRN's 10 s
-    (root / f"{thin.id}-seed0" / "summary.json").write_text(json.dumps(summary))
+    write_run(root / f"{thin.id}-seed0", model=thin.model, test_error=35.0, epochs=1, epoch_time=45.0)  # 4.5x
     text = report.write_report(tmp_path / "runs", plots=False).read_text()
     assert "| 45.0 (x4.5) | x8 (relative) |" in text and "| 10.0 (x1.0) | x1 (relative) |" in text
+
+
+@pytest.mark.parametrize("windows, expected", [(True, 10.0), (False, 10.0 + 600 / 3)])
+def test_time_per_epoch_leaves_out_a_pause(tmp_path, windows, expected):
+    """A run suspended for 10 minutes in one epoch keeps its 10 s epochs: the time comes from the
+    typical logged window. Control: a log without windows can only give the mean over epochs."""
+    run = paper.get_table("speed").runs[0]
+    write_run(tmp_path / "runs" / "speed" / "reduced-e3" / f"{run.id}-seed0", model=run.model,
+              test_error=30.0, paused=600.0, windows=windows)
+    (section,) = records.sections(records.collect(tmp_path / "runs"))
+    assert section.rows[0].epoch_time == pytest.approx(expected)
+    report.write_report(tmp_path / "runs", plots=False)
+    with open(tmp_path / "runs" / "speed.csv", newline="") as f:
+        assert float(next(csv.DictReader(f))["epoch_time_s"]) == pytest.approx(expected)
 
 
 def test_per_table_csv_has_one_row_per_finished_run(block_types_runs, tmp_path):
@@ -205,12 +224,8 @@ def write_table(root: Path, name: str, errors: dict[str, float], epoch_times: di
     """Seed-0 runs of table ``name`` (only its CIFAR-10 rows), errors and epoch times by row label."""
     for run in paper.get_table(name).runs:
         if run.dataset == "cifar10" and run.label in errors:
-            run_dir = root / name / "reduced-e3" / f"{run.id}-seed0"
-            write_run(run_dir, model=run.model, test_error=errors[run.label])
-            if epoch_times and run.label in epoch_times:
-                summary = json.loads((run_dir / "summary.json").read_text())
-                summary["epoch_time_s"] = epoch_times[run.label]
-                (run_dir / "summary.json").write_text(json.dumps(summary))
+            write_run(root / name / "reduced-e3" / f"{run.id}-seed0", model=run.model, test_error=errors[run.label],
+                      epoch_time=(epoch_times or {}).get(run.label, 10.0))
 
 
 @pytest.mark.parametrize("errors, verdicts", [

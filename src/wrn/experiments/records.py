@@ -32,6 +32,7 @@ class RunRecord:
     summary: dict | None
     epochs: list[dict]
     command: list[str] | None = None  # the sweep command that made it (from sweep.json)
+    step_rates: list[float] = field(default_factory=list)  # img/s of each logged window of steps
 
     @property
     def finished(self) -> bool:
@@ -41,6 +42,20 @@ class RunRecord:
     def test_error(self) -> float | None:
         """Final-epoch test error in %, never the best over epochs."""
         return 100 * (1 - self.summary["test_acc"]) if self.finished else None
+
+    @property
+    def epoch_time(self) -> float | None:
+        """Seconds per training epoch at the run's typical speed: the images of a full epoch over
+        the median logged window's img/s. A run paused or sharing its machine for part of the
+        time (a suspended job, a busy node) keeps its real speed; the mean over epochs would not.
+        Without logged windows, the summary's mean epoch time."""
+        if not self.finished:
+            return None
+        images = [e["img_per_s"] * e["epoch_time_s"] for e in self.epochs
+                  if isinstance(e.get("img_per_s"), (int, float)) and isinstance(e.get("epoch_time_s"), (int, float))]
+        if self.step_rates and images:
+            return max(images) / statistics.median(self.step_rates)
+        return self.summary.get("epoch_time_s")
 
 
 @dataclass
@@ -70,8 +85,9 @@ class Row:
 
     @property
     def epoch_time(self) -> float | None:
-        """Seconds per training epoch (summary.json ``epoch_time_s``), median over seeds."""
-        return self._summary_median("epoch_time_s")
+        """Seconds per training epoch (``RunRecord.epoch_time``), median over seeds."""
+        times = [r.epoch_time for r in self.records if r.epoch_time is not None]
+        return statistics.median(times) if times else None
 
     @property
     def wall_time(self) -> float | None:
@@ -120,9 +136,12 @@ def read_log(log_path: Path) -> list[dict]:
     return records
 
 
-def read_epochs(log_path: Path) -> list[dict]:
-    """The ``"kind": "epoch"`` records of a log.jsonl."""
-    return [r for r in read_log(log_path) if r.get("kind") == "epoch" and isinstance(r.get("epoch"), int)]
+def read_epochs(log_path: Path) -> tuple[list[dict], list[float]]:
+    """The ``"kind": "epoch"`` records of a log.jsonl, and the img/s of its step windows."""
+    log = read_log(log_path)
+    epochs = [r for r in log if r.get("kind") == "epoch" and isinstance(r.get("epoch"), int)]
+    rates = [r["img_per_s"] for r in log if r.get("kind") == "step" and isinstance(r.get("img_per_s"), (int, float))]
+    return epochs, rates
 
 
 def is_run_dir(path: Path) -> bool:
@@ -152,11 +171,12 @@ def collect(root: str | Path) -> list[RunRecord]:
             path = manifest_path.parent / entry["dir"]
             if run is None or not path.is_dir():
                 continue
+            epochs, rates = read_epochs(path / "log.jsonl")
             records[path] = RunRecord(
                 manifest["table"], budget.get("label", "full"),
                 budget.get("description") or _budget_description(budget.get("label", "full")),
                 run, int(entry.get("seed", 0)), path, entry.get("model", run.model),
-                read_json(path / "summary.json"), read_epochs(path / "log.jsonl"), manifest.get("command"))
+                read_json(path / "summary.json"), epochs, manifest.get("command"), rates)
     # Run directories without a manifest: recognised by <table>/<budget>/<run id>-seed<n>.
     for marker in sorted(root.rglob("log.jsonl")):
         path = marker.parent
@@ -169,8 +189,9 @@ def collect(root: str | Path) -> list[RunRecord]:
             continue
         summary = read_json(path / "summary.json")
         model = (summary or {}).get("model") or run.model
+        epochs, rates = read_epochs(marker)
         records[path] = RunRecord(table_name, budget, _budget_description(budget), run, int(m.group(2)),
-                                  path, model, summary, read_epochs(marker))
+                                  path, model, summary, epochs, step_rates=rates)
     return sorted(records.values(), key=lambda r: (r.table, r.budget, str(r.path)))
 
 

@@ -242,7 +242,9 @@ def render(root: Path, secs: list[Section], figures: dict[str, list[Path]], plot
              "Test error = 100 - final-epoch test accuracy (never the best "
              "over epochs), median over seeds. Paper numbers: Zagoruyko & Komodakis 2016 (median "
              "of 5 runs, full 200-epoch recipe on the original data). Time per epoch (training "
-             f"only, {timing_note}) is as measured in each run. ±1 s.e. is the binomial standard "
+             f"only, {timing_note}) is measured in each run: a full epoch's images over the "
+             "median logged window's img/s, so pauses or a busy machine during some windows do "
+             "not count. ±1 s.e. is the binomial standard "
              "error of one run's test error: differences under ~2 s.e. are noise at one seed.", ""]
     if plot_note:
         lines += [f"> {plot_note}", ""]
@@ -283,7 +285,7 @@ def csv_rows(records: list[RunRecord], out: Path) -> list[dict]:
         s = r.summary
         rows.append({"net": r.run.label, "dataset": r.run.dataset, "model": r.model, "seed": r.seed,
                      "params": s.get("params"), "epochs": s.get("epochs"), "test_error": round(r.test_error, 4),
-                     "budget": r.budget, "epoch_time_s": s.get("epoch_time_s"), "wall_time_s": s.get("wall_time_s"),
+                     "budget": r.budget, "epoch_time_s": r.epoch_time, "wall_time_s": s.get("wall_time_s"),
                      "run_dir": os.path.relpath(r.path, out)})
     return rows
 
