@@ -121,7 +121,8 @@ def test_two_processes_end_identical_and_match_one_process(runs):
     # Rank 0 alone wrote: one log, no second summary or stray temporary files.
     assert sorted(p.name for p in two.iterdir()) == ["checkpoint", "checkpoints", "config.yaml", "curves.png",
                                                       "log.jsonl", "summary.json"]
-    assert json.loads((two / "summary.json").read_text())["finished"]
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["finished"] and summary["weights_sha256"] == end["replica_checksums"][0]
 
 
 def resume_dir(src: Path, dst: Path) -> Path:

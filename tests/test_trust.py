@@ -85,6 +85,7 @@ def test_stopped_and_resumed_is_bit_identical_and_says_it_resumed(runs):
     assert differing(run, root / "reference") == []
     summary, ref = (json.loads((r / "summary.json").read_text()) for r in (run, root / "reference"))
     assert (summary["test_acc"], summary["train_loss"]) == (ref["test_acc"], ref["train_loss"])
+    assert summary["weights_sha256"] == ref["weights_sha256"]  # the summaries alone tell identical weights
 
 
 def test_control_a_silent_restart_ends_identical_so_the_resume_record_is_what_catches_it(runs):
@@ -106,6 +107,8 @@ def test_control_a_restore_without_momentum_ends_elsewhere(runs, monkeypatch):
     fit(cfg, run, resume=True, quiet=True)
     assert resumed_from(run) == STOP
     assert differing(run, root / "reference")  # the negative control: the test above can fail
+    summary, ref = (json.loads((r / "summary.json").read_text()) for r in (run, root / "reference"))
+    assert summary["weights_sha256"] != ref["weights_sha256"]
 
 
 def test_control_a_resume_from_batch_0_of_the_epoch_ends_elsewhere(runs, monkeypatch):
