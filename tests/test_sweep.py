@@ -244,3 +244,37 @@ def test_labels_name_every_override_that_changes_the_recipe(tmp_path):
     # Control: speed switches and the recipe's own values change nothing, so the full budget stays "full".
     same = sweep.plan(table, out=tmp_path, count=False, overrides=("accel.threads=1", "optim.weight_decay=5e-4"))
     assert same[0].budget.label == "full"
+
+
+def _finish_at(p, img_per_s: float, *, windows: bool = True) -> None:
+    """A finished run of ``p`` whose logged windows trained at ``img_per_s``, but for one window
+    in which it was suspended (its summary's mean epoch time counts the pause)."""
+    p.run_dir.mkdir(parents=True)
+    epoch_s = p.train_images / img_per_s + 600.0  # 10 minutes suspended in every epoch
+    log = []
+    for e in range(p.epochs):
+        log += [{"kind": "step", "epoch": e, "img_per_s": rate} for rate in (img_per_s,) * 4 + (0.5,)] if windows else []
+        log.append({"kind": "epoch", "epoch": e, "epoch_time_s": epoch_s, "img_per_s": p.train_images / epoch_s})
+    (p.run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    (p.run_dir / "summary.json").write_text(json.dumps({"finished": True, "test_acc": 0.5, "epoch_time_s": epoch_s}))
+
+
+def test_cpu_time_estimates_come_from_the_sweeps_own_finished_runs(tmp_path, capsys):
+    planned = sweep.plan(paper.get_table("block-types"), out=tmp_path, budget=sweep.Budget(epochs=2, model_scale=0.125))
+    assert sweep.cpu_tflops(planned) == (sweep.DEFAULT_CPU_TFLOPS, "assumed: a 2-core AVX2 EPYC; --tflops to set")
+    _finish_at(planned[0], 100.0)
+    tflops, source = sweep.cpu_tflops(planned)
+    steady = planned[0].train_flops / (planned[0].train_images / 100.0 * planned[0].epochs) / 1e12
+    assert tflops == pytest.approx(steady) and source == "as the 1 finished run here trained; --tflops to set"
+    assert sweep.cpu_tflops(planned, 0.5) == (0.5, "--tflops")  # the user's figure wins
+    text = sweep.format_plan(paper.get_table("block-types"), planned, planned[0].budget, tflops=tflops,
+                             tflops_source=source)
+    assert f"{tflops:.2g} TFLOP/s sustained on the CPU (as the 1 finished run here trained" in text
+    assert "left: 5 runs not finished" in text
+
+
+def test_control_without_logged_windows_the_pauses_count(tmp_path):
+    planned = sweep.plan(paper.get_table("block-types"), out=tmp_path, budget=sweep.Budget(epochs=2, model_scale=0.125))
+    _finish_at(planned[0], 100.0, windows=False)
+    steady = planned[0].train_flops / (planned[0].train_images / 100.0 * planned[0].epochs) / 1e12
+    assert sweep.cpu_tflops(planned)[0] < 0.9 * steady

@@ -62,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
     planned = sweep.plan(table, out=args.out, seeds=args.seeds, budget=budget, data=args.data,
                          dataset=args.dataset, overrides=tuple(args.overrides))
     budget = planned[0].budget  # plan() adds an lr schedule override to the label
-    tflops = args.tflops or sweep.DEFAULT_CPU_TFLOPS
-    print(sweep.format_plan(table, planned, budget, tflops=tflops))
+    tflops, source = sweep.cpu_tflops(planned, args.tflops)
+    print(sweep.format_plan(table, planned, budget, tflops=tflops, tflops_source=source))
     request = launchers.describe(args.launcher, planned, cpus=args.cpus, gpus=args.gpus, cpu_tflops=tflops)
     if request:
         print(request)

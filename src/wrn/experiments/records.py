@@ -45,17 +45,8 @@ class RunRecord:
 
     @property
     def epoch_time(self) -> float | None:
-        """Seconds per training epoch at the run's typical speed: the images of a full epoch over
-        the median logged window's img/s. A run paused or sharing its machine for part of the
-        time (a suspended job, a busy node) keeps its real speed; the mean over epochs would not.
-        Without logged windows, the summary's mean epoch time."""
-        if not self.finished:
-            return None
-        images = [e["img_per_s"] * e["epoch_time_s"] for e in self.epochs
-                  if isinstance(e.get("img_per_s"), (int, float)) and isinstance(e.get("epoch_time_s"), (int, float))]
-        if self.step_rates and images:
-            return max(images) / statistics.median(self.step_rates)
-        return self.summary.get("epoch_time_s")
+        """Seconds per training epoch at the run's typical speed (``epoch_time``)."""
+        return epoch_time(self.summary, self.epochs, self.step_rates) if self.finished else None
 
 
 @dataclass
@@ -142,6 +133,18 @@ def read_epochs(log_path: Path) -> tuple[list[dict], list[float]]:
     epochs = [r for r in log if r.get("kind") == "epoch" and isinstance(r.get("epoch"), int)]
     rates = [r["img_per_s"] for r in log if r.get("kind") == "step" and isinstance(r.get("img_per_s"), (int, float))]
     return epochs, rates
+
+
+def epoch_time(summary: dict, epochs: list[dict], step_rates: list[float]) -> float | None:
+    """Seconds per training epoch at a finished run's typical speed: the images of a full epoch
+    over the median logged window's img/s. A run paused or sharing its machine for part of the
+    time (a suspended job, a busy node) keeps its real speed; the mean over epochs would not.
+    Without logged windows, the summary's mean epoch time."""
+    images = [e["img_per_s"] * e["epoch_time_s"] for e in epochs
+              if isinstance(e.get("img_per_s"), (int, float)) and isinstance(e.get("epoch_time_s"), (int, float))]
+    if step_rates and images:
+        return max(images) / statistics.median(step_rates)
+    return summary.get("epoch_time_s")
 
 
 def is_run_dir(path: Path) -> bool:

@@ -30,9 +30,10 @@ from wrn.fsio import write_atomic
 TRAIN_FLOPS_PER_FORWARD = 3
 # Throughput assumptions for the cost estimate, in sustained training TFLOP/s.
 # H100: the data README's reference run (WRN-16-8, 3.1 GFLOP forward, 45k images x 200 epochs in
-# 409 s, bf16) sustains ~200 TFLOP/s. CPU: the reduced reproduction (results/README.md) trained
-# wrn-40-1 B(1,3,1) (0.11 GFLOP forward) at ~200 img/s in bf16 + channels_last on one thread of
-# the shared 2-core machine: 3 x 0.11e9 x 200 = ~0.07 TFLOP/s. Override with --tflops.
+# 409 s, bf16) sustains ~200 TFLOP/s. CPU, until runs of the sweep have finished (cpu_tflops):
+# the reduced reproduction (results/README.md) trained wrn-40-1 B(1,3,1) (0.11 GFLOP forward) at
+# ~200 img/s in bf16 + channels_last on one thread of a shared 2-core AVX2 EPYC:
+# 3 x 0.11e9 x 200 = ~0.07 TFLOP/s. The paper presets (fp32) ran at 0.04-0.07 on such machines.
 H100_TFLOPS = 200.0
 DEFAULT_CPU_TFLOPS = 0.07
 # Overrides that would change a run behind its label (run directory, report): what to use instead.
@@ -328,7 +329,30 @@ def _blocks_per_group(model: str) -> str:
     return str((wrn[0] - 4) // 6) if wrn else "-"
 
 
-def format_plan(table: Table, planned: list[PlannedRun], budget: Budget, *, tflops: float) -> str:
+def cpu_tflops(planned: list[PlannedRun], given: float | None = None) -> tuple[float, str]:
+    """(sustained training TFLOP/s for the CPU time estimates, where the figure comes from):
+    ``given`` (--tflops), else as fast as the sweep's finished runs trained (their typical time
+    per epoch, so pauses do not count), else the assumed DEFAULT_CPU_TFLOPS."""
+    from wrn.experiments.records import epoch_time, read_epochs, read_json
+
+    if given:
+        return given, "--tflops"
+    flops = seconds = 0.0
+    runs = 0
+    for p in planned:
+        summary = read_json(p.run_dir / "summary.json") if p.train_flops else None
+        if not summary or not summary.get("finished"):
+            continue
+        t = epoch_time(summary, *read_epochs(p.run_dir / "log.jsonl"))
+        if t:
+            flops, seconds, runs = flops + p.train_flops, seconds + t * p.epochs, runs + 1
+    if runs:
+        return flops / seconds / 1e12, f"as the {runs} finished run{'s' if runs > 1 else ''} here trained; --tflops to set"
+    return DEFAULT_CPU_TFLOPS, "assumed: a 2-core AVX2 EPYC; --tflops to set"
+
+
+def format_plan(table: Table, planned: list[PlannedRun], budget: Budget, *, tflops: float,
+                tflops_source: str = "--tflops") -> str:
     """The dry-run listing: one line per network (seeds folded), with params next to the paper's."""
     from wrn.train.budget import format_duration
 
@@ -341,7 +365,7 @@ def format_plan(table: Table, planned: list[PlannedRun], budget: Budget, *, tflo
         f"budget: {budget.describe()}",
         f"seeds: {len(seeds)}   runs: {len(planned)}   out: {planned[0].run_dir.parent}",
         f"cost: train FLOPs = {TRAIN_FLOPS_PER_FORWARD} x forward FLOPs x images x epochs; time at "
-        f"{tflops:g} TFLOP/s sustained (this CPU, --tflops) and at {H100_TFLOPS:g} TFLOP/s (one H100, bf16; "
+        f"{tflops:.2g} TFLOP/s sustained on the CPU ({tflops_source}) and at {H100_TFLOPS:g} TFLOP/s (one H100, bf16; "
         "a lower bound for small nets, which do not fill the GPU)",
         "",
     ]
@@ -370,8 +394,13 @@ def format_plan(table: Table, planned: list[PlannedRun], budget: Budget, *, tflo
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     lines.append("")
     cpu, gpu = (format_duration(total_flops / (t * 1e12)) for t in (tflops, H100_TFLOPS))
-    lines.append(f"total: {len(planned)} runs, {total_flops / 1e15:.3f} PFLOP: ~{cpu} on this CPU, ~{gpu} on one H100"
+    lines.append(f"total: {len(planned)} runs, {total_flops / 1e15:.3f} PFLOP: ~{cpu} on the CPU, ~{gpu} on one H100"
                  .replace("~<", "<"))
+    left = [p for p in planned if p.status() != "finished"]
+    if len(left) < len(planned):
+        left_flops = sum(p.train_flops or 0 for p in left)
+        lines.append(f"left: {len(left)} runs not finished, ~{format_duration(left_flops / (tflops * 1e12))} "
+                     "on the CPU".replace("~<", "<"))
     if planned and planned[0].epochs and first[0].milestones:
         lines.append(f"lr drops at epochs {', '.join(map(str, first[0].milestones))} of {first[0].epochs}")
     return "\n".join(lines)
