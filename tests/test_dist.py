@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -123,6 +124,8 @@ def test_two_processes_end_identical_and_match_one_process(runs):
                                                       "log.jsonl", "summary.json"]
     summary = json.loads((two / "summary.json").read_text())
     assert summary["finished"] and summary["weights_sha256"] == end["replica_checksums"][0]
+    # ... and the hash of the weights the checkpoint holds.
+    assert summary["weights_sha256"] == dist.state_checksum(SimpleNamespace(state_dict=lambda: weights(two)))
 
 
 def resume_dir(src: Path, dst: Path) -> Path:

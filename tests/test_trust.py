@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,12 +23,12 @@ import wrn
 from wrn.cli import main
 from wrn.train.config import RUN_NEUTRAL_KEYS
 from wrn.data.loader import DeviceLoader
-from wrn.train import accel, checkpoint, preempt
+from wrn.train import accel, checkpoint, dist, preempt
 from wrn.train.config import load_config
 from wrn.train.engine import NonFiniteLoss, fit
 
 from helpers import write_image_folder  # tests/helpers.py
-from stopping import differing, records, resumed_from, stop_at  # tests/stopping.py
+from stopping import differing, records, resumed_from, stop_at, weights  # tests/stopping.py
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -166,8 +167,11 @@ def test_fast_mode_killed_in_the_last_10_percent_resumes_bit_identical(runs, mon
     monkeypatch.setitem(accel.MIN_STEPS_TO_COMPILE, "cpu", 1000)  # and so would today's default now
     fit(cfg, run, resume=True, quiet=True)
     assert compile_records(run) == [("start", 0, True), ("resume", stop, True)]
-    assert json.loads((run / "summary.json").read_text())["compile"] is True
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["compile"] is True
     assert differing(run, reference) == []
+    # The summary's hash is the hash of the weights the checkpoint holds.
+    assert summary["weights_sha256"] == dist.state_checksum(SimpleNamespace(state_dict=lambda: weights(run)))
     # Control: the same resume run eager (the old behaviour) ends with other weights.
     for name in ("make_train_step", "make_eval_step"):
         make = getattr(accel, name)

@@ -230,7 +230,6 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
     test_loss, test_acc = _evaluate(run, "test")
     epoch_time_s, img_per_s = _epoch_means(out_dir) if run.is_main else (None, None)
     spe = len(run.loaders["train"])
-    plain = checkpoint.unwrap(run.model)
     summary = {"model": cfg.model.name, "model_args": _model_summary_args(run.model), "dataset": cfg.data.name,
                "data_source": cfg.source(), "params": sum(p.numel() for p in run.model.parameters()),
                "epochs": round(run.total_steps / spe, 4), "steps": run.total_steps,
@@ -243,8 +242,8 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
                "precision": run.decisions["precision"], "compile": run.decisions["compile"], "git_commit": git_commit(),
                # Equal only for bit-identical final weights: two runs (another machine, a resume)
                # can be compared from their summaries, without keeping checkpoints.
-               "weights_sha256": dist.state_checksum(plain), "finished": True}
-    replicas = dist.replica_report(plain)  # torchrun: every process's weights_sha256
+               "weights_sha256": dist.state_checksum(run.model), "finished": True}
+    replicas = dist.replica_report(run.model)  # torchrun: every process's weights_sha256
     if run.is_main:
         run.log.write({"kind": "end", "step": run.total_steps, "test_loss": test_loss, "test_acc": test_acc,
                        "elapsed_s": run.elapsed(), **replicas})
