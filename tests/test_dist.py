@@ -208,3 +208,24 @@ def test_sync_bn_on_two_gpus_matches_one_gpu(tmp_path):
     diff = sum(float(((a[k] - b[k]).double() ** 2).sum()) for k in params) ** 0.5
     travelled = sum(float(((b[k] - init[k]).double() ** 2).sum()) for k in params) ** 0.5
     assert diff < 1e-2 * travelled
+
+
+@pytest.mark.parametrize("world_size", ["2", None])
+def test_a_torchrun_worker_leaves_with_its_output_and_status_but_without_teardown(tmp_path, world_size):
+    """Under torchrun (WORLD_SIZE > 1) `wrn` ends the process as soon as the command is done
+    (dist.exit_worker): no interpreter teardown, where gloo's threads can abort a finished run, so an
+    atexit hook never runs; the command's output (piped, so buffered) and exit status are all there.
+    Control: a single process tears down as usual (the hook runs)."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import atexit, os\natexit.register(lambda: open(os.environ['TEARDOWN_MARK'], 'w').close())\n")
+    mark = tmp_path / "torn-down"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "PYTHONUNBUFFERED")}
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")])),
+               TEARDOWN_MARK=str(mark), **({"WORLD_SIZE": world_size} if world_size else {}))
+    for argv, status, stream, said in ((["info", "wrn-10-1"], 0, "stdout", "wrn-10-1"),
+                                       (["train", "--resume", str(tmp_path / "none")], 2, "stderr", "not a run directory")):
+        mark.unlink(missing_ok=True)
+        out = subprocess.run([sys.executable, "-m", "wrn", *argv], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == status, out.stderr[-2000:]
+        assert said in getattr(out, stream)
+        assert mark.exists() == (world_size is None)

@@ -56,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    status = _main(argv)
+    from wrn.train import dist  # after the command: `wrn --help` stays quick
+
+    if dist.world()[1] > 1:
+        dist.exit_worker(status)
+    return status
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)

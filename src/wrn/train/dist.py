@@ -5,8 +5,9 @@
 torchrun starts one process per GPU (or per CPU slot) and sets RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR and MASTER_PORT; ``world()`` reads them, and without them everything here is a
 no-op for a single process (rank 0 of 1). ``engine.fit`` is wrapped by ``with_process_group``
-(NCCL on CUDA, gloo on CPU; destroyed at the end and on error), trains through ``wrap_model``
-(DistributedDataParallel), and sums its metrics with ``all_sum``. Only rank 0 writes files.
+(NCCL on CUDA, gloo on CPU; destroyed at the end and on error, after which the CLI ends the process
+with ``exit_worker``), trains through ``wrap_model`` (DistributedDataParallel), and sums its
+metrics with ``all_sum``. Only rank 0 writes files.
 
 The batch: ``train.batch_size`` is the global batch, split evenly over the processes (each takes
 its slice of the same global permutation, see ``wrn.data.loader``). DDP averages the gradients of
@@ -29,7 +30,7 @@ import hashlib
 import os
 import sys
 import warnings
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 import torch
 import torch.distributed as tdist
@@ -105,6 +106,20 @@ def with_process_group(fit: FitFn) -> FitFn:
                 tdist.destroy_process_group()
 
     return wrapper  # type: ignore[return-value]
+
+
+def exit_worker(status: int) -> NoReturn:
+    """End a torchrun worker process with ``status`` now, skipping the interpreter's teardown.
+
+    When the command returns, its process group is destroyed and the files it wrote are closed.
+    Teardown would only free what is left, and part of that is shared with gloo's worker threads
+    (the tensors of the last collectives): a thread that reaches for the interpreter while it is
+    being torn down aborts the process ("terminate called without an active exception", exit -6),
+    and torchrun then reports a finished run as failed. CI saw it once, on a loaded 2-core machine.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def wrap_model(model: nn.Module, device: torch.device, *, sync_bn: bool = False) -> nn.Module:
