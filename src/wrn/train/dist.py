@@ -237,13 +237,14 @@ def state_checksum(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def replica_report(model: nn.Module) -> dict[str, Any]:
-    """{} in a single process; else the world size and every process's weight checksum, which
-    DDP keeps identical (a mismatch is a bug, reported on stderr by rank 0)."""
+def replica_report(checksum: str) -> dict[str, Any]:
+    """{} in a single process; else the world size and every process's weight ``checksum``
+    (``state_checksum``), which DDP keeps identical (a mismatch is a bug, reported on stderr by
+    rank 0)."""
     if not active():
         return {}
     sums: list[Any] = [None] * tdist.get_world_size()
-    tdist.all_gather_object(sums, state_checksum(model))
+    tdist.all_gather_object(sums, checksum)
     identical = len(set(sums)) == 1
     if not identical and is_main():
         print("wrn: warning: the processes ended with different weights (checksums in log.jsonl)", file=sys.stderr)
