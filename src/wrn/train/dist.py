@@ -112,10 +112,10 @@ def exit_worker(status: int) -> NoReturn:
     """End a torchrun worker process with ``status`` now, skipping the interpreter's teardown.
 
     When the command returns, its process group is destroyed and the files it wrote are closed.
-    Teardown would only free what is left, and part of that is shared with gloo's worker threads
-    (the tensors of the last collectives): a thread that reaches for the interpreter while it is
-    being torn down aborts the process ("terminate called without an active exception", exit -6),
-    and torchrun then reports a finished run as failed. CI saw it once, on a loaded 2-core machine.
+    Teardown would only free what is left, and in CI (once, a loaded 2-core machine) it aborted a
+    rank of a finished run: "terminate called without an active exception", exit -6, which torchrun
+    reports as a failed run. That is the message of a C++ thread stopped while the interpreter is
+    torn down; the likely one is a gloo worker thread releasing a tensor of the last collectives.
     """
     sys.stdout.flush()
     sys.stderr.flush()
