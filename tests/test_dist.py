@@ -229,3 +229,11 @@ def test_a_torchrun_worker_leaves_with_its_output_and_status_but_without_teardow
         assert out.returncode == status, out.stderr[-2000:]
         assert said in getattr(out, stream)
         assert mark.exists() == (world_size is None)
+
+
+def test_main_called_in_a_process_that_has_a_world_size_returns_its_status(monkeypatch, capsys):
+    """Only the program (``wrn.cli.entry``) ends a torchrun worker: ``main`` itself returns, as a
+    Ray task or any caller in a process that happens to have WORLD_SIZE set needs."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert wrn_main(["info", "wrn-10-1"]) == 0
+    assert "wrn-10-1" in capsys.readouterr().out

@@ -1,5 +1,3 @@
-import sys
+from wrn.cli import entry
 
-from wrn.cli import main
-
-sys.exit(main())
+entry()

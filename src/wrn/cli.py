@@ -12,6 +12,7 @@ import errno
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 USER_OSERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
@@ -56,15 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    status = _main(argv)
-    from wrn.train import dist  # after the command: `wrn --help` stays quick
-
-    if dist.world()[1] > 1:
-        dist.exit_worker(status)
-    return status
-
-
-def _main(argv: list[str] | None) -> int:
+    """Run one command; its exit status (a Ray task and the tests call this in-process)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
@@ -83,5 +76,17 @@ def _main(argv: list[str] | None) -> int:
         return 2
 
 
+def entry() -> NoReturn:
+    """The ``wrn`` program (console script, ``python -m wrn``, ``python -m wrn.cli``): ``main``,
+    then exit with its status; a torchrun worker skips the interpreter's teardown
+    (``dist.exit_worker``)."""
+    status = main()
+    from wrn.train import dist  # after the command: `wrn --help` stays quick
+
+    if dist.world()[1] > 1:
+        dist.exit_worker(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
