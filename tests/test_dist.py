@@ -213,7 +213,7 @@ def test_sync_bn_on_two_gpus_matches_one_gpu(tmp_path):
 @pytest.mark.parametrize("world_size", ["2", None])
 def test_a_torchrun_worker_leaves_with_its_output_and_status_but_without_teardown(tmp_path, world_size):
     """Under torchrun (WORLD_SIZE > 1) `wrn` ends the process as soon as the command is done
-    (dist.exit_worker): no interpreter teardown, where gloo's threads can abort a finished run, so an
+    (dist.exit_worker): no interpreter teardown, where a gloo thread once aborted a finished run, so an
     atexit hook never runs; the command's output (piped, so buffered) and exit status are all there.
     Control: a single process tears down as usual (the hook runs)."""
     (tmp_path / "sitecustomize.py").write_text(

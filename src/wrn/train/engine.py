@@ -243,7 +243,7 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
                # Equal only for bit-identical final weights: two runs (another machine, a resume)
                # can be compared from their summaries, without keeping checkpoints.
                "weights_sha256": dist.state_checksum(run.model), "finished": True}
-    replicas = dist.replica_report(summary["weights_sha256"])  # torchrun: every process's
+    replicas = dist.replica_report(summary["weights_sha256"])  # torchrun: every process's checksum
     if run.is_main:
         run.log.write({"kind": "end", "step": run.total_steps, "test_loss": test_loss, "test_acc": test_acc,
                        "elapsed_s": run.elapsed(), **replicas})
