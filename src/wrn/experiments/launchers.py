@@ -125,7 +125,8 @@ class Progress:
         resume = p.status() == "resumable"
         self.resumed.setdefault(p.name, resume)
         self.start.setdefault(p.name, time.time())
-        what = "resuming from its checkpoint" if resume else "training"
+        what = ("training" if not resume else "resuming from its checkpoint" if p.has_checkpoint
+                else "starting over in its run directory (stopped before its first checkpoint)")
         self.echo(f"{self.head(p)}: {what} ({p.model}, {p.epochs} epochs){where}")
 
     def ended(self, p: PlannedRun, rc: int | None, log: str) -> None:

@@ -25,6 +25,7 @@ from wrn.data import catalog
 from wrn.errors import UserError
 from wrn.experiments.paper import NUM_CLASSES, Run, Table
 from wrn.fsio import write_atomic
+from wrn.train import checkpoint
 
 # A training step costs ~3x the forward pass (forward + backward for activations and weights).
 TRAIN_FLOPS_PER_FORWARD = 3
@@ -170,6 +171,11 @@ class PlannedRun:
             return None
         return TRAIN_FLOPS_PER_FORWARD * self.forward_flops * self.train_images * self.epochs
 
+    @property
+    def has_checkpoint(self) -> bool:
+        """It saved at least one checkpoint (else a resume starts over in its run directory)."""
+        return (self.run_dir / checkpoint.CHECKPOINT).is_dir()
+
     def status(self) -> str:
         """finished | resumable | new (what a sweep will do with this run)."""
         summary = self.run_dir / "summary.json"
@@ -181,7 +187,7 @@ class PlannedRun:
                 pass
         # fit() wrote config.yaml: it started here. resume=True continues from its newest
         # checkpoint, or starts over in place when it was killed before the first one.
-        if (self.run_dir / "config.yaml").is_file() or (self.run_dir / "checkpoint").is_dir():
+        if (self.run_dir / "config.yaml").is_file() or self.has_checkpoint:
             return "resumable"
         return "new"
 
