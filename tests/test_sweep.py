@@ -168,6 +168,8 @@ def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path):
     (planned[1].run_dir / "checkpoint").mkdir(parents=True)  # fit() was killed mid-run
     planned[3].run_dir.mkdir(parents=True)  # killed before its first checkpoint: starts over in place
     (planned[3].run_dir / "config.yaml").write_text("{}")
+    (planned[4].run_dir / ".checkpoint.old").mkdir(parents=True)  # killed between the swap's two renames
+    (planned[4].run_dir / "config.yaml").write_text("{}")
     # An unfinished summary (e.g. a crash after writing it) does not count as finished.
     planned[2].run_dir.mkdir(parents=True)
     (planned[2].run_dir / "summary.json").write_text(json.dumps({"finished": False}))
@@ -183,13 +185,14 @@ def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path):
     messages = []
     outcome = launchers.execute(planned, local, echo=messages.append)
     assert outcome["skipped"] == [planned[0].name]
-    assert outcome["resumed"] == [planned[1].name, planned[3].name]
-    assert len(outcome["trained"]) == 3 and not outcome["failed"]
-    assert [r for _, r in calls] == [True, False, True, False, False]
+    assert outcome["resumed"] == [planned[1].name, planned[3].name, planned[4].name]
+    assert len(outcome["trained"]) == 2 and not outcome["failed"]
+    assert [r for _, r in calls] == [True, False, True, True, False]
     assert "finished already, skipped" in messages[0]
-    # What each resumed run will do, said as it starts: only one of them has a checkpoint.
+    # What each resumed run will do, said as it starts: only planned[3] saved no checkpoint.
     assert f"{planned[1].name}: resuming from its checkpoint" in "\n".join(messages)
     assert f"{planned[3].name}: starting over in its run directory" in "\n".join(messages)
+    assert f"{planned[4].name}: resuming from its checkpoint" in "\n".join(messages)
 
     calls.clear()
     outcome = launchers.execute(planned, local, echo=messages.append)

@@ -174,7 +174,7 @@ class PlannedRun:
     @property
     def has_checkpoint(self) -> bool:
         """It saved at least one checkpoint (else a resume starts over in its run directory)."""
-        return (self.run_dir / checkpoint.CHECKPOINT).is_dir()
+        return checkpoint.saved_any(self.run_dir)
 
     def status(self) -> str:
         """finished | resumable | new (what a sweep will do with this run)."""

@@ -224,6 +224,12 @@ def damage(ckpt_dir: Path) -> str:
     return check(ckpt_dir)[1] or f"{ckpt_dir} is incomplete"
 
 
+def saved_any(run_dir: Path) -> bool:
+    """A checkpoint was saved in ``run_dir``: the current one, the previous one left by a kill between
+    the swap's two renames, or a kept epoch (a resume continues from one; without any it starts over)."""
+    return any((run_dir / name).exists() for name in (CHECKPOINT, OLD, KEPT))
+
+
 def find_checkpoint(path: str | Path) -> Path:
     """The newest complete checkpoint under ``path`` (a run dir or a checkpoint dir).
 
