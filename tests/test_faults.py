@@ -189,19 +189,26 @@ def test_truncated_newest_checkpoint_falls_back_with_a_warning(setup, capsys):
     assert_same_weights(run, ref, "resume from the kept checkpoint")
 
 
-def test_truncated_checkpoint_without_fallback_is_an_error_not_a_restart(setup, capsys):
+# Where the only checkpoint lies: RUN/checkpoint, or RUN/.checkpoint.old when a kill came between
+# the swap's two renames (no RUN/checkpoint at all; a resume takes the previous one).
+@pytest.mark.parametrize("only", [checkpoint.CHECKPOINT, checkpoint.OLD])
+def test_truncated_checkpoint_without_fallback_is_an_error_not_a_restart(setup, capsys, only):
     root, train, ref = setup
-    run = root / "no-fallback"
+    run = root / f"no-fallback{only}"
     shutil.copytree(ref, run)
     shutil.rmtree(run / "checkpoints")
     (run / "summary.json").unlink()
-    truncate(run / "checkpoint" / "optimizer.safetensors")
+    (run / checkpoint.CHECKPOINT).rename(run / only)
+    truncate(run / only / "optimizer.safetensors")
     log_before = (run / "log.jsonl").read_text()
 
+    # Control for the second case: the run does look like one killed before any checkpoint to a
+    # check of RUN/checkpoint alone, which would have trained it again from step 0.
+    assert (run / checkpoint.CHECKPOINT).exists() == (only == checkpoint.CHECKPOINT)
     assert main(["train", "--quiet", "--resume", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("wrn: error: no complete checkpoint"), err
-    assert "optimizer.safetensors is truncated" in err[0] and "no earlier checkpoint is kept" in err[0]
+    assert f"{only}/optimizer.safetensors is truncated" in err[0] and "no earlier checkpoint is kept" in err[0]
     assert (run / "log.jsonl").read_text() == log_before  # nothing was started over
 
 

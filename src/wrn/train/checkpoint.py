@@ -275,10 +275,14 @@ def _find(path: str | Path) -> tuple[Path, dict[str, Any]]:
                 skipped.insert(0, damage(newest) if newest.exists() else f"{newest} is missing")
             print(f"wrn: warning: {'; '.join(skipped)}; using the last complete checkpoint {c}", file=sys.stderr)
         return c, state
-    if newest.exists():
-        why = checked.get(newest) or damage(newest)
-        raise UserError(f"no complete checkpoint in {str(path)!r}: {why} and no earlier checkpoint is "
-                        "kept (train.keep_every keeps some): start the run again in a new --out")
+    # Every checkpoint there is damaged (the current one, or the previous one a kill between the
+    # swap's renames left alone): name each, so that nobody mistakes the run for one never saved.
+    damaged = [c for c in dict.fromkeys([newest, *candidates]) if c.exists() and not c.name.endswith(".tmp")]
+    if damaged:
+        why = "; ".join(checked.get(c) or damage(c) for c in damaged)
+        kept = "" if any(c.parent.name == KEPT for c in damaged) else \
+            " and no earlier checkpoint is kept (train.keep_every keeps some)"
+        raise UserError(f"no complete checkpoint in {str(path)!r}: {why}{kept}: start the run again in a new --out")
     raise UserError(f"no complete checkpoint in {str(path)!r}: the run wrote none yet (start it again without --resume)")
 
 

@@ -125,7 +125,7 @@ def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: floa
         try:
             ckpt_dir = checkpoint.find_checkpoint(out_dir)
         except UserError:
-            if (out_dir / checkpoint.CHECKPOINT).exists():
+            if checkpoint.saved_any(out_dir):
                 raise  # damaged with no complete one to fall back to: never silently start over
             ckpt_dir = None  # killed before its first checkpoint: start over in the same directory
     if cfg.train.batch_size % world_size:
