@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; its exit status (a Ray task and the tests call this in-process)."""
     args = build_parser().parse_args(argv)
+    args.command_line = ["wrn", *(sys.argv[1:] if argv is None else argv)]  # a run records it (provenance)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

@@ -26,7 +26,8 @@ from wrn.train import budget, checkpoint, dist, preempt
 from wrn.train.config import Config
 from wrn.train.numerics import EpochSums, NonFiniteLoss, step_seed  # noqa: F401 - NonFiniteLoss is fit's error
 from wrn.train.run import RunState, build_run, start_run
-from wrn.train.log import git_commit, write_json
+from wrn.train.log import write_json
+from wrn.train.provenance import provenance
 from wrn.train.optim import set_lr
 
 
@@ -239,10 +240,12 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
                "val_loss": metrics.get("val_loss"), "train_acc": metrics.get("train_acc"),
                "train_loss": metrics.get("train_loss"), "wall_time_s": run.elapsed(),
                "epoch_time_s": epoch_time_s, "img_per_s": img_per_s, "device": str(run.device),
-               "precision": run.decisions["precision"], "compile": run.decisions["compile"], "git_commit": git_commit(),
+               "precision": run.decisions["precision"], "compile": run.decisions["compile"],
                # Equal only for bit-identical final weights: two runs (another machine, a resume)
                # can be compared from their summaries, without keeping checkpoints.
-               "weights_sha256": dist.state_checksum(run.model), "finished": True}
+               "weights_sha256": dist.state_checksum(run.model), "finished": True,
+               # where it ran: CPU/ISA, threads, torch, wrn, git commit, command line
+               "provenance": provenance(run.command)}
     replicas = dist.replica_report(summary["weights_sha256"])  # torchrun: every process's checksum
     if run.is_main:
         run.log.write({"kind": "end", "step": run.total_steps, "test_loss": test_loss, "test_acc": test_acc,
@@ -265,13 +268,15 @@ def _plot_curves(out_dir: Path) -> None:
 
 
 @dist.with_process_group
-def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool = False,
+        command: str | None = None) -> dict[str, Any]:
     """Train per ``cfg`` into ``out_dir`` (config.yaml, log.jsonl, checkpoint/, summary.json).
 
     With ``resume=True`` it continues from the newest complete checkpoint in ``out_dir`` (or starts
     over there if the run was killed before its first checkpoint). Returns summary.json's content.
     The first SIGTERM/SIGINT checkpoints and raises ``preempt.Preempted`` (see wrn.train.preempt).
-    A fresh run that fails before its first step leaves no run directory behind.
+    A fresh run that fails before its first step leaves no run directory behind. ``command`` is
+    the command line recorded as the run's provenance (default: this process's ``sys.argv``).
     """
     t_fit = time.perf_counter()  # wall time counts data loading and model building too
     out_dir = Path(out_dir)
@@ -288,7 +293,7 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
     run, training = None, False
     try:
         with preempt.Guard() as guard:
-            run, state = build_run(cfg, out_dir, resume, quiet, t_fit)
+            run, state = build_run(cfg, out_dir, resume, quiet, t_fit, command)
             run.guard = guard
             start = start_run(run, state)
             training = True  # from here on a failure (NaN at step 3) keeps the log that explains it

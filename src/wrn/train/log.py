@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -163,14 +162,3 @@ def truncate_log(out_dir: Path, step: int) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def git_commit() -> str | None:
-    """The commit of the code that ran, when the package sits in a git checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and len(commit) == 40 else None

@@ -23,6 +23,7 @@ from wrn.train.data import ZCA_FILE, build_data, find_whitening
 from wrn.train.log import RunLog, truncate_log
 from wrn.train.numerics import SkipNonFinite
 from wrn.train.optim import Schedule, build_optimizer, scaled
+from wrn.train.provenance import provenance
 from wrn.train.validate import model_kwargs
 
 
@@ -56,6 +57,7 @@ class RunState:
     clock: budget.Clock | None = None
     start_time: float = field(default_factory=time.perf_counter)
     elapsed_before: float = 0.0  # seconds spent before a resume
+    command: str | None = None  # the command line recorded as provenance (None: sys.argv)
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start_time
@@ -116,7 +118,8 @@ def _budget_steps(run: RunState) -> int:
     return steps
 
 
-def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: float) -> tuple[RunState, dict | None]:
+def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: float,
+              command: str | None = None) -> tuple[RunState, dict | None]:
     """Data, model, optimizer, compiled steps and the restored checkpoint (if resuming)."""
     rank, world_size, _ = dist.world()
     is_main = rank == 0
@@ -165,7 +168,7 @@ def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: floa
                    extra_state={"normalize": {"mean": data.mean, "std": data.std,
                                               "zca": ZCA_FILE if data.whitening is not None else None},
                                 "classes": data.classes, "input_size": data.input_size},
-                   train_images=data.train_images, quiet=quiet, start_time=t_fit,
+                   train_images=data.train_images, quiet=quiet, start_time=t_fit, command=command,
                    elapsed_before=state["elapsed_s"] if state else 0.0)
     return run, state
 
@@ -206,7 +209,8 @@ def start_run(run: RunState, state: dict | None) -> int:
                    "lr": run.schedule.hyper.lr, "weight_decay": run.schedule.hyper.weight_decay,
                    "warmup_epochs": run.schedule.hyper.warmup_epochs, "compile": run.decisions["compile"],
                    "compile_reason": run.decisions["compile_reason"], "time_budget_s": cfg.train.time_budget,
-                   "keep_memory": kept_memory, "elapsed_s": run.elapsed()})
+                   "keep_memory": kept_memory, "elapsed_s": run.elapsed(),
+                   "provenance": provenance(run.command)})  # a resumed part may run on another machine
     run.log.info(f"{cfg.model.name}: {params / 1e6:.2f}M params | {run.train_images} train images, {spe} steps/epoch, "
                  f"{run.total_steps} steps ({run.total_steps / spe:.4g} epochs) | {run.device}, {run.decisions['precision']}"
                  f"{', channels_last' if cfg.accel.channels_last else ''} | {run.decisions['compile_reason']}"
