@@ -132,6 +132,14 @@ def test_a_budget_narrowed_run_keeps_its_preset_and_flip_tta_is_marked(runs, tmp
     assert rows["plain"][5].endswith("%") and rows["plain"][6].endswith("%")  # control: one view
 
 
+def test_a_run_named_after_its_preset_alone(runs, tmp_path, capsys):
+    """A budget that may choose the model names the run `<preset>-<date>-<time>`."""
+    shutil.copytree(runs / "finished", tmp_path / "quick-20260101-120000")
+    shutil.copytree(runs / "finished", tmp_path / "mine-20260101-120000")  # control: not a preset's name
+    infos = _json(tmp_path, capsys)
+    assert infos["quick-20260101-120000"]["preset"] == "quick" and infos["mine-20260101-120000"]["preset"] is None
+
+
 def test_a_recently_written_log_may_be_a_live_run(runs, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(runs / "group" / "interrupted", run)

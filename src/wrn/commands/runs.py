@@ -81,14 +81,20 @@ def _newest_state(run: Path) -> dict | None:
 
 def _preset(run: Path, model: str) -> str | None:
     """The preset or config name: from a sweep's plan beside the run, else from the default run
-    name `wrn train` gives (<preset>-<model>-<date>-<time>)."""
+    name `wrn train` gives (<preset>-<model>-<date>-<time>, or <preset>-<date>-<time> where a budget
+    chose the model)."""
     sweep = _json(run.parent / "sweep.json")
     if isinstance(sweep, dict):
         for entry in sweep.get("runs") or []:
             if isinstance(entry, dict) and entry.get("dir") == run.name and entry.get("preset"):
                 return f"{entry['preset']} ({sweep.get('table', 'sweep')})"
     match = re.fullmatch(rf"(.+)-{re.escape(model)}-\d{{8}}-\d{{6}}", run.name)
-    return match.group(1) if match else None
+    if match:
+        return match.group(1)
+    from wrn.train.config import list_presets
+
+    match = re.fullmatch(r"(.+)-\d{8}-\d{6}", run.name)  # a name is a preset's only if one is called so
+    return match.group(1) if match and match.group(1) in list_presets() else None
 
 
 def run_info(run: Path, root: Path) -> dict[str, Any]:
