@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     if is_main() and not args.quiet:
         print(f"wrn: run directory {out}", flush=True)  # before the data loads: where to look, what to resume
     try:
-        fit(cfg, out, resume=bool(args.resume), quiet=args.quiet, command=shlex.join(args.command_line))
+        fit(cfg, out, resume=bool(args.resume), quiet=args.quiet, command=shlex.join(args.command_line),
+            started=args.started)
     except Preempted as e:
         print(f"wrn: {e}", file=sys.stderr)
         return e.exit_status

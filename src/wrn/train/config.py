@@ -33,7 +33,7 @@ RUN_NEUTRAL_KEYS = ("accel.threads", "accel.keep_memory", "data.cache_dir", "dat
 
 # Upper bounds for integer keys: a typo like train.epochs=1e99 is an instant error, not a run.
 INT_LIMITS = {"train.epochs": 100_000, "train.batch_size": 1 << 20, "train.eval_batch_size": 1 << 20,
-              "train.steps": 1 << 40, "train.seed": (1 << 63) - 1, "train.checkpoint_every": 1 << 40,
+              "train.steps": 1 << 40, "optim.warmup_steps": 1 << 40, "train.seed": (1 << 63) - 1, "train.checkpoint_every": 1 << 40,
               "train.keep_every": 100_000, "data.val_size": 1 << 40, "data.subset": 1 << 40,
               "data.cutout": 1 << 16, "data.image_size": 1 << 16, "data.workers": 1024,
               "log.every_steps": 1 << 40, "model.num_classes": 1 << 24}
@@ -112,6 +112,10 @@ class OptimConfig:
     milestones: tuple[int, ...] = (60, 120, 160)  # epochs (schedule=step)
     gamma: float = 0.2  # lr factor at each milestone
     warmup_epochs: float = 0.0  # warm-up length (may be fractional, e.g. 400 steps = 400/390 epochs)
+    # The warm-up's length in steps, fixed whatever train.steps; 0 = optim.warmup_epochs, stretched
+    # with train.steps. A budgeted run sets it from warmup_epochs before its first step (and writes
+    # it into config.yaml): it times its own warm-up to choose train.steps (wrn.train.pace).
+    warmup_steps: int = 0
     # 0 = a linear warm-up from ~0 to optim.lr; > 0 = this constant lr during the warm-up, as He et
     # al.'s 0.01 for ResNet-110/1001 (they stop it when train error < 80%, ~400 steps; a fixed
     # length keeps a run a function of its config, so it is deterministic and resumable).

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from wrn.train import budget, checkpoint, dist, preempt
 from wrn.train.config import Config
 from wrn.train.numerics import EpochSums, NonFiniteLoss, step_seed  # noqa: F401 - NonFiniteLoss is fit's error
-from wrn.train.run import RunState, build_run, start_run
+from wrn.train.pace import Narrow
+from wrn.train.run import RunState, build_run, narrow, start_run
 from wrn.train.log import write_json
 from wrn.train.provenance import provenance
 from wrn.train.optim import set_lr
@@ -105,7 +106,8 @@ def train_one_epoch(run: RunState, epoch: int, start_step: int = 0, sums: EpochS
             sums.bad_step = torch.where(~finite & (sums.bad_step < 0), step, sums.bad_step)
         done = step + 1
         bar.update(1)
-        run.clock.after_step(done, loss_sum)
+        run.pace.after_step(done, loss_sum)  # a budget may fix the run's length here
+        stop = min(stop, run.total_steps - epoch * spe)
         if done % cfg.log.every_steps == 0:
             _check_finite(run, sums)
             window = _all_ranks(window)
@@ -194,12 +196,13 @@ def _train(run: RunState, start: int, state: dict | None) -> dict[str, Any]:
     metrics: dict[str, Any] = (state or {}).get("metrics") or {}
     # The saved partial sums cover all processes: rank 0 carries them on, the others start at zero.
     sums = EpochSums.from_json(state["partial"], run.device) if state and state.get("partial") and run.is_main else None
-    epochs = math.ceil(run.total_steps / spe)
-    for epoch in range(start // spe, epochs):
+    epoch = start // spe
+    while epoch * spe < run.total_steps:  # a budget fixes total_steps during the first steps
         first = start % spe if epoch == start // spe else 0
         stop = min(spe, run.total_steps - epoch * spe)
         t0 = time.perf_counter()
         sums = _all_ranks(train_one_epoch(run, epoch, first, sums, stop))
+        stop = min(spe, run.total_steps - epoch * spe)
         train_loss = sums.loss.item() / sums.count
         train_acc = sums.correct.item() / sums.count
         epoch_time = time.perf_counter() - t0  # train only; .item() above waited for the device
@@ -215,13 +218,14 @@ def _train(run: RunState, start: int, state: dict | None) -> dict[str, Any]:
         if run.skipper is not None:
             metrics["skipped"] = run.skipper.skipped
         run.log.write(metrics)
-        run.log.epoch_line(metrics, epochs)
+        run.log.epoch_line(metrics, math.ceil(run.total_steps / spe))
         _save(run, end, None, metrics)
         if run.is_main and cfg.train.keep_every and (epoch + 1) % cfg.train.keep_every == 0:
             checkpoint.keep_copy(run.out_dir, epoch + 1)
         sums = None
         if end < run.total_steps and dist.any_true(run.guard.requested(), run.device):
             _preempted(run, end)
+        epoch += 1
     return metrics
 
 
@@ -269,16 +273,18 @@ def _plot_curves(out_dir: Path) -> None:
 
 @dist.with_process_group
 def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool = False,
-        command: str | None = None) -> dict[str, Any]:
+        command: str | None = None, started: float | None = None) -> dict[str, Any]:
     """Train per ``cfg`` into ``out_dir`` (config.yaml, log.jsonl, checkpoint/, summary.json).
 
     With ``resume=True`` it continues from the newest complete checkpoint in ``out_dir`` (or starts
     over there if the run was killed before its first checkpoint). Returns summary.json's content.
     The first SIGTERM/SIGINT checkpoints and raises ``preempt.Preempted`` (see wrn.train.preempt).
     A fresh run that fails before its first step leaves no run directory behind. ``command`` is
-    the command line recorded as the run's provenance (default: this process's ``sys.argv``).
+    the command line recorded as the run's provenance (default: this process's ``sys.argv``);
+    ``started`` the ``time.perf_counter()`` of the command's start, from which the wall time and a
+    budget count (default: now; data loading and model building are always counted).
     """
-    t_fit = time.perf_counter()  # wall time counts data loading and model building too
+    t_fit = time.perf_counter() if started is None else started
     out_dir = Path(out_dir)
     quiet = quiet or cfg.log.quiet
     summary_path = out_dir / "summary.json"
@@ -297,7 +303,12 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
             run.guard = guard
             start = start_run(run, state)
             training = True  # from here on a failure (NaN at step 3) keeps the log that explains it
-            metrics = _train(run, start, state)
+            while True:
+                try:
+                    metrics = _train(run, start, state)
+                    break
+                except Narrow as e:  # the budget gives the configured WRN too few epochs
+                    start, state = narrow(run, e.model, e.configured_epochs), None
             return _finish(run, metrics)
     except BaseException:
         if created and not training and dist.is_main() and not (out_dir / checkpoint.CHECKPOINT).exists():

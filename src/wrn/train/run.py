@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from wrn.train.data import ZCA_FILE, build_data, find_whitening
 from wrn.train.log import RunLog, truncate_log
 from wrn.train.numerics import SkipNonFinite
 from wrn.train.optim import Schedule, build_optimizer, scaled
+from wrn.train.pace import Pace
 from wrn.train.provenance import provenance
 from wrn.train.validate import model_kwargs
 
@@ -54,7 +56,7 @@ class RunState:
     decisions: dict[str, Any] = field(default_factory=dict)
     extra_state: dict[str, Any] = field(default_factory=dict)  # saved with each checkpoint
     guard: preempt.Guard = field(default_factory=preempt.Guard)
-    clock: budget.Clock | None = None
+    pace: Pace | None = None  # times the steps: the wall-time estimate, the budget's decision
     start_time: float = field(default_factory=time.perf_counter)
     elapsed_before: float = 0.0  # seconds spent before a resume
     command: str | None = None  # the command line recorded as provenance (None: sys.argv)
@@ -100,22 +102,24 @@ def _switch_model(run: RunState, name: str) -> None:
     run.cfg = cfg
 
 
-def _budget_steps(run: RunState) -> int:
-    """The steps the budget allows, after a switch to a narrower WRN when the configured one
-    would get fewer than ``train.budget_min_epochs`` epochs (then probed again)."""
+def narrow(run: RunState, model: str, configured_epochs: float) -> int:
+    """Start the run over from step 0 with ``model`` (``pace.Narrow``): the configured WRN's steps
+    so far are discarded (its log lines and checkpoints too: a resume must find the model
+    config.yaml names), their time stays counted. Returns the step to start from."""
     cfg, spe = run.cfg, len(run.loaders["train"])
-    steps = budget.probe_and_choose(run)
-    narrower = budget.narrower_model(cfg, steps, spe)
-    if narrower:
-        run.log.write({"kind": "budget_model", "configured": cfg.model.name, "model": narrower,
-                       "configured_epochs": steps / spe})
-        run.log.info(f"{cfg.model.name} would get only {steps / spe:.2g} epochs in "
-                     f"{budget.format_duration(cfg.train.time_budget)} (train.budget_min_epochs="
-                     f"{cfg.train.budget_min_epochs:g}): training {narrower} instead")
-        run.decisions["configured_model"] = cfg.model.name
-        _switch_model(run, narrower)
-        steps = budget.probe_and_choose(run)
-    return steps
+    run.log.info(f"{cfg.model.name} would get only {configured_epochs:.2g} epochs in "
+                 f"{budget.format_duration(cfg.train.time_budget)} (train.budget_min_epochs="
+                 f"{cfg.train.budget_min_epochs:g}): training {model} instead, from step 0")
+    run.decisions.setdefault("configured_model", cfg.model.name)
+    _switch_model(run, model)
+    if run.is_main:
+        for stale in (checkpoint.CHECKPOINT, checkpoint.OLD, checkpoint.KEPT):
+            shutil.rmtree(run.out_dir / stale, ignore_errors=True)
+    run.log.close()
+    start = start_run(run, None)  # config.yaml names the narrower WRN; the log starts again
+    run.log.write({"kind": "budget_model", "step": 0, "configured": run.decisions["configured_model"],
+                   "model": model, "configured_epochs": configured_epochs, "elapsed_s": run.elapsed()})
+    return start
 
 
 def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: float,
@@ -150,6 +154,11 @@ def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: floa
         if state["steps_per_epoch"] != spe:
             raise UserError(f"{ckpt_dir}: the checkpoint has {state['steps_per_epoch']} steps per epoch but this "
                             f"config gives {spe}: resume with the run's own data and train.batch_size")
+    hyper = scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs)
+    if cfg.train.time_budget and not cfg.train.steps and not cfg.optim.warmup_steps:
+        # The budget times the warm-up to choose train.steps: its length must not depend on them.
+        warmup = round(hyper.warmup_epochs * spe)
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, warmup_steps=warmup))
     # A budget's choice is in the config (train.steps) once made; until then plan the recipe's length.
     planned = cfg.train.steps or cfg.train.epochs * spe
     decisions = dict((state or {}).get("decisions") or {})
@@ -159,7 +168,6 @@ def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: floa
         decisions["compile"], decisions["compile_reason"] = accel.should_compile(
             cfg.accel.compile, planned, device.type, decisions["precision"])
     train_step, eval_step = _steps(cfg, model, train_model, skipper or optimizer, device, decisions)
-    hyper = scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs)
     run = RunState(cfg=cfg, out_dir=out_dir, device=device, model=model, optimizer=optimizer, train_step=train_step,
                    eval_step=eval_step, schedule=Schedule(cfg.optim, hyper, spe, cfg.train.epochs, total_steps=planned),
                    augment=data.augment, loaders=data.loaders, log=None, rank=rank, is_main=is_main,
@@ -174,11 +182,14 @@ def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: floa
 
 
 def start_run(run: RunState, state: dict | None) -> int:
-    """Write config.yaml (a fresh run; a budget first fixes train.steps) and the start record."""
+    """Write config.yaml (a fresh run) and the start record; returns the step to start from. A
+    budget too short for start-up is refused here, before anything is written."""
     cfg, out_dir = run.cfg, run.out_dir
     start = state["step"] if state else 0
+    if state is None and cfg.train.time_budget and not cfg.train.steps:
+        budget.check_start(cfg.train.time_budget, run.elapsed())
     # config.yaml first (never on resume: the run's config.yaml is what it is): a run killed from
-    # here on, even inside the budget's probe, is a run directory that --resume can continue.
+    # here on, even before the budget decides, is a run directory that --resume can continue.
     if run.is_main and state is None:
         if run.whitening is not None:
             zca.save(run.whitening, out_dir / ZCA_FILE)
@@ -187,21 +198,12 @@ def start_run(run: RunState, state: dict | None) -> int:
         truncate_log(out_dir, start if state else -1)  # a start-over keeps none of the old lines
     run.log = RunLog(out_dir, enabled=run.is_main, quiet=run.quiet, tensorboard=cfg.log.tensorboard,
                      resume_step=start if state else None)
-    # Before the budget's probe: the probe must time the steps training will take (malloc keeping
-    # freed memory makes a CPU step 11-15% faster; set after the probe, budgets went unused).
+    # Before the first timed step: the budget must time the steps training will take (malloc keeping
+    # freed memory makes a CPU step 11-15% faster; set after the timing, budgets went unused).
     kept_memory = cfg.accel.keep_memory and accel.keep_freed_memory(run.device)
-    if cfg.train.time_budget and not cfg.train.steps:
-        steps = _budget_steps(run)
-        run.cfg = cfg = dataclasses.replace(run.cfg, train=dataclasses.replace(run.cfg.train, steps=steps))
-        run.total_steps = steps
-        run.decisions["budget_steps"] = steps
-        hyper = scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs)
-        run.schedule = Schedule(cfg.optim, hyper, len(run.loaders["train"]), cfg.train.epochs, total_steps=steps)
-        if run.is_main:  # the choice, before the first step
-            write_atomic(out_dir / "config.yaml", cfg.to_yaml().encode())
     if run.is_main and state is None:
         run.log.hparams(dataclasses.asdict(cfg))
-    run.clock = budget.Clock(run, start, enabled=not cfg.train.time_budget and start < run.total_steps)
+    run.pace = Pace(run, start)
     spe = len(run.loaders["train"])
     params = sum(p.numel() for p in run.model.parameters())
     run.log.write({"kind": "resume" if state else "start", "step": start, "device": str(run.device), "params": params,
