@@ -145,13 +145,6 @@ def run_info(run: Path, root: Path) -> dict[str, Any]:
     return info
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
 def _number(x: float | None) -> str:
     return "?" if x is None else f"{x:g}" if float(x).is_integer() else f"{x:.1f}"
 
@@ -169,6 +162,8 @@ def _status(info: dict[str, Any]) -> str:
 
 
 def format_table(infos: list[dict[str, Any]]) -> str:
+    from wrn.units import format_clock
+
     def pct(x: float | None, flip: bool) -> str:  # "+flip": evaluated with flip test-time augmentation
         return "-" if x is None else f"{100 * x:.2f}%" + ("+flip" if flip else "")
 
@@ -176,7 +171,7 @@ def format_table(infos: list[dict[str, Any]]) -> str:
     rows = [(i["run"], i["model"], i["dataset"] or "-", i["preset"] or "-",
              f"{_number(i['epochs_done'])}/{_number(i['epochs_total'])}", pct(i["test_acc"], i["eval_tta"]),
              pct(i["val_acc"], i["eval_tta"]),
-             _duration(i["wall_time_s"]), _status(i)) for i in infos]
+             format_clock(i["wall_time_s"]), _status(i)) for i in infos]
     widths = [max(len(str(r[c])) for r in (header, *rows)) for c in range(len(header))]
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in (header, *rows))
 

@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from wrn.errors import UserError
-    from wrn.train.config import data_overrides, load_config
+    from wrn.train.config import load_config
+    from wrn.train.data import data_overrides
     from wrn.train.dist import is_main
     from wrn.train.engine import fit
     from wrn.train.preempt import Preempted

@@ -31,7 +31,7 @@ from typing import Callable
 
 from wrn.errors import UserError
 from wrn.experiments.sweep import DEFAULT_CPU_TFLOPS, H100_TFLOPS, PlannedRun
-from wrn.train.budget import format_duration
+from wrn.units import format_duration
 
 LAUNCHERS = ("local", "slurm", "ray")
 # `wrn train`'s exit status for a bad config: the same failure every time, so never retried.

@@ -26,6 +26,7 @@ from wrn.errors import UserError
 from wrn.experiments.paper import NUM_CLASSES, Run, Table
 from wrn.fsio import write_atomic
 from wrn.train import checkpoint
+from wrn.units import format_duration
 
 # A training step costs ~3x the forward pass (forward + backward for activations and weights).
 TRAIN_FLOPS_PER_FORWARD = 3
@@ -360,8 +361,6 @@ def cpu_tflops(planned: list[PlannedRun], given: float | None = None) -> tuple[f
 def format_plan(table: Table, planned: list[PlannedRun], budget: Budget, *, tflops: float,
                 tflops_source: str = "--tflops") -> str:
     """The dry-run listing: one line per network (seeds folded), with params next to the paper's."""
-    from wrn.train.budget import format_duration
-
     budget = planned[0].budget if planned else budget  # as planned: with a changed lr schedule
     seeds = sorted({p.seed for p in planned})
     first = [p for p in planned if p.seed == seeds[0]]

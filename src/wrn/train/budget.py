@@ -1,34 +1,27 @@
 """``--budget 15m``: the best model the machine can train in a fixed time.
 
-Before the first real step the engine times a few training steps and evaluation batches on the
-run's own model, data and accel settings (compile warm-up included), puts the weights, BN
-statistics and optimizer back as they were, and fixes the run's total number of steps so that the
-whole schedule (warm-up and decay), the per-epoch evaluation and the final test evaluation end
+This module is the arithmetic on measurements; ``train.run`` takes them. Before the first real
+step the run times a few training steps and evaluation batches on its own model, data and accel
+settings (compile warm-up included), puts the weights, BN statistics and optimizer back as they
+were, and fixes its total number of steps (``choose_steps``) so that the whole schedule (warm-up and decay), the per-epoch evaluation and the final test evaluation end
 within the budget. The decision is written into the run's config.yaml as ``train.steps``: a
 resumed run, or a replay of that config, takes exactly the same steps and never decides again.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
-import re
-import shutil
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
-
-import torch
+from typing import Callable
 
 from wrn.errors import UserError
+from wrn.models.flops import model_size
+from wrn.models.wide_resnet import WRN_NAME, parse_wrn
+from wrn.train.config import Config
+from wrn.train.validate import model_kwargs
+from wrn.units import A_DAY_S, format_duration
 
-if TYPE_CHECKING:  # run.py imports this module
-    from wrn.train.config import Config
-    from wrn.train.run import RunState
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 WARMUP_STEPS = 3  # untimed: the first compiled step compiles, the next ones still settle
 TIMED_STEPS = 16  # steps vary by ~10% on a shared 2-core VM: average over more of them
 # ... unless they are slow: timing stops (never before MIN_TIMED_STEPS) once the timed steps took
@@ -40,40 +33,6 @@ MIN_TIMED_STEPS, PROBE_FRACTION = 4, 0.01
 # (Zen 2, Zen 3) training ran 12-15% below the probe's speed from a minute in, and the quick
 # preset overran 15 minutes by 5-10% with a 3% and a 5% margin (BENCHMARKS.md). 12% covers both.
 MARGIN_FRACTION, MARGIN_S = 0.12, 5.0
-A_DAY_S = 86400.0
-
-
-def parse_duration(key: str, value) -> float:
-    """Seconds from ``900``, ``90s``, ``15m``, ``2h``, ``1h30m`` or ``1d``; 0 = no budget."""
-    if isinstance(value, bool):
-        raise UserError(f"{key}={value!r} is not a duration: write e.g. 90s, 15m or 2h")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        text = str(value).strip().lower().replace(" ", "")
-        try:
-            seconds = float(text)
-        except ValueError:
-            parts = _DURATION.findall(text)
-            if not parts or "".join(n + u for n, u in parts) != text:
-                raise UserError(f"{key}={value!r} is not a duration: write e.g. 90s, 15m or 2h") from None
-            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if not math.isfinite(seconds) or seconds < 0 or seconds > 365 * A_DAY_S:
-        raise UserError(f"{key}={value!r} is out of range: give 0 (no budget) up to a year, e.g. 15m")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """A duration as a person reads it: "<1 s", "45 s", "15 min", "2.2 h", "3.5 days"."""
-    if seconds < 1:
-        return "<1 s"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * A_DAY_S:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / A_DAY_S:.1f} days"
 
 
 @dataclass(frozen=True)
@@ -140,10 +99,6 @@ def narrower_model(cfg: Config, steps: int, steps_per_epoch: int) -> str | None:
     narrow nets use a CPU less well than that, so it errs towards the wider net, and the caller
     probes the choice again (FLOP ratios hardly depend on the image size: 32x32 stands for any).
     ``None``: the configured model gets its epochs, or is no WRN."""
-    from wrn.models.flops import model_size
-    from wrn.models.wide_resnet import WRN_NAME, parse_wrn
-    from wrn.train.validate import model_kwargs
-
     wrn = parse_wrn(cfg.model.name)
     if wrn is None or steps >= cfg.train.budget_min_epochs * steps_per_epoch:
         return None
@@ -168,88 +123,3 @@ def estimate_line(total_s: float) -> str:
         line += (" on this machine: for the best model in the time you have, add --budget (e.g. --budget 2h), "
                  "or train on a GPU")
     return line
-
-
-def log_estimate(run: RunState, total_s: float, step_s: float) -> None:
-    run.log.write({"kind": "estimate", "wall_s": total_s, "step_s": step_s, "elapsed_s": run.elapsed()})
-    run.log.info(estimate_line(total_s))
-
-
-class Clock:
-    """Every run logs its estimated wall time once, after warm-up (compile included): a
-    newcomer's 200-epoch WRN-28-10 on a laptop CPU says it will take weeks, and what to do."""
-
-    def __init__(self, run: RunState, start: int, enabled: bool = True):
-        self.run = run
-        self.mark = start + WARMUP_STEPS if enabled else -1
-        self.end = self.mark + TIMED_STEPS if enabled else -1  # disabled: never fires
-        self.t0 = 0.0
-
-    def after_step(self, done: int, loss: torch.Tensor) -> None:
-        if done == self.mark:
-            loss.item()  # wait for the device
-            self.t0 = time.perf_counter()
-        elif done == self.end:
-            loss.item()
-            step_s = (time.perf_counter() - self.t0) / TIMED_STEPS
-            log_estimate(self.run, self.run.elapsed() + (self.run.total_steps - done) * step_s, step_s)
-
-
-def _repeat(loader):
-    """The loader's epoch-0 batches over and over: a small split (one test batch) still feeds the
-    probe's fixed number of steps. Ends only if the split has no batch at all."""
-    while True:
-        empty = True
-        for batch in loader.epoch(0):
-            empty = False
-            yield batch
-        if empty:
-            return
-
-
-def probe_and_choose(run: RunState) -> int:
-    """Time a few real steps and evaluation batches, put everything back as it was, and choose
-    the run's total steps for ``train.time_budget`` (rank 0 decides, all processes follow)."""
-    from wrn.train import checkpoint, dist
-    from wrn.train.data import num_images
-
-    model, opt = checkpoint.unwrap(run.model), run.optimizer
-    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    opt_state = copy.deepcopy(opt.state_dict())
-    batches = _repeat(run.loaders["train"])
-    eval_images = _repeat(run.loaders["test"])
-
-    def train_step() -> None:
-        images, labels = next(batches)
-        loss, _ = run.train_step(run.augment(images, run.generator), labels)
-        loss.item()  # wait for the device
-
-    def eval_batch() -> int:
-        images, _ = next(eval_images)
-        run.eval_step(run.augment.normalize(images)).sum().item()
-        return len(images)
-
-    try:
-        probe = measure(train_step, eval_batch, max_s=PROBE_FRACTION * run.cfg.train.time_budget,
-                        agree=lambda stop: dist.any_true(stop, run.device))
-    except StopIteration:
-        raise UserError("train.time_budget: the data is too small to time a few steps: "
-                        "set train.epochs instead") from None
-    model.load_state_dict(weights)  # in place: a compiled step keeps pointing at the same tensors
-    opt.load_state_dict(opt_state)
-    if run.is_main:  # the one process that writes checkpoints
-        scratch = run.out_dir / ".budget-probe"
-        t0 = time.perf_counter()
-        checkpoint.save_checkpoint(scratch, model=run.model, optimizer=opt, state={"probe": True})
-        probe = dataclasses.replace(probe, checkpoint_s=time.perf_counter() - t0)
-        shutil.rmtree(scratch, ignore_errors=True)
-    spe = len(run.loaders["train"])
-    world_size = dist.world()[1]
-    per_epoch = num_images(run.loaders["val"]) // world_size if "val" in run.loaders else 0
-    steps = choose_steps(run.cfg.train.time_budget, run.elapsed(), probe, steps_per_epoch=spe,
-                                eval_images_per_epoch=per_epoch,
-                                final_eval_images=num_images(run.loaders["test"]) // world_size,
-                                checkpoint_every=run.cfg.train.checkpoint_every)
-    steps = dist.broadcast_int(steps, run.device)
-    log_estimate(run, run.cfg.train.time_budget, probe.step_s)
-    return steps

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +20,10 @@ from typing import Any, Iterable, Optional
 import yaml
 
 from wrn.errors import UserError
-from wrn.train.validate import validate
+from wrn.units import parse_duration
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
-# A duration in seconds; config values and overrides may also say 90s, 15m, 2h (budget.parse_duration).
+# A duration in seconds; config values and overrides may also say 90s, 15m, 2h (units.parse_duration).
 Seconds = typing.NewType("Seconds", float)
 # Keys that change how a run executes or is stored, never what it computes: --resume may override
 # them, and a sweep keeps a run's label under them. A key ending in "." stands for its section.
@@ -254,8 +253,6 @@ def _coerce(key: str, value: Any, tp) -> Any:
             raise UserError(f"{key}={value!r} is too large (at most {limit})")
         return number
     if tp is Seconds:
-        from wrn.train.budget import parse_duration
-
         return parse_duration(key, value)
     if tp is float:
         if isinstance(value, bool):
@@ -356,27 +353,13 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
     return cfg
 
 
-def data_source(data: str) -> tuple[str | None, str | None]:
-    """(dataset name, path) for ``--data X`` (every command that reads data takes it): an absolute
-    path when X exists (or looks like one), else a dataset name; either is checked."""
-    from wrn.data import NAMES  # the names load_dataset downloads
+def validate(cfg: Config) -> None:
+    """Every value in range, before any work (``wrn.train.validate``); a one-line UserError naming the key."""
+    # Imported here: validation builds the model on the meta device, and reading the keys and
+    # presets alone (`wrn train --help`) must not import torch.
+    from wrn.train import validate as checks
 
-    if os.path.exists(data) or os.sep in data or data.startswith("."):
-        if not os.path.exists(data):
-            raise UserError(f"--data {data!r} does not exist: check the path, or give a name ({', '.join(NAMES)})")
-        return None, os.path.abspath(data)
-    if data not in NAMES:
-        raise UserError(f"--data {data!r} is neither a file/folder nor a dataset name: use a path or one of "
-                        f"{', '.join(NAMES)}")
-    return data, None
-
-
-def data_overrides(data: str | None) -> list[str]:
-    """The config overrides for ``--data X`` (none without it)."""
-    if data is None:
-        return []
-    name, path = data_source(data)
-    return [f"data.path={path}"] if path else [f"data.name={name}", "data.path=none"]
+    checks.validate(cfg)
 
 
 def config_from_dict(data: dict) -> Config:

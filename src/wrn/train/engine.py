@@ -22,12 +22,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wrn.train import budget, checkpoint, dist, preempt
+from wrn.train import checkpoint, dist, preempt
 from wrn.train.config import Config
 from wrn.train.numerics import EpochSums, NonFiniteLoss, step_seed  # noqa: F401 - NonFiniteLoss is fit's error
 from wrn.train.run import RunState, build_run, start_run
 from wrn.train.log import git_commit, write_json
 from wrn.train.optim import set_lr
+from wrn.units import format_duration
 
 
 def _all_ranks(sums: EpochSums) -> EpochSums:
@@ -104,7 +105,7 @@ def train_one_epoch(run: RunState, epoch: int, start_step: int = 0, sums: EpochS
             sums.bad_step = torch.where(~finite & (sums.bad_step < 0), step, sums.bad_step)
         done = step + 1
         bar.update(1)
-        run.clock.after_step(done, loss_sum)
+        run.estimate.after_step(done, loss_sum)
         if done % cfg.log.every_steps == 0:
             _check_finite(run, sums)
             window = _all_ranks(window)
@@ -249,7 +250,7 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
                        "elapsed_s": run.elapsed(), **replicas})
         write_json(out_dir / "summary.json", summary)
         _plot_curves(out_dir)
-    budget_note = f" of a {budget.format_duration(cfg.train.time_budget)} budget" if cfg.train.time_budget else ""
+    budget_note = f" of a {format_duration(cfg.train.time_budget)} budget" if cfg.train.time_budget else ""
     tta = ", flip TTA" if cfg.train.eval_tta else ""
     run.log.info(f"test accuracy {100 * test_acc:.2f}% (final epoch{tta}) | wall time {run.elapsed():.0f}s{budget_note}"
                  f" | {out_dir}")

@@ -1,10 +1,13 @@
 """Setting up a run for ``engine.fit``: ``RunState`` (what is built once and the loop uses),
 ``build_run`` (data, model, optimizer, the recorded decisions, the restored checkpoint) and
-``start_run`` (config.yaml, the budget's choice, the start record)."""
+``start_run`` (config.yaml, the budget's choice, the start record); ``probe_and_choose`` (the
+budget's measurement of this run) and ``WallTimeEstimate`` (the estimate of a run without one)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +22,12 @@ from wrn.fsio import write_atomic
 from wrn.models import create_model
 from wrn.train import accel, budget, checkpoint, dist, preempt
 from wrn.train.config import Config
-from wrn.train.data import ZCA_FILE, build_data, find_whitening
+from wrn.train.data import ZCA_FILE, build_data, find_whitening, num_images
 from wrn.train.log import RunLog, truncate_log
 from wrn.train.numerics import SkipNonFinite
 from wrn.train.optim import Schedule, build_optimizer, scaled
 from wrn.train.validate import model_kwargs
+from wrn.units import format_duration
 
 
 @dataclass
@@ -53,7 +57,7 @@ class RunState:
     decisions: dict[str, Any] = field(default_factory=dict)
     extra_state: dict[str, Any] = field(default_factory=dict)  # saved with each checkpoint
     guard: preempt.Guard = field(default_factory=preempt.Guard)
-    clock: budget.Clock | None = None
+    estimate: WallTimeEstimate | None = None  # runs without a budget
     start_time: float = field(default_factory=time.perf_counter)
     elapsed_before: float = 0.0  # seconds spent before a resume
 
@@ -98,21 +102,104 @@ def _switch_model(run: RunState, name: str) -> None:
     run.cfg = cfg
 
 
+def log_estimate(run: RunState, total_s: float, step_s: float) -> None:
+    run.log.write({"kind": "estimate", "wall_s": total_s, "step_s": step_s, "elapsed_s": run.elapsed()})
+    run.log.info(budget.estimate_line(total_s))
+
+
+class WallTimeEstimate:
+    """The wall-time estimate of a run without a budget (a budgeted one knows its time): logged
+    once, after warm-up (compile included), so that a newcomer's 200-epoch WRN-28-10 on a laptop
+    CPU says it will take weeks, and what to do."""
+
+    def __init__(self, run: RunState, start: int, enabled: bool = True):
+        self.run = run
+        self.mark = start + budget.WARMUP_STEPS if enabled else -1
+        self.end = self.mark + budget.TIMED_STEPS if enabled else -1  # disabled: never fires
+        self.t0 = 0.0
+
+    def after_step(self, done: int, loss: torch.Tensor) -> None:
+        if done == self.mark:
+            loss.item()  # wait for the device
+            self.t0 = time.perf_counter()
+        elif done == self.end:
+            loss.item()
+            step_s = (time.perf_counter() - self.t0) / budget.TIMED_STEPS
+            log_estimate(self.run, self.run.elapsed() + (self.run.total_steps - done) * step_s, step_s)
+
+
+def _repeat(loader):
+    """The loader's epoch-0 batches over and over: a small split (one test batch) still feeds the
+    probe's fixed number of steps. Ends only if the split has no batch at all."""
+    while True:
+        empty = True
+        for batch in loader.epoch(0):
+            empty = False
+            yield batch
+        if empty:
+            return
+
+
+def probe_and_choose(run: RunState) -> int:
+    """Time a few real steps and evaluation batches, put everything back as it was, and choose
+    the run's total steps for ``train.time_budget`` (rank 0 decides, all processes follow)."""
+    model, opt = checkpoint.unwrap(run.model), run.optimizer
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt_state = copy.deepcopy(opt.state_dict())
+    batches = _repeat(run.loaders["train"])
+    eval_images = _repeat(run.loaders["test"])
+
+    def train_step() -> None:
+        images, labels = next(batches)
+        loss, _ = run.train_step(run.augment(images, run.generator), labels)
+        loss.item()  # wait for the device
+
+    def eval_batch() -> int:
+        images, _ = next(eval_images)
+        run.eval_step(run.augment.normalize(images)).sum().item()
+        return len(images)
+
+    try:
+        probe = budget.measure(train_step, eval_batch, max_s=budget.PROBE_FRACTION * run.cfg.train.time_budget,
+                               agree=lambda stop: dist.any_true(stop, run.device))
+    except StopIteration:
+        raise UserError("train.time_budget: the data is too small to time a few steps: "
+                        "set train.epochs instead") from None
+    model.load_state_dict(weights)  # in place: a compiled step keeps pointing at the same tensors
+    opt.load_state_dict(opt_state)
+    if run.is_main:  # the one process that writes checkpoints
+        scratch = run.out_dir / ".budget-probe"
+        t0 = time.perf_counter()
+        checkpoint.save_checkpoint(scratch, model=run.model, optimizer=opt, state={"probe": True})
+        probe = dataclasses.replace(probe, checkpoint_s=time.perf_counter() - t0)
+        shutil.rmtree(scratch, ignore_errors=True)
+    spe = len(run.loaders["train"])
+    world_size = dist.world()[1]
+    per_epoch = num_images(run.loaders["val"]) // world_size if "val" in run.loaders else 0
+    steps = budget.choose_steps(run.cfg.train.time_budget, run.elapsed(), probe, steps_per_epoch=spe,
+                                eval_images_per_epoch=per_epoch,
+                                final_eval_images=num_images(run.loaders["test"]) // world_size,
+                                checkpoint_every=run.cfg.train.checkpoint_every)
+    steps = dist.broadcast_int(steps, run.device)
+    log_estimate(run, run.cfg.train.time_budget, probe.step_s)
+    return steps
+
+
 def _budget_steps(run: RunState) -> int:
     """The steps the budget allows, after a switch to a narrower WRN when the configured one
     would get fewer than ``train.budget_min_epochs`` epochs (then probed again)."""
     cfg, spe = run.cfg, len(run.loaders["train"])
-    steps = budget.probe_and_choose(run)
+    steps = probe_and_choose(run)
     narrower = budget.narrower_model(cfg, steps, spe)
     if narrower:
         run.log.write({"kind": "budget_model", "configured": cfg.model.name, "model": narrower,
                        "configured_epochs": steps / spe})
         run.log.info(f"{cfg.model.name} would get only {steps / spe:.2g} epochs in "
-                     f"{budget.format_duration(cfg.train.time_budget)} (train.budget_min_epochs="
+                     f"{format_duration(cfg.train.time_budget)} (train.budget_min_epochs="
                      f"{cfg.train.budget_min_epochs:g}): training {narrower} instead")
         run.decisions["configured_model"] = cfg.model.name
         _switch_model(run, narrower)
-        steps = budget.probe_and_choose(run)
+        steps = probe_and_choose(run)
     return steps
 
 
@@ -198,7 +285,7 @@ def start_run(run: RunState, state: dict | None) -> int:
             write_atomic(out_dir / "config.yaml", cfg.to_yaml().encode())
     if run.is_main and state is None:
         run.log.hparams(dataclasses.asdict(cfg))
-    run.clock = budget.Clock(run, start, enabled=not cfg.train.time_budget and start < run.total_steps)
+    run.estimate = WallTimeEstimate(run, start, enabled=not cfg.train.time_budget and start < run.total_steps)
     spe = len(run.loaders["train"])
     params = sum(p.numel() for p in run.model.parameters())
     run.log.write({"kind": "resume" if state else "start", "step": start, "device": str(run.device), "params": params,
