@@ -93,4 +93,14 @@ def run(args: argparse.Namespace) -> int:
     except Preempted as e:
         print(f"wrn: {e}", file=sys.stderr)
         return e.exit_status
+    if is_main():
+        _plot_curves(out)
     return 0
+
+
+def _plot_curves(out: Path) -> None:
+    """curves.png beside the finished run's log (``wrn report RUN`` draws it again on demand)."""
+    from wrn.experiments.plots import available, plot_run_curves
+
+    if available():  # matplotlib: without it the curves are optional
+        plot_run_curves(out)

@@ -226,7 +226,7 @@ def _train(run: RunState, start: int, state: dict | None) -> dict[str, Any]:
 
 
 def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
-    """Final-epoch test accuracy (never the best epoch's) -> log, summary.json, curves.png."""
+    """Final-epoch test accuracy (never the best epoch's) -> log, summary.json."""
     cfg, out_dir = run.cfg, run.out_dir
     test_loss, test_acc = _evaluate(run, "test")
     epoch_time_s, img_per_s = _epoch_means(out_dir) if run.is_main else (None, None)
@@ -249,20 +249,11 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
         run.log.write({"kind": "end", "step": run.total_steps, "test_loss": test_loss, "test_acc": test_acc,
                        "elapsed_s": run.elapsed(), **replicas})
         write_json(out_dir / "summary.json", summary)
-        _plot_curves(out_dir)
     budget_note = f" of a {format_duration(cfg.train.time_budget)} budget" if cfg.train.time_budget else ""
     tta = ", flip TTA" if cfg.train.eval_tta else ""
     run.log.info(f"test accuracy {100 * test_acc:.2f}% (final epoch{tta}) | wall time {run.elapsed():.0f}s{budget_note}"
                  f" | {out_dir}")
     return summary
-
-
-def _plot_curves(out_dir: Path) -> None:
-    try:
-        from wrn.experiments.plots import plot_run_curves
-    except ImportError:  # plots.py not there, or no matplotlib: the curves are optional
-        return
-    plot_run_curves(out_dir)
 
 
 @dist.with_process_group
