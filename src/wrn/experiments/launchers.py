@@ -19,7 +19,6 @@ Each run trains on one GPU (or on CPUs with --gpus 0), as the paper's CIFAR runs
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import subprocess
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from wrn.experiments.sweep import H100_TFLOPS, PlannedRun
+from wrn.rundir import read_summary
 from wrn.units import format_duration
 
 # `wrn train`'s exit status for a bad config: the same failure every time, so never retried.
@@ -132,7 +132,7 @@ class Progress:
             self.echo(f"{self.head(p)}: FAILED ({'lost' if rc is None else f'exit {rc}'}); see {log}")
             self.outcome["failed"].append(p.name)
             return
-        summary = json.loads((p.run_dir / "summary.json").read_text())
+        summary = read_summary(p.run_dir)
         self.echo(f"{self.head(p)}: done in {format_duration(time.time() - self.start[p.name])}, "
                   f"final test error {100 * (1 - summary['test_acc']):.2f}%")
         self.outcome["resumed" if self.resumed[p.name] else "trained"].append(p.name)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from wrn.data import catalog
+from wrn import rundir
 from wrn.errors import UserError
 from wrn.experiments.paper import NUM_CLASSES, Run, Table
 from wrn.fsio import write_atomic
@@ -179,16 +180,11 @@ class PlannedRun:
 
     def status(self) -> str:
         """finished | resumable | new (what a sweep will do with this run)."""
-        summary = self.run_dir / "summary.json"
-        if summary.is_file():
-            try:
-                if json.loads(summary.read_text()).get("finished"):
-                    return "finished"
-            except (OSError, json.JSONDecodeError):
-                pass
+        if rundir.read_summary(self.run_dir):
+            return "finished"
         # fit() wrote config.yaml: it started here. resume=True continues from its newest
         # checkpoint, or starts over in place when it was killed before the first one.
-        if (self.run_dir / "config.yaml").is_file() or self.has_checkpoint:
+        if (self.run_dir / rundir.CONFIG).is_file() or self.has_checkpoint:
             return "resumable"
         return "new"
 
@@ -340,17 +336,15 @@ def cpu_tflops(planned: list[PlannedRun], given: float | None = None) -> tuple[f
     """(sustained training TFLOP/s for the CPU time estimates, where the figure comes from):
     ``given`` (--tflops), else as fast as the sweep's finished runs trained (their typical time
     per epoch, so pauses do not count), else the assumed DEFAULT_CPU_TFLOPS."""
-    from wrn.experiments.records import epoch_time, read_epochs, read_json
-
     if given:
         return given, "--tflops"
     flops = seconds = 0.0
     runs = 0
     for p in planned:
-        summary = read_json(p.run_dir / "summary.json") if p.train_flops else None
-        if not summary or not summary.get("finished"):
+        summary = rundir.read_summary(p.run_dir) if p.train_flops else None
+        if not summary:
             continue
-        t = epoch_time(summary, *read_epochs(p.run_dir / "log.jsonl"))
+        t = rundir.epoch_time(summary, *rundir.read_epochs(p.run_dir))
         if t:
             flops, seconds, runs = flops + p.train_flops, seconds + t * p.epochs, runs + 1
     if runs:

@@ -11,7 +11,6 @@ weights bit for bit on CPU. (RNG states are saved in the checkpoint too, for any
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -22,11 +21,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wrn import rundir
 from wrn.train import checkpoint, dist, preempt
 from wrn.train.config import Config
 from wrn.train.numerics import EpochSums, NonFiniteLoss, step_seed  # noqa: F401 - NonFiniteLoss is fit's error
 from wrn.train.run import RunState, build_run, start_run
-from wrn.train.log import git_commit, write_json
+from wrn.train.log import git_commit
 from wrn.train.optim import set_lr
 from wrn.units import format_duration
 
@@ -170,22 +170,6 @@ def _model_summary_args(model: nn.Module) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in checkpoint.unwrap(model).model_args.items()}
 
 
-def _epoch_means(out_dir: Path) -> tuple[float | None, float | None]:
-    times, rates = [], []
-    path = out_dir / "log.jsonl"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            if r.get("kind") == "epoch":
-                times.append(r["epoch_time_s"])
-                rates.append(r["img_per_s"])
-    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
-    return mean(times), mean(rates)
-
-
 def _train(run: RunState, start: int, state: dict | None) -> dict[str, Any]:
     """The epoch loop from ``start``; returns the last epoch's metrics."""
     cfg, loaders = run.cfg, run.loaders
@@ -229,7 +213,7 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
     """Final-epoch test accuracy (never the best epoch's) -> log, summary.json."""
     cfg, out_dir = run.cfg, run.out_dir
     test_loss, test_acc = _evaluate(run, "test")
-    epoch_time_s, img_per_s = _epoch_means(out_dir) if run.is_main else (None, None)
+    epoch_time_s, img_per_s = rundir.epoch_means(out_dir) if run.is_main else (None, None)
     spe = len(run.loaders["train"])
     summary = {"model": cfg.model.name, "model_args": _model_summary_args(run.model), "dataset": cfg.data.name,
                "data_source": cfg.source(), "params": sum(p.numel() for p in run.model.parameters()),
@@ -248,7 +232,7 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
     if run.is_main:
         run.log.write({"kind": "end", "step": run.total_steps, "test_loss": test_loss, "test_acc": test_acc,
                        "elapsed_s": run.elapsed(), **replicas})
-        write_json(out_dir / "summary.json", summary)
+        rundir.write_summary(out_dir, summary)
     budget_note = f" of a {format_duration(cfg.train.time_budget)} budget" if cfg.train.time_budget else ""
     tta = ", flip TTA" if cfg.train.eval_tta else ""
     run.log.info(f"test accuracy {100 * test_acc:.2f}% (final epoch{tta}) | wall time {run.elapsed():.0f}s{budget_note}"
@@ -268,13 +252,11 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
     t_fit = time.perf_counter()  # wall time counts data loading and model building too
     out_dir = Path(out_dir)
     quiet = quiet or cfg.log.quiet
-    summary_path = out_dir / "summary.json"
-    if resume and summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("finished"):
-            if dist.is_main() and not quiet:
-                print(f"wrn: {out_dir} already finished (test accuracy {100 * summary['test_acc']:.2f}%)")
-            return summary
+    summary = rundir.read_summary(out_dir) if resume else None
+    if summary:
+        if dist.is_main() and not quiet:
+            print(f"wrn: {out_dir} already finished (test accuracy {100 * summary['test_acc']:.2f}%)")
+        return summary
     # What this run creates: out_dir and any parents that were missing (e.g. runs/ itself).
     created = [d for d in (out_dir.absolute(), *out_dir.absolute().parents) if not d.exists()]
     run, training = None, False

@@ -17,13 +17,14 @@ import torch
 import torch.nn as nn
 
 from wrn.data import zca
+from wrn import rundir
 from wrn.errors import UserError
 from wrn.fsio import write_atomic
 from wrn.models import create_model
 from wrn.train import accel, budget, checkpoint, dist, preempt
 from wrn.train.config import Config
 from wrn.train.data import ZCA_FILE, build_data, find_whitening, num_images
-from wrn.train.log import RunLog, truncate_log
+from wrn.train.log import RunLog
 from wrn.train.numerics import SkipNonFinite
 from wrn.train.optim import Schedule, build_optimizer, scaled
 from wrn.train.validate import model_kwargs
@@ -266,9 +267,9 @@ def start_run(run: RunState, state: dict | None) -> int:
     if run.is_main and state is None:
         if run.whitening is not None:
             zca.save(run.whitening, out_dir / ZCA_FILE)
-        write_atomic(out_dir / "config.yaml", cfg.to_yaml().encode())
+        write_atomic(out_dir / rundir.CONFIG, cfg.to_yaml().encode())
     if run.is_main:
-        truncate_log(out_dir, start if state else -1)  # a start-over keeps none of the old lines
+        rundir.truncate_log(out_dir, start if state else -1)  # a start-over keeps none of the old lines
     run.log = RunLog(out_dir, enabled=run.is_main, quiet=run.quiet, tensorboard=cfg.log.tensorboard,
                      resume_step=start if state else None)
     # Before the budget's probe: the probe must time the steps training will take (malloc keeping
@@ -282,7 +283,7 @@ def start_run(run: RunState, state: dict | None) -> int:
         hyper = scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs)
         run.schedule = Schedule(cfg.optim, hyper, len(run.loaders["train"]), cfg.train.epochs, total_steps=steps)
         if run.is_main:  # the choice, before the first step
-            write_atomic(out_dir / "config.yaml", cfg.to_yaml().encode())
+            write_atomic(out_dir / rundir.CONFIG, cfg.to_yaml().encode())
     if run.is_main and state is None:
         run.log.hparams(dataclasses.asdict(cfg))
     run.estimate = WallTimeEstimate(run, start, enabled=not cfg.train.time_budget and start < run.total_steps)
