@@ -194,7 +194,7 @@ def test_zca_run_saves_its_whitening_and_eval_reuses_it(tmp_path):
     assert main(args) == 0
     assert (out / "zca.safetensors").is_file()
     summary = json.loads((out / "summary.json").read_text())
-    from wrn.commands.eval import evaluate_checkpoint
+    from wrn.train.engine import evaluate_checkpoint
 
     assert evaluate_checkpoint(str(out))["accuracy"] == summary["test_acc"]  # whitened as in training
     (out / "zca.safetensors").unlink()  # control: without the run's own whitening there is no evaluation

@@ -36,23 +36,14 @@ def _resume_config(out: Path, overrides: list[str]):
     """The run's own config.yaml plus the overrides --resume allows; anything that would change
     what the run computes is refused (naming the key) before a single file is written."""
     from wrn.errors import UserError
-    from wrn.train.config import RUN_NEUTRAL_KEYS, load_config, parse_override, set_value, validate
+    from wrn.train.config import RUN_NEUTRAL_KEYS, apply_overrides, load_config, validate
 
     if not (out / "config.yaml").is_file():
         raise UserError(f"--resume {str(out)!r} is not a run directory (no config.yaml): give the --out of a run")
     cfg = load_config(config_file=out / "config.yaml")
-    saved = cfg.to_dict()
-    keys = []
-    for text in overrides:
-        key, value = parse_override(text)
-        set_value(cfg, key, value)
-        keys.append(key)
-    resolved = cfg.to_dict()
-    for key in keys:
-        section, _, name = key.partition(".")
-        if not key.startswith(RUN_NEUTRAL_KEYS) and resolved[section][name] != saved[section][name]:
-            raise UserError(f"--resume cannot change {key} (the run has {saved[section][name]!r}): it would no longer "
-                            "be the same run; drop the override, or start a new run with --out")
+    apply_overrides(cfg, overrides, RUN_NEUTRAL_KEYS, unchanged_ok=True, refuse=lambda key, saved: (
+        f"--resume cannot change {key} (the run has {list(saved) if isinstance(saved, tuple) else saved!r}): it would "
+        "no longer be the same run; drop the override, or start a new run with --out"))
     validate(cfg)
     return cfg
 

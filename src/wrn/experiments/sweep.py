@@ -21,12 +21,13 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from wrn.data import catalog
 from wrn import rundir
+from wrn.data import catalog
 from wrn.errors import UserError
 from wrn.experiments.paper import NUM_CLASSES, Run, Table
 from wrn.fsio import write_atomic
 from wrn.train import checkpoint
+from wrn.train.config import RUN_NEUTRAL_KEYS, SPEED_KEYS, SWEEP_FIXED_KEYS, allowed, load_config
 from wrn.units import format_duration
 
 # A training step costs ~3x the forward pass (forward + backward for activations and weights).
@@ -39,12 +40,6 @@ TRAIN_FLOPS_PER_FORWARD = 3
 # 3 x 0.11e9 x 200 = ~0.07 TFLOP/s. The paper presets (fp32) ran at 0.04-0.07 on such machines.
 H100_TFLOPS = 200.0
 DEFAULT_CPU_TFLOPS = 0.07
-# Overrides that would change a run behind its label (run directory, report): what to use instead.
-FIXED_KEYS = {"train.epochs": "use --epochs", "optim.milestones": "use --epochs (milestones scale with it)",
-              "data.subset": "use --subset", "train.seed": "use --seeds", "data.name": "use --data / --dataset",
-              "data.path": "use --data"}
-
-
 @dataclass(frozen=True)
 class Budget:
     """The knobs that shrink a table so it fits a CPU; all unset = the paper's budget."""
@@ -189,18 +184,9 @@ class PlannedRun:
         return "new"
 
 
-# Besides the run-neutral keys (config.RUN_NEUTRAL_KEYS), the speed switches do not relabel a run:
-# they change the arithmetic's rounding, not the recipe (a resume may not change them: its weights
-# must stay bit-identical).
-SPEED_KEYS = ("accel.device", "accel.compile", "accel.compile_mode", "accel.channels_last", "accel.cuda_graphs",
-              "accel.fused_optimizer", "accel.sync_bn", "train.eval_batch_size")
-
-
 def _recipe(preset: str, overrides: list[str]):
     """(the recipe's config with the overrides, its lr schedule when the overrides change it, the
     other overrides that change the recipe as "key=value")."""
-    from wrn.train.config import RUN_NEUTRAL_KEYS, load_config
-
     cfg = load_config(preset=preset, overrides=overrides)
     plain = load_config(preset=preset).to_dict()
     changed = cfg.optim.schedule if cfg.optim.schedule != plain["optim"]["schedule"] else None
@@ -210,7 +196,7 @@ def _recipe(preset: str, overrides: list[str]):
     for key in dict.fromkeys(o.split("=", 1)[0].strip() for o in overrides):
         section, _, name = key.partition(".")
         value = resolved[section][name]
-        if key != "optim.schedule" and not key.startswith(unlabelled) and value != plain[section][name]:
+        if key != "optim.schedule" and not allowed(unlabelled, key) and value != plain[section][name]:
             changes.append(f"{key}={','.join(map(str, value)) if isinstance(value, list) else value}")
     return cfg, changed, tuple(changes)
 
@@ -239,11 +225,9 @@ def plan(
         key = o.split("=", 1)[0]
         if "=" not in o:
             raise UserError(f"override {o!r} is not key=value: e.g. accel.precision=bf16")
-        if key in FIXED_KEYS:
-            raise UserError(f"override {key} would change the runs behind their labels: {FIXED_KEYS[key]}")
-        if key.startswith("model."):
-            raise UserError(f"override {key}: the table fixes each run's model; use --model-scale to shrink "
-                            "widths, or `wrn train` for a one-off net")
+        fixed = next((hint for k, hint in SWEEP_FIXED_KEYS.items() if allowed((k,), key)), None)
+        if fixed:
+            raise UserError(f"override {key} would change the runs behind their labels: {fixed}")
     runs = [r for r in table.runs if dataset is None or r.dataset == dataset]
     if not runs:
         raise UserError(f"table {table.name} has no runs on {dataset!r}: choose one of {', '.join(table.datasets())}")

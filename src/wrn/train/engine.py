@@ -22,8 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wrn import rundir
-from wrn.train import checkpoint, dist, preempt
-from wrn.train.config import Config
+from wrn.train import accel, checkpoint, dist, preempt
+from wrn.train.config import EVAL_KEYS, Config, apply_overrides, config_from_dict, validate
+from wrn.train.data import build_data, find_whitening, num_images, other_data
 from wrn.train.numerics import EpochSums, NonFiniteLoss, step_seed  # noqa: F401 - NonFiniteLoss is fit's error
 from wrn.train.run import RunState, build_run, start_run
 from wrn.train.log import git_commit
@@ -158,6 +159,38 @@ def evaluate(model: nn.Module, eval_step: Callable, loader, augment) -> tuple[fl
     if n == 0:
         return float("nan"), float("nan")
     return loss.item() / n, correct.item() / n
+
+
+def evaluate_checkpoint(checkpoint_path: str | Path, *, data: str | None = None, split: str = "test",
+                        overrides: list[str] | tuple[str, ...] = (), tta: bool | None = None) -> dict:
+    """Rebuild the model from the checkpoint and evaluate it the way training did (same
+    normalisation statistics and precision unless overridden). On the run's own data the split
+    is the run's own (its val split is carved again from the same seed); ``data`` evaluates
+    another dataset with the run's classes, where training-only settings (subset, val split) do
+    not apply. ``tta`` (flip test-time augmentation) defaults to the run's train.eval_tta."""
+    ckpt = checkpoint.find_checkpoint(checkpoint_path)
+    model, state = checkpoint.load_checkpoint(ckpt)
+    cfg = config_from_dict(state["config"])
+    apply_overrides(cfg, overrides, EVAL_KEYS, refuse=lambda key, _: (
+        f"{key} does not apply to evaluation (the checkpoint fixes it): use accel.* or train.eval_batch_size"))
+    if tta is not None:
+        cfg.train.eval_tta = tta
+    validate(cfg)
+    device = accel.resolve_device(cfg.accel.device)
+    norm = state.get("normalize")
+    stats = (norm["mean"], norm["std"]) if norm and norm.get("mean") else None
+    whitening = find_whitening(cfg, ckpt)
+    if data is None:
+        loader, augment = build_data(cfg, device, splits=(split,), stats=stats, whitening=whitening).pick(split)
+    else:
+        loader, augment = other_data(cfg, data, split, state.get("classes"), device, stats, whitening)
+    model = accel.prepare_model(model, device, cfg.accel.channels_last)
+    precision = accel.resolve_precision(cfg.accel.precision, device, (state.get("decisions") or {}).get("precision"))
+    eval_step = accel.make_eval_step(model, precision=precision, device=device, flip=cfg.train.eval_tta)
+    loss, acc = evaluate(model, eval_step, loader, augment)
+    return {"checkpoint": str(ckpt), "data": data or cfg.source(), "split": split, "images": num_images(loader),
+            "accuracy": acc, "loss": loss, "step": state.get("step"), "model": state["model_args"]["name"],
+            "precision": precision, "tta": cfg.train.eval_tta, "device": str(device)}
 
 
 def _evaluate(run: RunState, split: str) -> tuple[float, float]:
