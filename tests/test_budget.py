@@ -16,10 +16,11 @@ from wrn.cli import main
 from wrn.errors import UserError
 from wrn.models import create_model
 from wrn.train import accel, budget, checkpoint, pace, preempt
-from wrn.train.budget import Costs, choose_steps, parse_duration
+from wrn.train.budget import Costs, choose_steps
 from wrn.train.config import OptimConfig, load_config
 from wrn.train.engine import fit
 from wrn.train.optim import Hyper, Schedule
+from wrn.units import parse_duration
 
 from helpers import write_image_folder  # tests/helpers.py
 from stopping import differing, records, resumed_from, stop_at  # tests/stopping.py

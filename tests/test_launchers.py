@@ -18,7 +18,7 @@ import pytest
 
 from wrn.cli import main
 from wrn.errors import UserError
-from wrn.experiments import cluster, launchers, paper, sweep
+from wrn.experiments import cluster, launch, launchers, paper, sweep
 from wrn.train import checkpoint
 
 from helpers import write_image_folder  # tests/helpers.py
@@ -159,12 +159,12 @@ def test_a_missing_cluster_package_or_slurm_is_one_line_with_the_fix(monkeypatch
     for module, name in (("submitit", "slurm"), ("ray", "ray")):
         monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
         with pytest.raises(UserError, match=r"needs .*pip install -e \"\.\[cluster\]\""):
-            launchers.make(name, planned, max_retries=1)
+            launch.make(name, planned, max_retries=1)
     monkeypatch.delitem(sys.modules, "submitit")
     if importlib.util.find_spec("submitit"):
         monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
         with pytest.raises(UserError, match="no SLURM on this machine"):
-            launchers.make("slurm", planned, max_retries=1)
+            launch.make("slurm", planned, max_retries=1)
     assert not any(tmp_path.iterdir()), "nothing left behind"
 
 
@@ -179,14 +179,14 @@ def test_a_ray_address_where_nothing_listens_is_one_line():
 
 def test_options_are_checked_against_the_launcher():
     with pytest.raises(UserError, match="--partition is for --launcher slurm"):
-        launchers.check_options("ray", partition="gpu")
+        launch.check_options("ray", partition="gpu")
     with pytest.raises(UserError, match="--address is for --launcher ray"):
-        launchers.check_options("slurm", address="10.0.0.1:6379")
+        launch.check_options("slurm", address="10.0.0.1:6379")
     with pytest.raises(UserError, match="--cpus/--gpus size cluster jobs"):
-        launchers.check_options("local", gpus=1)
+        launch.check_options("local", gpus=1)
     with pytest.raises(UserError, match="one GPU"):
-        launchers.check_options("slurm", gpus=2)
-    launchers.check_options("slurm", partition="gpu", account="lab", cpus=8, gpus=1, max_retries=0)
+        launch.check_options("slurm", gpus=2)
+    launch.check_options("slurm", partition="gpu", account="lab", cpus=8, gpus=1, max_retries=0)
 
 
 def test_resources_come_from_the_cost_estimate(capsys):

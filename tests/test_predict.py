@@ -261,3 +261,22 @@ def test_cifar10_jpegs_same_accuracy_as_eval(tmp_path, capsys):
     accuracy = _accuracy(preds)
     assert accuracy == _eval_accuracy(run, tmp_path / "data", capsys)
     assert 0.1 < accuracy < 0.9  # neither constant nor perfect: the equality says something
+
+
+def test_a_run_with_precision_auto_predicts_and_takes_accel_overrides(trained, tmp_path, capsys):
+    """Every run of the quick preset has accel.precision=auto: predict resolves it as training
+    recorded it (it failed with "unknown precision 'auto'"). An accel.* key=value among the paths
+    is an override, not an image; a key the checkpoint fixes is refused in one line."""
+    _, data = trained
+    run = _train(data, tmp_path / "auto", "accel.precision=auto")
+    images = str(data / "test" / "class1")
+    assert main(["predict", run.as_posix(), images, "--top", "1"]) == 0
+    default = capsys.readouterr().out
+    assert len(default.splitlines()) == 12
+    assert main(["predict", str(run), images, "accel.precision=fp32", "--top", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 12 and "accel.precision" not in out + err  # not read as an image path
+    assert main(["predict", str(run), images, "model.name=wrn-16-1"]) == 2
+    err = capsys.readouterr().err
+    assert "model.name" in err and err.count("\n") == 1
+    assert len(wrn.predict(run, data / "test" / "class1").names) == 12  # the Python API too

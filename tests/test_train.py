@@ -41,6 +41,7 @@ def test_quick_preset_runs_and_loss_falls(quick_run):
                  "checkpoint/state.json", "checkpoint/optimizer.safetensors", "checkpoint/optimizer.json"):
         assert (out / name).is_file(), name
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-0002"]  # train.keep_every=2
+    assert (out / "curves.png").is_file()  # drawn by `wrn train` once fit returns
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["kind"] == "step"]
     epochs = [r for r in records if r["kind"] == "epoch"]
@@ -200,7 +201,7 @@ def test_zca_run_saves_its_whitening_and_eval_reuses_it(tmp_path):
     assert main(args) == 0
     assert (out / "zca.safetensors").is_file()
     summary = json.loads((out / "summary.json").read_text())
-    from wrn.commands.eval import evaluate_checkpoint
+    from wrn.train.engine import evaluate_checkpoint
 
     assert evaluate_checkpoint(str(out))["accuracy"] == summary["test_acc"]  # whitened as in training
     (out / "zca.safetensors").unlink()  # control: without the run's own whitening there is no evaluation

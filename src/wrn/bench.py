@@ -38,27 +38,25 @@ from wrn.data.catalog import get as dataset_info
 from wrn.errors import UserError
 from wrn.timing import PEAK_SECONDS, figures, matmul_peak_gflops, peak_memory_mb, reset_peak_memory, time_loop
 from wrn.train import accel, hardware
+from wrn.train.config import BENCH_KEYS, Config, allowed, load_config, parse_override
 from wrn.train.provenance import provenance
-from wrn.train.config import Config, load_config, parse_override
 from wrn.train.validate import model_kwargs
 
 # The fast mode's model.* and accel.* defaults: this preset's, so that `wrn bench MODEL` measures
 # what `wrn train --preset quick model.name=MODEL` runs, and no second set of defaults exists.
 FAST_PRESET = "quick"
-BENCH_SECTIONS = ("model", "accel")  # what a benchmark reads from the config
 CIFAR = dataset_info("cifar10")  # the random data is CIFAR-shaped and normalised with its statistics
 
 
 def bench_config(model: str, overrides: Iterable[str] = ()) -> Config:
-    """The fast mode's config: FAST_PRESET, ``model.name=model``, then ``model.*``/``accel.*``
-    overrides, parsed and validated (precision included) by the config itself."""
-    for text in overrides:
-        key, _ = parse_override(text)
-        if key.partition(".")[0] not in BENCH_SECTIONS:
-            raise UserError(f"{key}: wrn bench takes only model.* and accel.* keys (the rest is wrn train's)")
-        if key == "model.name":
-            raise UserError("model.name: give the model as wrn bench's first argument, e.g. wrn bench wrn-16-4")
-    return load_config(FAST_PRESET, overrides=[f"model.name={model}", *overrides])
+    """The fast mode's config: FAST_PRESET, ``model.name=model``, then ``model.*``/``accel.*`` and
+    augmentation overrides (config.BENCH_KEYS), parsed and validated (precision included) by the
+    config itself."""
+    if any(parse_override(text)[0] == "model.name" for text in overrides):
+        raise UserError("model.name: give the model as wrn bench's first argument, e.g. wrn bench wrn-16-4")
+    return load_config(FAST_PRESET, overrides=[f"model.name={model}", *overrides], keys=BENCH_KEYS,
+                       refuse=lambda key, _: (f"{key}: wrn bench takes only model.* and accel.* keys, and "
+                                              "data.augment, data.cutout (the rest is wrn train's)"))
 
 
 @dataclass
@@ -94,7 +92,8 @@ class BenchSettings:
     def record(self) -> dict[str, Any]:
         """The settings as the JSON records them: the bench's knobs, the model.*/accel.* sections."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "config"}
-        return {**out, **{s: asdict(getattr(self.config, s)) for s in BENCH_SECTIONS}}
+        data = {k: v for k, v in asdict(self.config.data).items() if allowed(BENCH_KEYS, f"data.{k}")}
+        return {**out, **{s: asdict(getattr(self.config, s)) for s in ("model", "accel")}, "data": data}
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -171,7 +170,9 @@ def bench_fast(s: BenchSettings, device: torch.device, precision: str, flops: in
     ds = random_cifar(s.batch_size * 8, s.input_size, s.num_classes)
     loader = DeviceLoader(ds, s.batch_size, device=device, shuffle=True, drop_last=True, seed=0)
     # Augment returns the memory format the model was prepared with (NCHW or channels_last).
-    augment = Augment(CIFAR.mean, CIFAR.std, crop_padding=4, flip=True, channels_last=a.channels_last)
+    d = s.config.data  # as training augments: reflect-pad crop and flip (data.augment), cutout
+    augment = Augment(CIFAR.mean, CIFAR.std, crop_padding=4 if d.augment else 0, flip=d.augment, cutout=d.cutout,
+                      channels_last=a.channels_last)
     generator = torch.Generator(device=device)
     batches = _forever(loader)
     reset_peak_memory(device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -70,6 +71,11 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data``: readers see the old or the new file, never part of one."""
     with replacing(path) as tmp:
         write_synced(tmp, data)
+
+
+def write_json(path: Path, obj) -> None:
+    """``obj`` as indented JSON, atomically (a reader sees the old file or the new one)."""
+    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def file_digest(path: Path, algorithm: str) -> str:

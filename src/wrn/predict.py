@@ -89,10 +89,11 @@ def input_size(model: nn.Module, state: dict[str, Any]) -> tuple[int, bool]:
 def load_predictor(model_or_run: Any, *, device: str | None = None, precision: str | None = None,
                    batch_size: int | None = None, mean: Sequence[float] | None = None,
                    std: Sequence[float] | None = None, classes: Sequence[str] | None = None,
-                   image_size: int | None = None, tta: bool = False) -> Predictor:
+                   image_size: int | None = None, tta: bool = False, overrides: Sequence[str] = ()) -> Predictor:
     """From a run directory / checkpoint path, a ``(model, state)`` pair as ``wrn.load_checkpoint``
     returns, or a bare model with its ``mean``/``std`` (and optionally ``classes``, ``image_size``).
-    ``tta``: each prediction averages the image's and its horizontal mirror's."""
+    ``tta``: each prediction averages the image's and its horizontal mirror's. ``overrides``:
+    ``accel.*`` ``key=value`` texts, as `wrn eval` takes them (``device``/``precision`` win)."""
     from wrn.data.augment import Augment
     from wrn.train import accel
 
@@ -134,21 +135,41 @@ def load_predictor(model_or_run: Any, *, device: str | None = None, precision: s
     num_classes = getattr(model, "num_classes", None)
     classes = list(classes if classes is not None else state.get("classes") or
                    [str(i) for i in range(num_classes or 0)])
+    given = _accel_overrides(cfg, overrides)
+    accel_cfg = {**(cfg.get("accel") or {}), **given}
+    if device is None and "device" in given:
+        device = given["device"]
     if device is None:  # a run: the GPU when present; a model: where its weights already are
         param = next(model.parameters(), None)
         dev = accel.resolve_device("auto") if state or param is None else param.device
     else:
         dev = accel.resolve_device(device)
-    accel_cfg = cfg.get("accel") or {}
     channels_last = bool(accel_cfg.get("channels_last"))
     model = accel.prepare_model(model, dev, channels_last)
     batch = batch_size if batch_size is not None else (cfg.get("train") or {}).get("eval_batch_size") or DEFAULT_BATCH
     if batch < 1:
         raise UserError(f"--batch-size {batch} must be >= 1")
-    step = accel.make_eval_step(model, precision=precision or accel_cfg.get("precision", "fp32"), device=dev, flip=tta)
+    # "auto" is what the run recorded when it trained, else this device's fast precision, as `wrn eval` does.
+    precision = accel.resolve_precision(precision or accel_cfg.get("precision", "fp32"), dev,
+                                        (state.get("decisions") or {}).get("precision"))
+    step = accel.make_eval_step(model, precision=precision, device=dev, flip=tta)
     normalize = Augment(None if whitening else mean, None if whitening else std, whiten=whitening, crop_padding=0,
                         flip=False, channels_last=channels_last)  # as evaluation's
     return Predictor(model, step, dev, normalize, image_size or size, streaming, classes, batch)
+
+
+def _accel_overrides(cfg: dict, overrides: Sequence[str]) -> dict[str, Any]:
+    """The ``accel.*`` values ``overrides`` set on the run's config (``cfg``: its saved form),
+    checked as `wrn eval` checks them: {name: value} of the keys given."""
+    if not overrides:
+        return {}
+    from wrn.train.config import INFERENCE_KEYS, Config, apply_overrides, config_from_dict, validate
+
+    full = config_from_dict(cfg) if cfg else Config()
+    keys = apply_overrides(full, overrides, INFERENCE_KEYS, refuse=lambda key, _: (
+        f"{key} does not apply to prediction (the checkpoint fixes it): use accel.* keys"))
+    validate(full)
+    return {key.partition(".")[2]: getattr(full.accel, key.partition(".")[2]) for key in keys}
 
 
 # -- inputs --------------------------------------------------------------------------------------
@@ -268,7 +289,8 @@ def _probabilities(p: Predictor, batch: np.ndarray) -> np.ndarray:
 
 def predict(model_or_run: Any, images: Any, *, tta: bool = False, strict: bool = False,
             device: str | None = None, batch_size: int | None = None, precision: str | None = None,
-            on_skip: Callable[[str, str], None] | None = None, **model_info: Any) -> Predictions:
+            overrides: Sequence[str] = (), on_skip: Callable[[str, str], None] | None = None,
+            **model_info: Any) -> Predictions:
     """Class probabilities of ``images`` under a trained model.
 
     ``model_or_run``: a run directory or checkpoint, ``wrn.load_checkpoint(...)``'s (model, state),
@@ -276,12 +298,14 @@ def predict(model_or_run: Any, images: Any, *, tta: bool = False, strict: bool =
     ``classes=``, ``image_size=``. ``images``: a path
     (image file, folder searched recursively, .tar/.tar.gz/.tar.xz/.zip), a PIL image, a uint8
     [N, H, W, 3] array or tensor, or a list of these. ``tta`` averages the softmax of each image
-    and its horizontal flip. Unreadable files are skipped (``on_skip(name, why)`` is called, and
+    and its horizontal flip. ``overrides``: ``accel.*`` ``key=value`` texts (e.g.
+    ``accel.precision=fp32``); ``device`` and ``precision`` win over them. Unreadable files are skipped (``on_skip(name, why)`` is called, and
     they are listed in ``skipped``), or raise a ``UserError`` with ``strict``.
     """
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     _check_paths(items)
-    p = load_predictor(model_or_run, device=device, precision=precision, batch_size=batch_size, tta=tta, **model_info)
+    p = load_predictor(model_or_run, device=device, precision=precision, batch_size=batch_size, tta=tta,
+                       overrides=overrides, **model_info)
     was_training = p.model.training
     p.model.eval()
     names: list[str] = []

@@ -18,7 +18,7 @@ CORE_KEYS = ("accel.device", "accel.precision", "accel.compile", "accel.channels
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a model name, e.g. wrn-16-4 (see `wrn info --list`)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="model.* and accel.* keys as for `wrn train`, e.g. accel.precision=fp32 "
+                        help="model.* and accel.* keys and data.augment, data.cutout as for `wrn train`, e.g. accel.precision=fp32 "
                              "accel.compile=false accel.channels_last=false accel.device=cpu accel.threads=auto "
                              "model.num_classes=100; defaults: the quick preset's (precision auto: bf16 where "
                              "native, else fp32; channels_last, compile, freed memory kept)")
@@ -52,7 +52,8 @@ def _text(value) -> str:
 def command_line(s, as_json: bool = False) -> str:
     """The full command that reproduces a measurement: every bench flag, the core accel keys, and
     each other model.*/accel.* key whose value differs from the bench's defaults."""
-    from wrn.bench import BENCH_SECTIONS, bench_config
+    from wrn.bench import bench_config
+    from wrn.train.config import BENCH_KEYS, allowed
 
     parts = ["wrn", "bench", s.model, "--batch-size", str(s.batch_size), "--steps", str(s.steps),
              "--warmup", str(s.warmup), "--repeats", str(s.repeats), "--input", str(s.input_size),
@@ -66,10 +67,12 @@ def command_line(s, as_json: bool = False) -> str:
     if s.peak_size != 2048:
         parts += ["--peak-size", str(s.peak_size)]
     default = bench_config(s.model)
-    for section in BENCH_SECTIONS:
+    for section in ("model", "accel", "data"):
         for name, value in vars(getattr(s.config, section)).items():
             key = f"{section}.{name}"
-            if key != "model.name" and (key in CORE_KEYS or value != getattr(getattr(default, section), name)):
+            if key == "model.name" or not allowed(BENCH_KEYS, key):
+                continue
+            if key in CORE_KEYS or value != getattr(getattr(default, section), name):
                 parts.append(f"{key}={_text(value)}")
     if as_json:
         parts.append("--json")

@@ -6,25 +6,28 @@ import argparse
 import csv
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
-HELP = "classify images with a trained run: wrn predict RUN PATH... [--top K] [--out preds.csv|preds.json] [--tta]"
+HELP = ("classify images with a trained run: wrn predict RUN PATH... [--top K] [--out preds.csv|preds.json] [--tta] "
+        "[accel.key=value ...]")
+# An override is section.key=value (e.g. accel.precision=fp32); any other word is an image path.
+OVERRIDE = re.compile(r"[a-z_]+\.[a-z_]+=.*")
 FORMATS = (".csv", ".json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="a run directory or its checkpoint/ directory")
     parser.add_argument("paths", nargs="+", metavar="PATH",
-                        help="PNG/JPEG files, folders (searched recursively) or .tar/.tar.gz/.tar.xz/.zip archives")
+                        help="PNG/JPEG files, folders (searched recursively) or .tar/.tar.gz/.tar.xz/.zip archives; "
+                             "accel.* key=value overrides among them, as for `wrn eval` (e.g. accel.device=cpu "
+                             "accel.precision=fp32: default the run's own; fp32 is faster on CPUs without bf16 units)")
     parser.add_argument("--top", type=int, default=5, metavar="K", help="classes shown per image (default 5)")
     parser.add_argument("--out", metavar="FILE", help="write the predictions to a .csv or .json file instead")
     parser.add_argument("--tta", action="store_true", help="average over each image and its horizontal flip")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first unreadable file instead of skipping it")
-    parser.add_argument("--device", default="auto", metavar="D", help="auto | cpu | cuda (default: auto)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"),
-                        help="default: the run's own (accel.precision); fp32 is faster on CPUs without bf16 units")
     parser.add_argument("--batch-size", type=int, metavar="B", help="default: the run's train.eval_batch_size")
 
 
@@ -59,8 +62,12 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--out {args.out}: the file type comes from its name: use a .csv or .json file")
         if not out.parent.is_dir():
             raise UserError(f"--out {args.out}: the folder {out.parent} does not exist: create it first")
-    preds = predict(args.run, args.paths, tta=args.tta, strict=args.strict, device=args.device,
-                    batch_size=args.batch_size, precision=args.precision,
+    # An existing file named like an override is still an image.
+    overrides = [p for p in args.paths if OVERRIDE.fullmatch(p) and not Path(p).exists()]
+    paths = [p for p in args.paths if p not in overrides]
+    if not paths:
+        raise UserError("no images given: wrn predict RUN PATH... (files, folders or archives)")
+    preds = predict(args.run, paths, tta=args.tta, strict=args.strict, overrides=overrides, batch_size=args.batch_size,
                     on_skip=lambda name, why: print(f"wrn: skipped {name}: {why}", file=sys.stderr))
     k = min(args.top, len(preds.classes))
     if out is not None:

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from wrn.errors import UserError
-    from wrn.experiments import launchers, paper, sweep
+    from wrn.experiments import launch, launchers, paper, sweep
 
     if args.list:
         for t in paper.tables().values():
@@ -57,21 +57,21 @@ def run(args: argparse.Namespace) -> int:
     table = paper.get_table(args.table)
     options = dict(cpus=args.cpus, gpus=args.gpus, partition=args.partition, account=args.account,
                    address=args.address, max_retries=args.max_retries)
-    launchers.check_options(args.launcher, **options)
+    launch.check_options(args.launcher, **options)
     budget = sweep.Budget(epochs=args.epochs, subset=args.subset, model_scale=args.model_scale)
     planned = sweep.plan(table, out=args.out, seeds=args.seeds, budget=budget, data=args.data,
                          dataset=args.dataset, overrides=tuple(args.overrides))
     budget = planned[0].budget  # plan() adds an lr schedule override to the label
     tflops, source = sweep.cpu_tflops(planned, args.tflops)
     print(sweep.format_plan(table, planned, budget, tflops=tflops, tflops_source=source))
-    request = launchers.describe(args.launcher, planned, cpus=args.cpus, gpus=args.gpus, cpu_tflops=tflops)
+    request = launch.describe(args.launcher, planned, cpus=args.cpus, gpus=args.gpus, cpu_tflops=tflops)
     if request:
         print(request)
     if args.dry_run:
         return 0
     if args.data is not None and args.data not in paper.NUM_CLASSES and not os.path.exists(args.data):
         raise UserError(f"--data {args.data} does not exist: give a local copy or a dataset name (cifar10, ...)")
-    launcher = launchers.make(args.launcher, planned, cpu_tflops=tflops, **options)
+    launcher = launch.make(args.launcher, planned, cpu_tflops=tflops, **options)
     print()
     sweep.write_manifest(table, planned, budget, _command(args))
     outcome = launchers.execute(planned, launcher)

@@ -24,11 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--config", metavar="FILE", help="a YAML config (may start from a preset with `preset: NAME`)")
     parser.add_argument("--data", metavar="PATH|NAME",
                         help="a dataset name (cifar10, cifar100, svhn) or a local archive/folder")
-    parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-<model>-<time>)")
+    parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-<model>-<time>; runs/<preset>-<time> where "
+                                                        "a budget may choose the model)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     parser.add_argument("--budget", metavar="TIME",
-                        help="wall-clock budget, e.g. 90s, 15m, 2h (train.time_budget): the run fixes its steps "
-                             "after warm-up so that training and the final evaluation end within it")
+                        help="wall-clock budget from the command's start, e.g. 90s, 15m, 2h (train.time_budget): the "
+                             "run times its own warm-up, then fixes its steps so that training and the final "
+                             "evaluation end within it")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.epochs=10 model.block=3,1,3")
 
@@ -46,23 +48,14 @@ def _resume_config(out: Path, overrides: list[str]):
     """The run's own config.yaml plus the overrides --resume allows; anything that would change
     what the run computes is refused (naming the key) before a single file is written."""
     from wrn.errors import UserError
-    from wrn.train.config import RUN_NEUTRAL_KEYS, load_config, parse_override, set_value, validate
+    from wrn.train.config import RUN_NEUTRAL_KEYS, apply_overrides, load_config, validate
 
     if not (out / "config.yaml").is_file():
         raise UserError(f"--resume {str(out)!r} is not a run directory (no config.yaml): give the --out of a run")
     cfg = load_config(config_file=out / "config.yaml")
-    saved = cfg.to_dict()
-    keys = []
-    for text in overrides:
-        key, value = parse_override(text)
-        set_value(cfg, key, value)
-        keys.append(key)
-    resolved = cfg.to_dict()
-    for key in keys:
-        section, _, name = key.partition(".")
-        if not key.startswith(RUN_NEUTRAL_KEYS) and resolved[section][name] != saved[section][name]:
-            raise UserError(f"--resume cannot change {key} (the run has {saved[section][name]!r}): it would no longer "
-                            "be the same run; drop the override, or start a new run with --out")
+    apply_overrides(cfg, overrides, RUN_NEUTRAL_KEYS, unchanged_ok=True, refuse=lambda key, saved: (
+        f"--resume cannot change {key} (the run has {list(saved) if isinstance(saved, tuple) else saved!r}): it would "
+        "no longer be the same run; drop the override, or start a new run with --out"))
     validate(cfg)
     return cfg
 
@@ -71,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from wrn.errors import UserError
-    from wrn.train.config import data_overrides, load_config
+    from wrn.train.config import load_config
+    from wrn.train.data import data_overrides
     from wrn.train.dist import is_main
     from wrn.train.engine import fit
     from wrn.train.preempt import Preempted
@@ -104,4 +98,14 @@ def run(args: argparse.Namespace) -> int:
     except Preempted as e:
         print(f"wrn: {e}", file=sys.stderr)
         return e.exit_status
+    if is_main():
+        _plot_curves(out)
     return 0
+
+
+def _plot_curves(out: Path) -> None:
+    """curves.png beside the finished run's log (``wrn report RUN`` draws it again on demand)."""
+    from wrn.experiments.plots import available, plot_run_curves
+
+    if available():  # matplotlib: without it the curves are optional
+        plot_run_curves(out)

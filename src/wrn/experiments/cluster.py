@@ -140,12 +140,27 @@ def _listening(address: str) -> bool:
         return False
 
 
+def run_wrn(argv: list[str]) -> int:
+    """``python -m wrn ARGV`` in this process; its exit status. The experiments run the program, as
+    the local and SLURM launchers do in a child process, and never import the command line."""
+    import runpy
+    import sys
+
+    saved = sys.argv
+    sys.argv = ["wrn", *argv]
+    try:
+        runpy.run_module("wrn", run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        sys.argv = saved
+    return 0
+
+
 def ray_task(p: PlannedRun) -> int:
     """One run inside a Ray worker, in-process: a worker killed (or lost with its node) takes its
     training with it (Ray does not kill a crashed worker's children), and Ray's retry resumes it."""
     from contextlib import redirect_stderr, redirect_stdout
-
-    from wrn.cli import main
 
     if p.status() == "finished":
         return 0
@@ -154,7 +169,7 @@ def ray_task(p: PlannedRun) -> int:
     argv = train_argv(p)
     with open(log, "a", buffering=1) as f, redirect_stdout(f), redirect_stderr(f):
         print(f"$ wrn {' '.join(argv)}  (Ray task, pid {os.getpid()})")
-        rc = main(argv)
+        rc = run_wrn(argv)
     if rc not in (0, EXIT_USER_ERROR):
         raise RunLost(f"{p.name}: wrn train exited with {rc}")
     return rc

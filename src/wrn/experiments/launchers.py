@@ -3,8 +3,8 @@ tasks. Every launcher runs the same command for a run, ``wrn train`` (``train_ar
 the run's own state when it starts: ``--preset P --out RUN_DIR OVERRIDES`` for a new run,
 ``--resume RUN_DIR`` for one with a checkpoint, nothing for a finished one. So a retried,
 requeued or re-launched run resumes, and a finished run is never trained again. Local and SLURM
-runs start ``python -m wrn.cli train ...``; a Ray task calls ``wrn.cli.main`` itself (see
-``cluster.ray_task``).
+runs start ``python -m wrn.cli train ...``; a Ray task runs ``python -m wrn`` in its own process
+(see ``cluster.ray_task``). ``wrn.experiments.launch`` picks a launcher by name.
 
     local  one run after another on this machine (the default)
     slurm  one submitit job per run; SLURM's time-limit/preemption signal checkpoints the run and
@@ -19,7 +19,6 @@ Each run trains on one GPU (or on CPUs with --gpus 0), as the paper's CIFAR runs
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import subprocess
@@ -29,11 +28,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from wrn.errors import UserError
-from wrn.experiments.sweep import DEFAULT_CPU_TFLOPS, H100_TFLOPS, PlannedRun
-from wrn.train.budget import format_duration
+from wrn.experiments.sweep import H100_TFLOPS, PlannedRun
+from wrn.rundir import read_summary
+from wrn.units import format_duration
 
-LAUNCHERS = ("local", "slurm", "ray")
 # `wrn train`'s exit status for a bad config: the same failure every time, so never retried.
 EXIT_USER_ERROR = 2
 EXTRA = "pip install -e \".[cluster]\""
@@ -134,7 +132,7 @@ class Progress:
             self.echo(f"{self.head(p)}: FAILED ({'lost' if rc is None else f'exit {rc}'}); see {log}")
             self.outcome["failed"].append(p.name)
             return
-        summary = json.loads((p.run_dir / "summary.json").read_text())
+        summary = read_summary(p.run_dir)
         self.echo(f"{self.head(p)}: done in {format_duration(time.time() - self.start[p.name])}, "
                   f"final test error {100 * (1 - summary['test_acc']):.2f}%")
         self.outcome["resumed" if self.resumed[p.name] else "trained"].append(p.name)
@@ -185,62 +183,3 @@ class LocalLauncher(Launcher):
         for p in runs:
             progress.started(p)
             progress.ended(p, self.runner(p), str(log_path(p)))
-
-
-def check_options(name: str, *, cpus: int | None = None, gpus: int | None = None, partition: str | None = None,
-                  account: str | None = None, address: str | None = None, max_retries: int = 0) -> None:
-    """The options of ``wrn sweep --launcher NAME`` make sense together (also for a dry run)."""
-    if name not in LAUNCHERS:
-        raise UserError(f"--launcher {name}: choose one of {', '.join(LAUNCHERS)}")
-    for flag, value, only in (("--partition", partition, "slurm"), ("--account", account, "slurm"),
-                              ("--address", address, "ray")):
-        if value is not None and name != only:
-            raise UserError(f"{flag} is for --launcher {only}: add --launcher {only}, or drop {flag}")
-    if name == "local" and (cpus is not None or gpus is not None):
-        raise UserError("--cpus/--gpus size cluster jobs: add --launcher slurm or ray, or drop them")
-    if cpus is not None and cpus < 1:
-        raise UserError(f"--cpus {cpus} must be >= 1")
-    if gpus not in (None, 0, 1):
-        raise UserError(f"--gpus {gpus}: a sweep's run trains on one GPU (1) or on CPUs (0); for one run on "
-                        "several GPUs use torchrun with `wrn train`")
-    if max_retries < 0:
-        raise UserError(f"--max-retries {max_retries} must be >= 0")
-
-
-def make(name: str, planned: list[PlannedRun], *, cpus: int | None = None, gpus: int | None = None,
-         partition: str | None = None, account: str | None = None, address: str | None = None,
-         max_retries: int, cpu_tflops: float = DEFAULT_CPU_TFLOPS) -> Launcher:
-    """The launcher ``wrn sweep --launcher NAME`` asks for (a one-line error naming the extra when
-    its package is missing)."""
-    check_options(name, cpus=cpus, gpus=gpus, partition=partition, account=account, address=address,
-                  max_retries=max_retries)
-    if name == "local":
-        return LocalLauncher()
-    from wrn.experiments import cluster  # here: cluster imports this module for its base classes
-
-    if name == "slurm":
-        folder = planned[0].run_dir.parent.resolve() / "slurm"
-        return cluster.SlurmLauncher(folder, cpus=cpus or DEFAULT_CPUS, gpus=DEFAULT_SLURM_GPUS if gpus is None else gpus,
-                             partition=partition, account=account, max_retries=max_retries, cpu_tflops=cpu_tflops)
-    ray = cluster.RayLauncher(address=address, cpus=cpus or DEFAULT_CPUS, gpus=gpus, max_retries=max_retries)
-    ray.connect()  # a wrong address or an impossible request fails before the sweep writes anything
-    return ray
-
-
-def describe(name: str, planned: list[PlannedRun], *, cpus: int | None = None, gpus: int | None = None,
-             cpu_tflops: float = DEFAULT_CPU_TFLOPS) -> str:
-    """The dry run's line on what each run will ask the cluster for ("" for local)."""
-    cpus = cpus or DEFAULT_CPUS
-    each = f"{cpus} CPU{'s' * (cpus > 1)}"
-    if name == "ray":
-        return (f"ray: one task per run, {each} and " + ({0: "no GPU", 1: "1 GPU"}.get(gpus) or
-                "1 GPU when the cluster has GPUs (else none)") + " each")
-    if name != "slurm":
-        return ""
-    gpus = DEFAULT_SLURM_GPUS if gpus is None else gpus
-    rs = [resources(p, cpus=cpus, gpus=gpus, cpu_tflops=cpu_tflops) for p in planned]
-    lo, hi = (format_duration(60 * f(r.minutes for r in rs)) for f in (min, max))
-    return (f"slurm: one job per run, {each}, {'1 GPU' if gpus else 'no GPU'}, "
-            f"up to {max(r.mem_gb for r in rs)} GB each; "
-            f"time limit {lo if lo == hi else f'{lo} to {hi}'} ({TIME_FACTOR}x the {'H100' if gpus else 'CPU'} estimate + "
-            f"{TIME_OVERHEAD_MIN} min, at most {MAX_JOB_MIN // 60} h: a longer run is requeued and resumes)")

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from wrn.experiments.records import Section, read_json, read_log
+from wrn.experiments.records import Section
 from wrn.fsio import write_atomic
+from wrn.rundir import CURVES, SUMMARY, read_config, read_json, read_log
 
 INSTALL_HINT = 'pip install -e ".[plot]"'
 
@@ -70,7 +71,7 @@ def run_curves(run_dir: str | Path) -> dict[str, list[tuple[float, float]]]:
     or logs as null (a diverged loss) has fewer points; a line cut short by a kill is skipped; the
     last record of an epoch (or step) wins: a resumed run writes those after its checkpoint again.
     """
-    log = read_log(Path(run_dir) / "log.jsonl")
+    log = read_log(run_dir)
     by_epoch = {r["epoch"]: r for r in log if r.get("kind") == "epoch" and isinstance(r.get("epoch"), int)}
     curves: dict[str, list[tuple[float, float]]] = {key: [] for key in CURVE_KEYS}
     for epoch in sorted(by_epoch):
@@ -97,7 +98,7 @@ def plot_run_curves(run_dir: str | Path, path: str | Path | None = None) -> Path
     curves = run_curves(run_dir)
     if not any(curves.values()) or not available():
         return None
-    summary = read_json(run_dir / "summary.json") or {}
+    summary = read_json(run_dir / SUMMARY) or {}
     fig = _figure(figsize=(12, 3.4))
     loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
     per_epoch = [x for key in CURVE_KEYS if key != "lr" for x, _ in curves[key]]
@@ -127,7 +128,7 @@ def plot_run_curves(run_dir: str | Path, path: str | Path | None = None) -> Path
         ax.grid(alpha=0.3)
     fig.suptitle(f"{summary.get('model') or run_dir.name}: {last:g} epochs"
                  + ("" if summary.get("finished") else " (not finished)"), fontsize=10)
-    return _save(fig, Path(path) if path is not None else run_dir / "curves.png")
+    return _save(fig, Path(path) if path is not None else run_dir / CURVES)
 
 
 # --- a sweep table ----------------------------------------------------------------------------
@@ -145,8 +146,8 @@ def _lr_drops(epochs: list[dict]) -> list[int]:
 def _schedule(run_dir: Path) -> str:
     """The run's lr schedule from its config.yaml ("step" when unreadable: the recipes' default)."""
     try:
-        return str(yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["schedule"])
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return str(read_config(run_dir)["optim"]["schedule"])
+    except (KeyError, TypeError):
         return "step"
 
 

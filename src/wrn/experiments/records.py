@@ -8,13 +8,13 @@ are recognised by ``sweep.json`` beside them, or without it by the path
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wrn.errors import UserError
+from wrn.rundir import LOG, SUMMARY, epoch_time, read_epochs, read_json
 from wrn.experiments.paper import Run, Table, tables
 
 
@@ -101,57 +101,6 @@ class Section:
         return f"{self.table.name}_{self.dataset}_{self.budget}"
 
 
-def read_json(path: Path) -> dict | None:
-    """A JSON object, or None when the file is missing, cut short or not an object."""
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def read_log(log_path: Path) -> list[dict]:
-    """The records of a log.jsonl, skipping lines a crash cut short (and anything not a record)."""
-    try:
-        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return []
-    records = []
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash: the rest of the log still counts
-        if isinstance(entry, dict):
-            records.append(entry)
-    return records
-
-
-def read_epochs(log_path: Path) -> tuple[list[dict], list[float]]:
-    """The ``"kind": "epoch"`` records of a log.jsonl, and the img/s of its step windows."""
-    log = read_log(log_path)
-    epochs = [r for r in log if r.get("kind") == "epoch" and isinstance(r.get("epoch"), int)]
-    rates = [r["img_per_s"] for r in log if r.get("kind") == "step" and isinstance(r.get("img_per_s"), (int, float))]
-    return epochs, rates
-
-
-def epoch_time(summary: dict, epochs: list[dict], step_rates: list[float]) -> float | None:
-    """Seconds per training epoch at a finished run's typical speed: the images of a full epoch
-    over the median logged window's img/s. A run paused or sharing its machine for part of the
-    time (a suspended job, a busy node) keeps its real speed; the mean over epochs would not.
-    Without logged windows, the summary's mean epoch time."""
-    images = [e["img_per_s"] * e["epoch_time_s"] for e in epochs
-              if isinstance(e.get("img_per_s"), (int, float)) and isinstance(e.get("epoch_time_s"), (int, float))]
-    if step_rates and images:
-        return max(images) / statistics.median(step_rates)
-    return summary.get("epoch_time_s")
-
-
-def is_run_dir(path: Path) -> bool:
-    """A single run's directory (what `wrn train --out` makes), not a directory of runs."""
-    return (path / "config.yaml").is_file() and (path / "log.jsonl").is_file()
-
-
 def _budget_description(label: str) -> str:
     return "FULL paper budget" if label == "full" else f"REDUCED budget ({label}), not the paper's"
 
@@ -174,14 +123,14 @@ def collect(root: str | Path) -> list[RunRecord]:
             path = manifest_path.parent / entry["dir"]
             if run is None or not path.is_dir():
                 continue
-            epochs, rates = read_epochs(path / "log.jsonl")
+            epochs, rates = read_epochs(path)
             records[path] = RunRecord(
                 manifest["table"], budget.get("label", "full"),
                 budget.get("description") or _budget_description(budget.get("label", "full")),
                 run, int(entry.get("seed", 0)), path, entry.get("model", run.model),
-                read_json(path / "summary.json"), epochs, manifest.get("command"), rates)
+                read_json(path / SUMMARY), epochs, manifest.get("command"), rates)
     # Run directories without a manifest: recognised by <table>/<budget>/<run id>-seed<n>.
-    for marker in sorted(root.rglob("log.jsonl")):
+    for marker in sorted(root.rglob(LOG)):
         path = marker.parent
         m = re.fullmatch(r"(.+)-seed(\d+)", path.name)
         if path in records or not m or len(path.parents) < 2:
@@ -190,9 +139,9 @@ def collect(root: str | Path) -> list[RunRecord]:
         run = by_id.get((table_name, m.group(1)))
         if run is None:
             continue
-        summary = read_json(path / "summary.json")
+        summary = read_json(path / SUMMARY)
         model = (summary or {}).get("model") or run.model
-        epochs, rates = read_epochs(marker)
+        epochs, rates = read_epochs(path)
         records[path] = RunRecord(table_name, budget, _budget_description(budget), run, int(m.group(2)),
                                   path, model, summary, epochs, step_rates=rates)
     return sorted(records.values(), key=lambda r: (r.table, r.budget, str(r.path)))

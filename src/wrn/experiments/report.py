@@ -26,8 +26,9 @@ from wrn.data import catalog
 from wrn.errors import UserError
 from wrn.experiments.paper import get_table
 from wrn.experiments.plots import INSTALL_HINT, available, plot_run_curves, plot_section
-from wrn.experiments.records import Row, RunRecord, Section, collect, is_run_dir, sections
+from wrn.experiments.records import Row, RunRecord, Section, collect, sections
 from wrn.fsio import write_atomic
+from wrn.rundir import is_run_dir
 
 CSV_COLUMNS = ("net", "dataset", "model", "seed", "params", "epochs", "test_error", "budget",
                "epoch_time_s", "wall_time_s", "run_dir")

@@ -21,11 +21,14 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from wrn import rundir
 from wrn.data import catalog
 from wrn.errors import UserError
 from wrn.experiments.paper import NUM_CLASSES, Run, Table
 from wrn.fsio import write_atomic
 from wrn.train import checkpoint
+from wrn.train.config import RUN_NEUTRAL_KEYS, SPEED_KEYS, SWEEP_FIXED_KEYS, allowed, load_config
+from wrn.units import format_duration
 
 # A training step costs ~3x the forward pass (forward + backward for activations and weights).
 TRAIN_FLOPS_PER_FORWARD = 3
@@ -37,12 +40,6 @@ TRAIN_FLOPS_PER_FORWARD = 3
 # 3 x 0.11e9 x 200 = ~0.07 TFLOP/s. The paper presets (fp32) ran at 0.04-0.07 on such machines.
 H100_TFLOPS = 200.0
 DEFAULT_CPU_TFLOPS = 0.07
-# Overrides that would change a run behind its label (run directory, report): what to use instead.
-FIXED_KEYS = {"train.epochs": "use --epochs", "optim.milestones": "use --epochs (milestones scale with it)",
-              "data.subset": "use --subset", "train.seed": "use --seeds", "data.name": "use --data / --dataset",
-              "data.path": "use --data"}
-
-
 @dataclass(frozen=True)
 class Budget:
     """The knobs that shrink a table so it fits a CPU; all unset = the paper's budget."""
@@ -178,32 +175,18 @@ class PlannedRun:
 
     def status(self) -> str:
         """finished | resumable | new (what a sweep will do with this run)."""
-        summary = self.run_dir / "summary.json"
-        if summary.is_file():
-            try:
-                if json.loads(summary.read_text()).get("finished"):
-                    return "finished"
-            except (OSError, json.JSONDecodeError):
-                pass
+        if rundir.read_summary(self.run_dir):
+            return "finished"
         # fit() wrote config.yaml: it started here. resume=True continues from its newest
         # checkpoint, or starts over in place when it was killed before the first one.
-        if (self.run_dir / "config.yaml").is_file() or self.has_checkpoint:
+        if (self.run_dir / rundir.CONFIG).is_file() or self.has_checkpoint:
             return "resumable"
         return "new"
-
-
-# Besides the run-neutral keys (config.RUN_NEUTRAL_KEYS), the speed switches do not relabel a run:
-# they change the arithmetic's rounding, not the recipe (a resume may not change them: its weights
-# must stay bit-identical).
-SPEED_KEYS = ("accel.device", "accel.compile", "accel.compile_mode", "accel.channels_last", "accel.cuda_graphs",
-              "accel.fused_optimizer", "accel.sync_bn", "train.eval_batch_size")
 
 
 def _recipe(preset: str, overrides: list[str]):
     """(the recipe's config with the overrides, its lr schedule when the overrides change it, the
     other overrides that change the recipe as "key=value")."""
-    from wrn.train.config import RUN_NEUTRAL_KEYS, load_config
-
     cfg = load_config(preset=preset, overrides=overrides)
     plain = load_config(preset=preset).to_dict()
     changed = cfg.optim.schedule if cfg.optim.schedule != plain["optim"]["schedule"] else None
@@ -213,7 +196,7 @@ def _recipe(preset: str, overrides: list[str]):
     for key in dict.fromkeys(o.split("=", 1)[0].strip() for o in overrides):
         section, _, name = key.partition(".")
         value = resolved[section][name]
-        if key != "optim.schedule" and not key.startswith(unlabelled) and value != plain[section][name]:
+        if key != "optim.schedule" and not allowed(unlabelled, key) and value != plain[section][name]:
             changes.append(f"{key}={','.join(map(str, value)) if isinstance(value, list) else value}")
     return cfg, changed, tuple(changes)
 
@@ -242,11 +225,9 @@ def plan(
         key = o.split("=", 1)[0]
         if "=" not in o:
             raise UserError(f"override {o!r} is not key=value: e.g. accel.precision=bf16")
-        if key in FIXED_KEYS:
-            raise UserError(f"override {key} would change the runs behind their labels: {FIXED_KEYS[key]}")
-        if key.startswith("model."):
-            raise UserError(f"override {key}: the table fixes each run's model; use --model-scale to shrink "
-                            "widths, or `wrn train` for a one-off net")
+        fixed = next((hint for k, hint in SWEEP_FIXED_KEYS.items() if allowed((k,), key)), None)
+        if fixed:
+            raise UserError(f"override {key} would change the runs behind their labels: {fixed}")
     runs = [r for r in table.runs if dataset is None or r.dataset == dataset]
     if not runs:
         raise UserError(f"table {table.name} has no runs on {dataset!r}: choose one of {', '.join(table.datasets())}")
@@ -339,17 +320,15 @@ def cpu_tflops(planned: list[PlannedRun], given: float | None = None) -> tuple[f
     """(sustained training TFLOP/s for the CPU time estimates, where the figure comes from):
     ``given`` (--tflops), else as fast as the sweep's finished runs trained (their typical time
     per epoch, so pauses do not count), else the assumed DEFAULT_CPU_TFLOPS."""
-    from wrn.experiments.records import epoch_time, read_epochs, read_json
-
     if given:
         return given, "--tflops"
     flops = seconds = 0.0
     runs = 0
     for p in planned:
-        summary = read_json(p.run_dir / "summary.json") if p.train_flops else None
-        if not summary or not summary.get("finished"):
+        summary = rundir.read_summary(p.run_dir) if p.train_flops else None
+        if not summary:
             continue
-        t = epoch_time(summary, *read_epochs(p.run_dir / "log.jsonl"))
+        t = rundir.epoch_time(summary, *rundir.read_epochs(p.run_dir))
         if t:
             flops, seconds, runs = flops + p.train_flops, seconds + t * p.epochs, runs + 1
     if runs:
@@ -360,8 +339,6 @@ def cpu_tflops(planned: list[PlannedRun], given: float | None = None) -> tuple[f
 def format_plan(table: Table, planned: list[PlannedRun], budget: Budget, *, tflops: float,
                 tflops_source: str = "--tflops") -> str:
     """The dry-run listing: one line per network (seeds folded), with params next to the paper's."""
-    from wrn.train.budget import format_duration
-
     budget = planned[0].budget if planned else budget  # as planned: with a changed lr schedule
     seeds = sorted({p.seed for p in planned})
     first = [p for p in planned if p.seed == seeds[0]]

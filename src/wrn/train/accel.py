@@ -357,6 +357,9 @@ def make_eval_step(model: nn.Module, *, precision: str, device: torch.device, co
     return step
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """accel.precision as run: "auto" becomes this device's fast precision, others stay."""
-    return auto_precision(device) if precision == "auto" else precision
+def resolve_precision(precision: str, device: torch.device, recorded: str | None = None) -> str:
+    """accel.precision as run: "auto" becomes the precision a trained run recorded (``recorded``,
+    its decisions), else this device's fast precision; fp32 and bf16 stay."""
+    if precision != "auto":
+        return precision
+    return recorded if recorded in PRECISIONS else auto_precision(device)

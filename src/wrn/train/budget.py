@@ -11,17 +11,15 @@ measurements; ``pace`` drives it.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from wrn.errors import UserError
+from wrn.models.flops import model_size
+from wrn.models.wide_resnet import WRN_NAME, parse_wrn
+from wrn.train.config import Config
+from wrn.train.validate import model_kwargs
+from wrn.units import A_DAY_S, format_duration
 
-if TYPE_CHECKING:  # config.py imports parse_duration from here
-    from wrn.train.config import Config
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 # The window a budgeted run times its steps over: long enough to see the machine's steady speed
 # (a shared VM runs its first seconds fast or slow: a 5-second probe timed 0.65 s a step where
 # training then took 0.43 s, and fixed a 1-hour run from it), at most a tenth of the budget.
@@ -33,40 +31,6 @@ NARROW_CHECK_S = 10.0
 # batch): a fraction plus seconds. Timed over a minute of training and counted from the command's
 # start, the quick preset's 15 minutes ended at 90-100% (BENCHMARKS.md).
 MARGIN_FRACTION, MARGIN_S = 0.04, 5.0
-A_DAY_S = 86400.0
-
-
-def parse_duration(key: str, value) -> float:
-    """Seconds from ``900``, ``90s``, ``15m``, ``2h``, ``1h30m`` or ``1d``; 0 = no budget."""
-    if isinstance(value, bool):
-        raise UserError(f"{key}={value!r} is not a duration: write e.g. 90s, 15m or 2h")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        text = str(value).strip().lower().replace(" ", "")
-        try:
-            seconds = float(text)
-        except ValueError:
-            parts = _DURATION.findall(text)
-            if not parts or "".join(n + u for n, u in parts) != text:
-                raise UserError(f"{key}={value!r} is not a duration: write e.g. 90s, 15m or 2h") from None
-            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if not math.isfinite(seconds) or seconds < 0 or seconds > 365 * A_DAY_S:
-        raise UserError(f"{key}={value!r} is out of range: give 0 (no budget) up to a year, e.g. 15m")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """A duration as a person reads it: "<1 s", "45 s", "15 min", "2.2 h", "3.5 days"."""
-    if seconds < 1:
-        return "<1 s"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * A_DAY_S:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / A_DAY_S:.1f} days"
 
 
 @dataclass(frozen=True)
@@ -130,8 +94,6 @@ def check_start(budget_s: float, elapsed_s: float) -> None:
 
 def narrowable(cfg: Config) -> bool:
     """Whether the configured model is a WRN a budget may narrow (``train.budget_min_epochs``)."""
-    from wrn.models.wide_resnet import parse_wrn
-
     wrn = parse_wrn(cfg.model.name)
     return bool(cfg.train.budget_min_epochs) and wrn is not None and wrn[1] > 1
 
@@ -143,10 +105,6 @@ def narrower_model(cfg: Config, steps: int, steps_per_epoch: int) -> str | None:
     narrow nets use a CPU less well than that, so it errs towards the wider net, and the caller
     probes the choice again (FLOP ratios hardly depend on the image size: 32x32 stands for any).
     ``None``: the configured model gets its epochs, or is no WRN."""
-    from wrn.models.flops import model_size
-    from wrn.models.wide_resnet import WRN_NAME, parse_wrn
-    from wrn.train.validate import model_kwargs
-
     wrn = parse_wrn(cfg.model.name)
     if wrn is None or steps >= cfg.train.budget_min_epochs * steps_per_epoch:
         return None

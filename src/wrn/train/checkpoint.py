@@ -35,10 +35,8 @@ from safetensors.torch import save as st_save
 
 from wrn.errors import UserError
 from wrn.fsio import file_digest, fsync_dir, write_synced
+from wrn.rundir import CHECKPOINT, KEPT, OLD  # noqa: F401 - the directory names, this module's API too
 
-CHECKPOINT = "checkpoint"
-OLD = ".checkpoint.old"
-KEPT = "checkpoints"  # every N epochs: RUN/checkpoints/epoch-0010/
 FORMAT = 2  # 2: state.json records each file's sha256 (1: sizes only)
 
 

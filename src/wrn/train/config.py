@@ -12,32 +12,38 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import yaml
 
 from wrn.errors import UserError
-from wrn.train.validate import validate
+from wrn.train.values import Seconds, coerce
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
-# A duration in seconds; config values and overrides may also say 90s, 15m, 2h (budget.parse_duration).
-Seconds = typing.NewType("Seconds", float)
-# Keys that change how a run executes or is stored, never what it computes: --resume may override
-# them, and a sweep keeps a run's label under them. A key ending in "." stands for its section.
+
+# -- the keys each command may override (``apply_overrides``); "section." stands for a section ------
+# `wrn train` takes every key. --resume: keys that change how a run executes or is stored, never
+# what it computes; a sweep also keeps a run's label under them.
 RUN_NEUTRAL_KEYS = ("accel.threads", "accel.keep_memory", "data.cache_dir", "data.workers", "log.",
                     "train.checkpoint_every", "train.keep_every")
-
-# Upper bounds for integer keys: a typo like train.epochs=1e99 is an instant error, not a run.
-INT_LIMITS = {"train.epochs": 100_000, "train.batch_size": 1 << 20, "train.eval_batch_size": 1 << 20,
-              "train.steps": 1 << 40, "optim.warmup_steps": 1 << 40, "train.seed": (1 << 63) - 1, "train.checkpoint_every": 1 << 40,
-              "train.keep_every": 100_000, "data.val_size": 1 << 40, "data.subset": 1 << 40,
-              "data.cutout": 1 << 16, "data.image_size": 1 << 16, "data.workers": 1024,
-              "log.every_steps": 1 << 40, "model.num_classes": 1 << 24}
-
+# A sweep's label ignores these speed switches too: they change the arithmetic's rounding, not the
+# recipe (a resume may not change them: its weights must stay bit-identical).
+SPEED_KEYS = ("accel.device", "accel.compile", "accel.compile_mode", "accel.channels_last", "accel.cuda_graphs",
+              "accel.fused_optimizer", "accel.sync_bn", "train.eval_batch_size")
+# ... and refuses these: they would change runs behind their labels (what to use instead).
+SWEEP_FIXED_KEYS = {"train.epochs": "use --epochs", "optim.milestones": "use --epochs (milestones scale with it)",
+                    "data.subset": "use --subset", "train.seed": "use --seeds", "data.name": "use --data / --dataset",
+                    "data.path": "use --data", "model.": "the table fixes each run's model; use --model-scale to "
+                    "shrink widths, or `wrn train` for a one-off net"}
+# `wrn eval`: how the forward pass runs and where the data is cached, not what it computes.
+EVAL_KEYS = ("accel.", "train.eval_batch_size", "data.cache_dir", "data.workers")
+# `wrn predict`: how a trained checkpoint runs; the checkpoint fixes the model and its data.
+INFERENCE_KEYS = ("accel.",)
+# `wrn bench`: the model, the speed switches and the augmentation the fast path times.
+BENCH_KEYS = ("model.", "accel.", "data.augment", "data.cutout")
 
 
 @dataclass
@@ -212,78 +218,11 @@ def _field_type(key: str):
     return hints[name]
 
 
-# -- typed values ---------------------------------------------------------------------------
-
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
-
-
-def _coerce(key: str, value: Any, tp) -> Any:
-    """A YAML value or an override string -> the field's type, or a UserError naming the key."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is typing.Union:  # Optional[X]
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
-            return None
-        inner = [a for a in args if a is not type(None)][0]
-        return _coerce(key, value, inner)
-    if value is None:
-        raise UserError(f"{key} may not be empty: give a value")
-    if origin is tuple:
-        if isinstance(value, str):
-            items = [i.strip() for i in value.strip().strip("()[]").split(",") if i.strip()]
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            items = [value]
-        elif isinstance(value, (list, tuple)):
-            items = list(value)
-        else:
-            raise UserError(f"{key}={value!r} is not a list: write it like {key}=3,1,3")
-        return tuple(_coerce(key, i, args[0]) for i in items)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-            return value.strip().lower() in _TRUE
-        raise UserError(f"{key}={value!r} is not a boolean: use true or false")
-    if tp is int:
-        # Integers only: 1e3 or 200.0 are refused (1e99 epochs would be "valid" otherwise).
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise UserError(f"{key}={value!r} is not an integer: write it without a decimal point or exponent")
-        try:
-            number = int(value.strip()) if isinstance(value, str) else value
-        except ValueError:
-            raise UserError(f"{key}={value!r} is not an integer: write it without a decimal point or exponent") from None
-        limit = INT_LIMITS.get(key)
-        if limit is not None and number > limit:
-            raise UserError(f"{key}={value!r} is too large (at most {limit})")
-        return number
-    if tp is Seconds:
-        from wrn.train.budget import parse_duration
-
-        return parse_duration(key, value)
-    if tp is float:
-        if isinstance(value, bool):
-            raise UserError(f"{key}={value!r} is not a number")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise UserError(f"{key}={value!r} is not a number")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise UserError(f"{key}={value!r} is not a string")
-    raise TypeError(f"config field {key} has an unsupported type {tp}")  # a bug here, not user input
-
-
 def set_value(cfg: Config, key: str, value: Any) -> None:
     """Set a dotted key from a YAML value or an override string, typed and checked."""
     tp = _field_type(key)
     section, _, name = key.partition(".")
-    setattr(getattr(cfg, section), name, _coerce(key, value, tp))
+    setattr(getattr(cfg, section), name, coerce(key, value, tp))
 
 
 def _apply_mapping(cfg: Config, data: Any, origin: str) -> None:
@@ -337,9 +276,42 @@ def parse_override(text: str) -> tuple[str, str]:
     return key, value
 
 
+def allowed(keys: Iterable[str], key: str) -> bool:
+    """Whether ``key`` is one of ``keys`` ("section." stands for every key of the section)."""
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in keys)
+
+
+def apply_overrides(cfg: Config, overrides: Iterable[str], keys: Iterable[str] | None = None, *,
+                    refuse: Callable[[str, Any], str] | None = None, unchanged_ok: bool = False) -> list[str]:
+    """Set each ``key=value`` on ``cfg``, typed and checked (the whole config is validated by the
+    caller, after everything is set); the keys set, in order. Every command takes its overrides
+    through here. A key outside ``keys`` (None: every key) is a UserError saying
+    ``refuse(key, current value)``, unless ``unchanged_ok`` and it leaves the value as it is (a
+    resume may repeat the run's own settings)."""
+    keys = None if keys is None else tuple(keys)
+    done = []
+    for text in overrides:
+        key, value = parse_override(text)
+        done.append(key)
+        if keys is None or allowed(keys, key):
+            set_value(cfg, key, value)
+            continue
+        _field_type(key)  # an unknown key says so, with the closest one
+        section, _, name = key.partition(".")
+        before = getattr(getattr(cfg, section), name)
+        if unchanged_ok:
+            set_value(cfg, key, value)
+            if getattr(getattr(cfg, section), name) == before:
+                continue
+        raise UserError(refuse(key, before) if refuse else f"{key} may not be overridden here")
+    return done
+
+
 def load_config(preset: str | None = None, config_file: str | Path | None = None,
-                overrides: Iterable[str] = ()) -> Config:
-    """Defaults <- preset or config file <- ``key=value`` overrides, then validated.
+                overrides: Iterable[str] = (), keys: Iterable[str] | None = None,
+                refuse: Callable[[str, Any], str] | None = None) -> Config:
+    """Defaults <- preset or config file <- ``key=value`` overrides (only ``keys``, when given:
+    see ``apply_overrides``), then validated.
 
     A config file may start from a preset with a top-level ``preset: NAME``.
     """
@@ -353,34 +325,18 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
         if isinstance(data, dict) and data.get("preset"):
             _apply_mapping(cfg, _read_yaml(_preset_path(str(data["preset"]))), f"preset {data['preset']!r}")
         _apply_mapping(cfg, data, f"config file {str(config_file)!r}")
-    for text in overrides:
-        key, value = parse_override(text)
-        set_value(cfg, key, value)
+    apply_overrides(cfg, overrides, keys, refuse=refuse)
     validate(cfg)
     return cfg
 
 
-def data_source(data: str) -> tuple[str | None, str | None]:
-    """(dataset name, path) for ``--data X`` (every command that reads data takes it): an absolute
-    path when X exists (or looks like one), else a dataset name; either is checked."""
-    from wrn.data import NAMES  # the names load_dataset downloads
+def validate(cfg: Config) -> None:
+    """Every value in range, before any work (``wrn.train.validate``); a one-line UserError naming the key."""
+    # Imported here: validation builds the model on the meta device, and reading the keys and
+    # presets alone (`wrn train --help`) must not import torch.
+    from wrn.train import validate as checks
 
-    if os.path.exists(data) or os.sep in data or data.startswith("."):
-        if not os.path.exists(data):
-            raise UserError(f"--data {data!r} does not exist: check the path, or give a name ({', '.join(NAMES)})")
-        return None, os.path.abspath(data)
-    if data not in NAMES:
-        raise UserError(f"--data {data!r} is neither a file/folder nor a dataset name: use a path or one of "
-                        f"{', '.join(NAMES)}")
-    return data, None
-
-
-def data_overrides(data: str | None) -> list[str]:
-    """The config overrides for ``--data X`` (none without it)."""
-    if data is None:
-        return []
-    name, path = data_source(data)
-    return [f"data.path={path}"] if path else [f"data.name={name}", "data.path=none"]
+    checks.validate(cfg)
 
 
 def config_from_dict(data: dict) -> Config:

@@ -10,6 +10,7 @@ ImageNet-size data streams from disk through DataLoader workers (``StreamingLoad
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from wrn.data import channel_stats, load_dataset, make_splits, zca
+from wrn.data import NAMES, channel_stats, load_dataset, make_splits, zca
 from wrn.data.augment import Augment
+from wrn.data.catalog import DATASETS
 from wrn.data.loader import DeviceLoader
 from wrn.data.streaming import StreamingLoader
 from wrn.errors import UserError
-from wrn.data.catalog import DATASETS
 from wrn.train.config import Config
+
 
 @dataclass
 class Data:
@@ -162,14 +164,33 @@ def num_images(loader) -> int:
     return getattr(loader, "num_samples", None) or len(loader.dataset)
 
 
+def data_source(data: str) -> tuple[str | None, str | None]:
+    """(dataset name, path) for ``--data X`` (every command that reads data takes it): an absolute
+    path when X exists (or looks like one), else a dataset name; either is checked."""
+    if os.path.exists(data) or os.sep in data or data.startswith("."):
+        if not os.path.exists(data):
+            raise UserError(f"--data {data!r} does not exist: check the path, or give a name ({', '.join(NAMES)})")
+        return None, os.path.abspath(data)
+    if data not in NAMES:
+        raise UserError(f"--data {data!r} is neither a file/folder nor a dataset name: use a path or one of "
+                        f"{', '.join(NAMES)}")
+    return data, None
+
+
+def data_overrides(data: str | None) -> list[str]:
+    """The config overrides for ``--data X`` (none without it)."""
+    if data is None:
+        return []
+    name, path = data_source(data)
+    return [f"data.path={path}"] if path else [f"data.name={name}", "data.path=none"]
+
+
 def other_data(cfg: Config, source: str, split: str, classes: list[str] | None, device: torch.device,
                stats: tuple[list[float], list[float]] | None,
                whitening: zca.Whitening | None = None) -> tuple[DeviceLoader, Augment]:
     """(loader, augment) for evaluating a run on another dataset laid out with its classes: the
     ``split`` of ``source`` (or its only split). Settings that only shape training (subset, val
     split, extra) do not apply; labels follow the run's class order (matched by name)."""
-    from wrn.train.config import data_source
-
     name, path = data_source(source)  # checks the path or name
     datasets = load_dataset(path or name, cache_dir=cfg.data.cache_dir)
     if split not in datasets:

@@ -11,7 +11,6 @@ weights bit for bit on CPU. (RNG states are saved in the checkpoint too, for any
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -22,14 +21,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wrn.train import budget, checkpoint, dist, preempt
-from wrn.train.config import Config
+from wrn import rundir
+from wrn.train import accel, checkpoint, dist, preempt
+from wrn.train.config import EVAL_KEYS, Config, apply_overrides, config_from_dict, validate
+from wrn.train.data import build_data, find_whitening, num_images, other_data
 from wrn.train.numerics import EpochSums, NonFiniteLoss, step_seed  # noqa: F401 - NonFiniteLoss is fit's error
 from wrn.train.pace import Narrow
 from wrn.train.run import RunState, build_run, narrow, start_run
-from wrn.train.log import write_json
 from wrn.train.provenance import provenance
 from wrn.train.optim import set_lr
+from wrn.units import format_duration
 
 
 def _all_ranks(sums: EpochSums) -> EpochSums:
@@ -162,6 +163,38 @@ def evaluate(model: nn.Module, eval_step: Callable, loader, augment) -> tuple[fl
     return loss.item() / n, correct.item() / n
 
 
+def evaluate_checkpoint(checkpoint_path: str | Path, *, data: str | None = None, split: str = "test",
+                        overrides: list[str] | tuple[str, ...] = (), tta: bool | None = None) -> dict:
+    """Rebuild the model from the checkpoint and evaluate it the way training did (same
+    normalisation statistics and precision unless overridden). On the run's own data the split
+    is the run's own (its val split is carved again from the same seed); ``data`` evaluates
+    another dataset with the run's classes, where training-only settings (subset, val split) do
+    not apply. ``tta`` (flip test-time augmentation) defaults to the run's train.eval_tta."""
+    ckpt = checkpoint.find_checkpoint(checkpoint_path)
+    model, state = checkpoint.load_checkpoint(ckpt)
+    cfg = config_from_dict(state["config"])
+    apply_overrides(cfg, overrides, EVAL_KEYS, refuse=lambda key, _: (
+        f"{key} does not apply to evaluation (the checkpoint fixes it): use accel.* or train.eval_batch_size"))
+    if tta is not None:
+        cfg.train.eval_tta = tta
+    validate(cfg)
+    device = accel.resolve_device(cfg.accel.device)
+    norm = state.get("normalize")
+    stats = (norm["mean"], norm["std"]) if norm and norm.get("mean") else None
+    whitening = find_whitening(cfg, ckpt)
+    if data is None:
+        loader, augment = build_data(cfg, device, splits=(split,), stats=stats, whitening=whitening).pick(split)
+    else:
+        loader, augment = other_data(cfg, data, split, state.get("classes"), device, stats, whitening)
+    model = accel.prepare_model(model, device, cfg.accel.channels_last)
+    precision = accel.resolve_precision(cfg.accel.precision, device, (state.get("decisions") or {}).get("precision"))
+    eval_step = accel.make_eval_step(model, precision=precision, device=device, flip=cfg.train.eval_tta)
+    loss, acc = evaluate(model, eval_step, loader, augment)
+    return {"checkpoint": str(ckpt), "data": data or cfg.source(), "split": split, "images": num_images(loader),
+            "accuracy": acc, "loss": loss, "step": state.get("step"), "model": state["model_args"]["name"],
+            "precision": precision, "tta": cfg.train.eval_tta, "device": str(device)}
+
+
 def _evaluate(run: RunState, split: str) -> tuple[float, float]:
     return evaluate(run.model, run.eval_step, run.loaders[split], run.augment)
 
@@ -170,22 +203,6 @@ def _evaluate(run: RunState, split: str) -> tuple[float, float]:
 
 def _model_summary_args(model: nn.Module) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in checkpoint.unwrap(model).model_args.items()}
-
-
-def _epoch_means(out_dir: Path) -> tuple[float | None, float | None]:
-    times, rates = [], []
-    path = out_dir / "log.jsonl"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            if r.get("kind") == "epoch":
-                times.append(r["epoch_time_s"])
-                rates.append(r["img_per_s"])
-    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
-    return mean(times), mean(rates)
 
 
 def _train(run: RunState, start: int, state: dict | None) -> dict[str, Any]:
@@ -230,10 +247,10 @@ def _train(run: RunState, start: int, state: dict | None) -> dict[str, Any]:
 
 
 def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
-    """Final-epoch test accuracy (never the best epoch's) -> log, summary.json, curves.png."""
+    """Final-epoch test accuracy (never the best epoch's) -> log, summary.json."""
     cfg, out_dir = run.cfg, run.out_dir
     test_loss, test_acc = _evaluate(run, "test")
-    epoch_time_s, img_per_s = _epoch_means(out_dir) if run.is_main else (None, None)
+    epoch_time_s, img_per_s = rundir.epoch_means(out_dir) if run.is_main else (None, None)
     spe = len(run.loaders["train"])
     summary = {"model": cfg.model.name, "model_args": _model_summary_args(run.model), "dataset": cfg.data.name,
                "data_source": cfg.source(), "params": sum(p.numel() for p in run.model.parameters()),
@@ -254,21 +271,12 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
     if run.is_main:
         run.log.write({"kind": "end", "step": run.total_steps, "test_loss": test_loss, "test_acc": test_acc,
                        "elapsed_s": run.elapsed(), **replicas})
-        write_json(out_dir / "summary.json", summary)
-        _plot_curves(out_dir)
-    budget_note = f" of a {budget.format_duration(cfg.train.time_budget)} budget" if cfg.train.time_budget else ""
+        rundir.write_summary(out_dir, summary)
+    budget_note = f" of a {format_duration(cfg.train.time_budget)} budget" if cfg.train.time_budget else ""
     tta = ", flip TTA" if cfg.train.eval_tta else ""
     run.log.info(f"test accuracy {100 * test_acc:.2f}% (final epoch{tta}) | wall time {run.elapsed():.0f}s{budget_note}"
                  f" | {out_dir}")
     return summary
-
-
-def _plot_curves(out_dir: Path) -> None:
-    try:
-        from wrn.experiments.plots import plot_run_curves
-    except ImportError:  # plots.py not there, or no matplotlib: the curves are optional
-        return
-    plot_run_curves(out_dir)
 
 
 @dist.with_process_group
@@ -287,13 +295,11 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
     t_fit = time.perf_counter() if started is None else started
     out_dir = Path(out_dir)
     quiet = quiet or cfg.log.quiet
-    summary_path = out_dir / "summary.json"
-    if resume and summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("finished"):
-            if dist.is_main() and not quiet:
-                print(f"wrn: {out_dir} already finished (test accuracy {100 * summary['test_acc']:.2f}%)")
-            return summary
+    summary = rundir.read_summary(out_dir) if resume else None
+    if summary:
+        if dist.is_main() and not quiet:
+            print(f"wrn: {out_dir} already finished (test accuracy {100 * summary['test_acc']:.2f}%)")
+        return summary
     # What this run creates: out_dir and any parents that were missing (e.g. runs/ itself).
     created = [d for d in (out_dir.absolute(), *out_dir.absolute().parents) if not d.exists()]
     run, training = None, False

@@ -10,7 +10,6 @@ hyperparameters (``RunLog.hparams``).
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import threading
@@ -20,7 +19,7 @@ from typing import Any
 from tqdm import tqdm
 
 from wrn.errors import UserError
-from wrn.fsio import write_atomic
+from wrn.rundir import LOG, log_line
 
 # tqdm's default lock includes a process-shared semaphore: a process killed while drawing (SIGKILL,
 # out of memory) leaves it held, and every process forked from the same parent then hangs at its
@@ -32,13 +31,6 @@ TENSORBOARD_HINT = 'pip install -e ".[tb]"'
 SCALAR_KINDS = ("step", "epoch", "end")
 # The metrics TensorBoard's hparams view tabulates per run (scalars written under these tags).
 HPARAM_METRICS = ("epoch/val_acc", "epoch/train_loss", "end/test_acc")
-
-
-def _clean(value: Any) -> Any:
-    # JSON has no NaN/inf: a diverged loss is logged as null rather than an unreadable line.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _number(value: Any) -> float | None:
@@ -76,12 +68,12 @@ class RunLog:
 
     ``tensorboard=True`` also writes them to ``out_dir/tensorboard``; ``resume_step`` (the step of
     the checkpoint a resumed run starts from) hides the TensorBoard events the interrupted run wrote
-    after it, as ``truncate_log(out_dir, resume_step)`` drops them from log.jsonl.
+    after it, as ``rundir.truncate_log(out_dir, resume_step)`` drops them from log.jsonl.
     """
 
     def __init__(self, out_dir: Path, *, enabled: bool = True, quiet: bool = False, tensorboard: bool = False,
                  resume_step: int | None = None):
-        self.path = Path(out_dir) / "log.jsonl"
+        self.path = Path(out_dir) / LOG
         self.enabled = enabled
         self.quiet = quiet or not enabled
         # Checked before anything is opened: a missing TensorBoard leaves no file behind.
@@ -94,7 +86,7 @@ class RunLog:
     def write(self, record: dict[str, Any]) -> None:
         if self._file is None:
             return
-        self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        self._file.write(log_line(record))
         self._file.flush()
         if self._tb is not None and record.get("kind") in SCALAR_KINDS and isinstance(record.get("step"), int):
             for key, value in record.items():
@@ -143,22 +135,3 @@ class RunLog:
             self._tb = None
 
 
-def truncate_log(out_dir: Path, step: int) -> None:
-    """Drop lines written after the checkpoint a resume starts from (the resumed run writes them
-    again), so that a resumed log.jsonl reads like an uninterrupted one."""
-    path = Path(out_dir) / "log.jsonl"
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by the kill
-            continue
-        if record.get("step", 0) <= step:
-            kept.append(line)
-    write_atomic(path, "".join(line + "\n" for line in kept).encode())
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())

@@ -1,6 +1,7 @@
 """Setting up a run for ``engine.fit``: ``RunState`` (what is built once and the loop uses),
 ``build_run`` (data, model, optimizer, the recorded decisions, the restored checkpoint) and
-``start_run`` (config.yaml, the budget's choice, the start record)."""
+``start_run`` (config.yaml, the start record) and ``narrow`` (a budget's start-over with a
+narrower WRN; the budget's timing itself is ``pace``)."""
 
 from __future__ import annotations
 
@@ -15,18 +16,20 @@ import torch
 import torch.nn as nn
 
 from wrn.data import zca
+from wrn import rundir
 from wrn.errors import UserError
 from wrn.fsio import write_atomic
 from wrn.models import create_model
 from wrn.train import accel, budget, checkpoint, dist, preempt
 from wrn.train.config import Config
 from wrn.train.data import ZCA_FILE, build_data, find_whitening
-from wrn.train.log import RunLog, truncate_log
+from wrn.train.log import RunLog
 from wrn.train.numerics import SkipNonFinite
 from wrn.train.optim import Schedule, build_optimizer, scaled
 from wrn.train.pace import Pace
 from wrn.train.provenance import provenance
 from wrn.train.validate import model_kwargs
+from wrn.units import format_duration
 
 
 @dataclass
@@ -108,7 +111,7 @@ def narrow(run: RunState, model: str, configured_epochs: float) -> int:
     config.yaml names), their time stays counted. Returns the step to start from."""
     cfg, spe = run.cfg, len(run.loaders["train"])
     run.log.info(f"{cfg.model.name} would get only {configured_epochs:.2g} epochs in "
-                 f"{budget.format_duration(cfg.train.time_budget)} (train.budget_min_epochs="
+                 f"{format_duration(cfg.train.time_budget)} (train.budget_min_epochs="
                  f"{cfg.train.budget_min_epochs:g}): training {model} instead, from step 0")
     run.decisions.setdefault("configured_model", cfg.model.name)
     _switch_model(run, model)
@@ -193,9 +196,9 @@ def start_run(run: RunState, state: dict | None) -> int:
     if run.is_main and state is None:
         if run.whitening is not None:
             zca.save(run.whitening, out_dir / ZCA_FILE)
-        write_atomic(out_dir / "config.yaml", cfg.to_yaml().encode())
+        write_atomic(out_dir / rundir.CONFIG, cfg.to_yaml().encode())
     if run.is_main:
-        truncate_log(out_dir, start if state else -1)  # a start-over keeps none of the old lines
+        rundir.truncate_log(out_dir, start if state else -1)  # a start-over keeps none of the old lines
     run.log = RunLog(out_dir, enabled=run.is_main, quiet=run.quiet, tensorboard=cfg.log.tensorboard,
                      resume_step=start if state else None)
     # Before the first timed step: the budget must time the steps training will take (malloc keeping

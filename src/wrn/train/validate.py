@@ -1,12 +1,15 @@
 """Validation of a whole config before any work: every value in range, and the model built on
 the meta device so that the config accepts exactly what ``create_model`` accepts. Every problem
-is a one-line ``UserError`` naming the key."""
+is a one-line ``UserError`` naming the key.
+
+The functions take a ``wrn.train.config.Config`` (``cfg``) without importing it: config.py imports
+this module, and the arrow stays one way."""
 
 from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -15,9 +18,6 @@ from wrn.errors import UserError
 from wrn.models import create_model
 from wrn.train.accel import COMPILE_MODES, CONFIG_PRECISIONS
 from wrn.train.log import summary_writer_class
-
-if TYPE_CHECKING:
-    from wrn.train.config import Config
 
 MAX_MODEL_NUMBER = 2000
 SCHEDULES = ("step", "cosine", "onecycle")
@@ -34,7 +34,7 @@ def _meta_build(name: str, kwargs: dict[str, Any]) -> None:
         create_model(name, **kwargs)
 
 
-def model_kwargs(cfg: Config, num_classes: int | None = None) -> dict[str, Any]:
+def model_kwargs(cfg, num_classes: int | None = None) -> dict[str, Any]:
     """Constructor keywords for ``create_model``: only what the config sets, so that models
     without a block argument (resnet-110, wide_resnet50_2) still build. Dropout applies "where
     the model uses it" (the paper's recipe): a model without a dropout argument trains without."""
@@ -53,7 +53,7 @@ def model_kwargs(cfg: Config, num_classes: int | None = None) -> dict[str, Any]:
     return kwargs
 
 
-def _check_model(cfg: Config) -> None:
+def _check_model(cfg) -> None:
     """Build the model on the meta device: the constructor itself judges depth/block/width, so
     the config accepts exactly what ``create_model`` accepts."""
     kwargs = model_kwargs(cfg)
@@ -69,7 +69,7 @@ def _check_model(cfg: Config) -> None:
         raise UserError(f"{key}: {message}") from None
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg) -> None:
     """Every value in range, before any work; raises a one-line UserError naming the key."""
     m, d, t, o, a, lg = cfg.model, cfg.data, cfg.train, cfg.optim, cfg.accel, cfg.log
     _check(bool(m.name.strip()), "model.name", "is empty: give a model, e.g. wrn-16-4")
