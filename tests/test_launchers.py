@@ -141,6 +141,10 @@ def test_ray_retries_a_run_lost_with_its_worker(tiny):
     try:
         with pytest.raises(UserError, match="--cpus 3: the Ray cluster has 2 CPUs in all"):
             cluster.RayLauncher(cpus=3, gpus=0).connect()  # Ray would wait for it forever
+        default = cluster.RayLauncher(gpus=0)  # no --cpus on a 2-CPU cluster: 2 per run, not the 4 of a big one
+        default.connect()
+        assert default.cpus == 2
+        default.close()
         kills = kill_once_checkpointed(lost.run_dir, worker_pid, signal.SIGKILL)
         outcome = launchers.execute(tiny, cluster.RayLauncher(cpus=1, gpus=0, max_retries=2),
                                     echo=lambda m: None)

@@ -81,7 +81,8 @@ def test_predict_files_a_folder_and_an_archive(quick_run):
         wrn(home, "predict", rel, *paths, "--out", f"{name}.csv")
         with open(home / f"{name}.csv") as f:
             rows = list(csv.DictReader(f))
-        answers[name] = {Path(r[next(iter(r))].split(":")[-1]).name: r for r in rows}
+        # the answers (classes, probabilities) by image file name, the path it came by left out
+        answers[name] = {Path(r.pop("file").split(":")[-1]).name: r for r in rows}
     for f in files:  # the same image gets the same answer whichever way it came
         assert answers["files"][f.name] == answers["archive"][f.name]
         assert answers["files"][f.name] == answers["folder"][f.name]

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cluster.add_argument("--address", metavar="HOST:PORT", help="ray: an existing cluster (default: a local one)")
     cluster.add_argument("--partition", help="slurm: the partition")
     cluster.add_argument("--account", help="slurm: the account to charge")
-    cluster.add_argument("--cpus", type=int, help="slurm/ray: CPUs per run (default 4)")
+    cluster.add_argument("--cpus", type=int, help="slurm/ray: CPUs per run (default 4; ray: 4 or all the cluster has if fewer)")
     cluster.add_argument("--gpus", type=int,
                          help="slurm/ray: GPUs per run (default 1; ray: 1 when the cluster has GPUs, else 0)")
     cluster.add_argument("--max-retries", type=int, default=2,

@@ -176,9 +176,10 @@ def ray_task(p: PlannedRun) -> int:
 
 
 class RayLauncher(Launcher):
-    """One Ray task per run on the cluster at ``address`` (a local one when None)."""
+    """One Ray task per run on the cluster at ``address`` (a local one when None); ``cpus``
+    (per run) None: ``DEFAULT_CPUS``, or all the cluster has if fewer."""
 
-    def __init__(self, *, address: str | None = None, cpus: int = DEFAULT_CPUS, gpus: int | None = None,
+    def __init__(self, *, address: str | None = None, cpus: int | None = None, gpus: int | None = None,
                  max_retries: int = 2):
         self.ray = _need("ray", "ray")
         self.address, self.cpus, self.gpus, self.max_retries = address, cpus, gpus, max_retries
@@ -200,6 +201,10 @@ class RayLauncher(Launcher):
         have = ray.cluster_resources()
         if self.gpus is None:
             self.gpus = int(have.get("GPU", 0) > 0)
+        if self.cpus is None:  # a default the cluster cannot hold would be a trap: take what it has
+            self.cpus = max(1, min(DEFAULT_CPUS, int(have.get("CPU", 0))))
+            print(f"ray: {self.cpus} CPU{'s' * (self.cpus > 1)} per run (the cluster has {have.get('CPU', 0):g}; "
+                  "--cpus to choose)")
         for flag, asked, name in (("--cpus", self.cpus, "CPU"), ("--gpus", self.gpus, "GPU")):
             if asked > have.get(name, 0):  # Ray would wait for it forever
                 self.close()

@@ -48,7 +48,7 @@ def make(name: str, planned: list[PlannedRun], *, cpus: int | None = None, gpus:
         folder = planned[0].run_dir.parent.resolve() / "slurm"
         return cluster.SlurmLauncher(folder, cpus=cpus or DEFAULT_CPUS, gpus=DEFAULT_SLURM_GPUS if gpus is None else gpus,
                              partition=partition, account=account, max_retries=max_retries, cpu_tflops=cpu_tflops)
-    ray = cluster.RayLauncher(address=address, cpus=cpus or DEFAULT_CPUS, gpus=gpus, max_retries=max_retries)
+    ray = cluster.RayLauncher(address=address, cpus=cpus, gpus=gpus, max_retries=max_retries)
     ray.connect()  # a wrong address or an impossible request fails before the sweep writes anything
     return ray
 
@@ -56,13 +56,15 @@ def make(name: str, planned: list[PlannedRun], *, cpus: int | None = None, gpus:
 def describe(name: str, planned: list[PlannedRun], *, cpus: int | None = None, gpus: int | None = None,
              cpu_tflops: float = DEFAULT_CPU_TFLOPS) -> str:
     """The dry run's line on what each run will ask the cluster for ("" for local)."""
-    cpus = cpus or DEFAULT_CPUS
-    each = f"{cpus} CPU{'s' * (cpus > 1)}"
     if name == "ray":
+        each = (f"{cpus} CPU{'s' * (cpus > 1)}" if cpus else
+                f"{DEFAULT_CPUS} CPUs or all the cluster has if fewer (--cpus to choose)")
         return (f"ray: one task per run, {each} and " + ({0: "no GPU", 1: "1 GPU"}.get(gpus) or
                 "1 GPU when the cluster has GPUs (else none)") + " each")
     if name != "slurm":
         return ""
+    cpus = cpus or DEFAULT_CPUS
+    each = f"{cpus} CPU{'s' * (cpus > 1)}"
     gpus = DEFAULT_SLURM_GPUS if gpus is None else gpus
     rs = [resources(p, cpus=cpus, gpus=gpus, cpu_tflops=cpu_tflops) for p in planned]
     lo, hi = (format_duration(60 * f(r.minutes for r in rs)) for f in (min, max))
