@@ -9,7 +9,9 @@ speed-up is a ratio taken side by side:
   ``quick`` preset's (``FAST_PRESET``: precision auto, i.e. bf16 where the hardware has it
   natively and fp32 elsewhere; channels_last, compile, freed memory kept), i.e. the fast path as
   a user runs it, and ``key=value`` overrides change them through the config's own parser, as
-  for ``wrn train``.
+  for ``wrn train``. Its training augmentation is crop + flip, plus the
+  ``data.policy*``/``data.cutout`` overrides (``BENCH_DATA_KEYS``); the augmentation is also timed
+  alone on one batch and reported as a share of the training step.
 - ``reference``: the same architecture as a common public WRN training script runs it: fp32,
   eager, NCHW, a per-image ``torch.utils.data.Dataset`` (PIL pad + random crop + flip, to-tensor,
   normalise) batched by a DataLoader, the default SGD, and ``loss.item()`` every step.
@@ -46,16 +48,19 @@ from wrn.train.validate import model_kwargs
 # what `wrn train --preset quick model.name=MODEL` runs, and no second set of defaults exists.
 FAST_PRESET = "quick"
 BENCH_SECTIONS = ("model", "accel")  # what a benchmark reads from the config
+# ... and the augmentation keys, so that a policy's cost beside a training step is one command.
+BENCH_DATA_KEYS = ("data.policy", "data.policy_ops", "data.policy_magnitude", "data.cutout")
 CIFAR = dataset_info("cifar10")  # the random data is CIFAR-shaped and normalised with its statistics
 
 
 def bench_config(model: str, overrides: Iterable[str] = ()) -> Config:
-    """The fast mode's config: FAST_PRESET, ``model.name=model``, then ``model.*``/``accel.*``
-    overrides, parsed and validated (precision included) by the config itself."""
+    """The fast mode's config: FAST_PRESET, ``model.name=model``, then ``model.*``/``accel.*`` and
+    BENCH_DATA_KEYS overrides, parsed and validated (precision included) by the config itself."""
     for text in overrides:
         key, _ = parse_override(text)
-        if key.partition(".")[0] not in BENCH_SECTIONS:
-            raise UserError(f"{key}: wrn bench takes only model.* and accel.* keys (the rest is wrn train's)")
+        if key.partition(".")[0] not in BENCH_SECTIONS and key not in BENCH_DATA_KEYS:
+            raise UserError(f"{key}: wrn bench takes only model.* and accel.* keys and {', '.join(BENCH_DATA_KEYS)} "
+                            "(the rest is wrn train's)")
         if key == "model.name":
             raise UserError("model.name: give the model as wrn bench's first argument, e.g. wrn bench wrn-16-4")
     return load_config(FAST_PRESET, overrides=[f"model.name={model}", *overrides])
@@ -94,7 +99,15 @@ class BenchSettings:
     def record(self) -> dict[str, Any]:
         """The settings as the JSON records them: the bench's knobs, the model.*/accel.* sections."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "config"}
-        return {**out, **{s: asdict(getattr(self.config, s)) for s in BENCH_SECTIONS}}
+        data = {key.partition(".")[2]: getattr(self.config.data, key.partition(".")[2]) for key in BENCH_DATA_KEYS}
+        return {**out, **{s: asdict(getattr(self.config, s)) for s in BENCH_SECTIONS}, "data": data}
+
+    def augmentation(self) -> str:
+        """The fast mode's training augmentation in words, e.g. crop+flip+trivialaugment+cutout16."""
+        d = self.config.data
+        policy = {"none": "", "randaugment": f"+randaugment(N={d.policy_ops},M={d.policy_magnitude})"}.get(
+            d.policy, f"+{d.policy}")
+        return f"crop+flip{policy}{f'+cutout{d.cutout}' if d.cutout else ''}"
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -160,6 +173,7 @@ def _sgd(model: nn.Module) -> torch.optim.SGD:
 def bench_fast(s: BenchSettings, device: torch.device, precision: str, flops: int, peak: float) -> dict:
     from wrn.data.augment import Augment
     from wrn.data.loader import DeviceLoader
+    from wrn.data.policies import build_policy
 
     a = s.config.accel
     kept_memory = a.keep_memory and accel.keep_freed_memory(device)  # process-wide from here on
@@ -171,7 +185,9 @@ def bench_fast(s: BenchSettings, device: torch.device, precision: str, flops: in
     ds = random_cifar(s.batch_size * 8, s.input_size, s.num_classes)
     loader = DeviceLoader(ds, s.batch_size, device=device, shuffle=True, drop_last=True, seed=0)
     # Augment returns the memory format the model was prepared with (NCHW or channels_last).
-    augment = Augment(CIFAR.mean, CIFAR.std, crop_padding=4, flip=True, channels_last=a.channels_last)
+    d = s.config.data
+    augment = Augment(CIFAR.mean, CIFAR.std, crop_padding=4, flip=True, cutout=d.cutout, channels_last=a.channels_last,
+                      policy=build_policy(d.policy, d.policy_ops, d.policy_magnitude))
     generator = torch.Generator(device=device)
     batches = _forever(loader)
     reset_peak_memory(device)
@@ -188,6 +204,7 @@ def bench_fast(s: BenchSettings, device: torch.device, precision: str, flops: in
            "threads": a.threads if a.threads == "auto" else torch.get_num_threads(),
            "keep_memory": kept_memory, "pipeline": "DeviceLoader + batched Augment on the device",
            "train": figures(blocks, s.steps, s.batch_size, 3 * flops, peak), "train_warmup_s": warm}
+    out["augment"] = _time_augment(s, augment, generator, next(batches)[0], device, out["train"]["ms_per_step"])
     if s.eval:
         eval_step = accel.make_eval_step(model, precision=precision, device=device, compile=a.compile,
                                          compile_mode=a.compile_mode, cuda_graphs=a.cuda_graphs)
@@ -202,6 +219,17 @@ def bench_fast(s: BenchSettings, device: torch.device, precision: str, flops: in
         out["eval_warmup_s"] = warm
     out["peak_memory_mb"], out["memory_kind"] = peak_memory_mb(device)
     return out
+
+
+def _time_augment(s: BenchSettings, augment, generator: torch.Generator, images: torch.Tensor,
+                  device: torch.device, train_ms: float) -> dict:
+    """The augmentation alone on one batch (uint8 in, model input out), timed like the step, and
+    its share of the training step measured above (which includes it)."""
+    _, blocks = time_loop(lambda: augment(images, generator), steps=s.steps, warmup=s.warmup, repeats=s.repeats,
+                          device=device)
+    f = figures(blocks, s.steps, s.batch_size, 0.0, 1.0)
+    return {"pipeline": s.augmentation(), "ms_per_step": f["ms_per_step"], "ms_per_step_std": f["ms_per_step_std"],
+            "share_of_train_step": f["ms_per_step"] / train_ms}
 
 
 def bench_reference(s: BenchSettings, device: torch.device, flops: int, peak: float) -> dict:
@@ -320,6 +348,10 @@ def format_result(r: dict) -> str:
         how = f" (accel.precision={asked})" if asked != mode["precision"] else ""
         lines.append(f"{'':<10} {mode['precision']}{how}, compile={mode['compile']}, "
                      f"channels_last={mode['channels_last']}; {mode['pipeline']}")
+        if "augment" in mode:
+            a = mode["augment"]
+            lines.append(f"{'':<10} augmentation {a['pipeline']}: {a['ms_per_step']:.2f} ± {a['ms_per_step_std']:.2f} "
+                         f"ms/step, {100 * a['share_of_train_step']:.1f}% of the train step")
     if "speedup" in r:
         lines.append("fast / reference: " + ", ".join(f"{k} {v:.2f}x" for k, v in r["speedup"].items()))
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """`wrn bench MODEL [key=value ...]`: training/eval throughput of the fast path beside a plain
 reference path. The fast path's settings are `wrn train`'s `model.*`/`accel.*` keys (defaults:
-the quick preset's: bf16 where native else fp32, channels_last, compile); the flags are the
-bench's own."""
+the quick preset's: bf16 where native else fp32, channels_last, compile), and the training
+augmentation takes `data.policy*`/`data.cutout` (its time alone and its share of the step are
+shown); the flags are the bench's own."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model.* and accel.* keys as for `wrn train`, e.g. accel.precision=fp32 "
                              "accel.compile=false accel.channels_last=false accel.device=cpu accel.threads=auto "
                              "model.num_classes=100; defaults: the quick preset's (precision auto: bf16 where "
-                             "native, else fp32; channels_last, compile, freed memory kept)")
+                             "native, else fp32; channels_last, compile, freed memory kept); and the training "
+                             "augmentation's data.policy, data.policy_ops, data.policy_magnitude, data.cutout "
+                             "(default: crop + flip alone)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat (default 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
@@ -52,7 +55,7 @@ def _text(value) -> str:
 def command_line(s, as_json: bool = False) -> str:
     """The full command that reproduces a measurement: every bench flag, the core accel keys, and
     each other model.*/accel.* key whose value differs from the bench's defaults."""
-    from wrn.bench import BENCH_SECTIONS, bench_config
+    from wrn.bench import BENCH_DATA_KEYS, BENCH_SECTIONS, bench_config
 
     parts = ["wrn", "bench", s.model, "--batch-size", str(s.batch_size), "--steps", str(s.steps),
              "--warmup", str(s.warmup), "--repeats", str(s.repeats), "--input", str(s.input_size),
@@ -71,6 +74,10 @@ def command_line(s, as_json: bool = False) -> str:
             key = f"{section}.{name}"
             if key != "model.name" and (key in CORE_KEYS or value != getattr(getattr(default, section), name)):
                 parts.append(f"{key}={_text(value)}")
+    for key in BENCH_DATA_KEYS:
+        name = key.partition(".")[2]
+        if getattr(s.config.data, name) != getattr(default.data, name):
+            parts.append(f"{key}={_text(getattr(s.config.data, name))}")
     if as_json:
         parts.append("--json")
     return shlex.join(parts)
