@@ -46,25 +46,29 @@ def solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     return torch.where(x.to(torch.int16) < t, x, 255 - x)
 
 
-def _histograms(x: torch.Tensor) -> torch.Tensor:
-    """``[N, C, 256]`` int64 counts of each value per image and channel (Pillow's histogram())."""
+def _value_index(x: torch.Tensor) -> torch.Tensor:
+    """Flat ``(image * C + channel) * 256 + value`` per element: the bin of a per-image,
+    per-channel histogram and the entry of a per-image, per-channel lookup table."""
     n, h, w, c = x.shape
     base = (torch.arange(n * c, device=x.device) * 256).view(n, 1, 1, c)
-    index = (base + x.long()).view(-1)
+    return (base + x.long()).view(-1)
+
+
+def _histograms(index: torch.Tensor, n: int, c: int) -> torch.Tensor:
+    """``[N, C, 256]`` int64 counts of each value per image and channel (Pillow's histogram())."""
     return torch.bincount(index, minlength=n * c * 256).view(n, c, 256)
 
 
-def _apply_lut(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+def _apply_lut(x: torch.Tensor, index: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
     """``lut`` ``[N, C, 256]`` (values already 0..255) applied per image and channel."""
-    n, h, w, c = x.shape
-    base = (torch.arange(n * c, device=x.device) * 256).view(n, 1, 1, c)
-    return lut.reshape(-1).to(torch.uint8)[(base + x.long()).view(-1)].view(n, h, w, c)
+    return lut.reshape(-1).to(torch.uint8).index_select(0, index).view(x.shape)
 
 
 def autocontrast(x: torch.Tensor) -> torch.Tensor:
     """``ImageOps.autocontrast(img)`` (cutoff 0): stretch each channel's [lo, hi] to [0, 255];
     ``int(v * scale + offset)`` in float64 as Pillow's Python table does."""
-    hist = _histograms(x)
+    index = _value_index(x)
+    hist = _histograms(index, x.shape[0], x.shape[3])
     present = (hist > 0).to(torch.uint8)
     lo = present.argmax(-1, keepdim=True)  # the first present value
     hi = 255 - present.flip(-1).argmax(-1, keepdim=True)
@@ -73,20 +77,21 @@ def autocontrast(x: torch.Tensor) -> torch.Tensor:
     values = torch.arange(256, device=x.device, dtype=torch.float64)
     lut = (values * scale + offset).trunc().clamp(0, 255)
     lut = torch.where(hi > lo, lut, values)  # a single value: Pillow leaves the channel alone
-    return _apply_lut(x, lut)
+    return _apply_lut(x, index, lut)
 
 
 def equalize(x: torch.Tensor) -> torch.Tensor:
     """``ImageOps.equalize(img)``: per channel, ``lut[i] = (step // 2 + #values below i) // step``
     with ``step = (count - count of the last present value) // 255``, in integers."""
-    hist = _histograms(x)
+    index = _value_index(x)
+    hist = _histograms(index, x.shape[0], x.shape[3])
     values = torch.arange(256, device=x.device)
     last = 255 - (hist > 0).to(torch.uint8).flip(-1).argmax(-1, keepdim=True)
     step = (hist.sum(-1, keepdim=True) - hist.gather(-1, last)) // 255
     below = hist.cumsum(-1) - hist  # exclusive prefix sums
     lut = ((step // 2 + below) // step.clamp(min=1)).clamp(max=255)  # Image.point clips to 255
     # One present value, or too few pixels for a step: Pillow leaves the channel alone.
-    return _apply_lut(x, torch.where(step > 0, lut, values))
+    return _apply_lut(x, index, torch.where(step > 0, lut, values))
 
 
 # -- enhancers (ImageEnhance: blend with a degenerate image) -------------------------------------------
