@@ -147,6 +147,9 @@ _APPLY: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Ten
     "Sharpness": lambda x, p, fill: ops.sharpness(x, p[:, 0]),
     **{name: (lambda x, p, fill: ops.affine(x, p, fill)) for name in GEOMETRIC},
 }
+# The five geometric operations are one nearest-pixel affine sampling with different coefficients:
+# a stage samples all its geometric images in one call (filed under Rotate's index).
+_GROUP = torch.tensor([OP_INDEX["Rotate"] if name in GEOMETRIC else i for i, name in enumerate(OPS)])
 
 
 class Policy:
@@ -170,17 +173,24 @@ class Policy:
 
     def tables(self, h: int, w: int, device: torch.device) -> list[torch.Tensor | None]:
         """Per operation (OPS order) a ``[levels, 2, P]`` table of its parameters by (level, sign
-        flipped), built once per image size and device; None for parameterless operations."""
+        flipped), built once per image size and device; None for parameterless operations. The
+        geometric operations share one ``[len(OPS), levels, 2, 6]`` table of fixed-point affine
+        coefficients, indexed by operation first."""
         key = (h, w, str(device))
         if key not in self._tables:
             out: list[torch.Tensor | None] = []
+            size = len(next(iter(self.values.values())))
+            affine = [[[(0,) * 6] * 2] * size for _ in OPS]
+            for name in GEOMETRIC:
+                affine[OP_INDEX[name]] = [[geometric_coefficients(name, s * v, w, h) for s in (1, -1)]
+                                          for v in self.values[name]]
+            affine_table = torch.tensor(affine, dtype=torch.int64, device=device)
             for name in OPS:
                 levels = self.values.get(name)
-                if levels is None or name not in _APPLY or name in ("AutoContrast", "Equalize", "Invert"):
+                if name in GEOMETRIC:
+                    out.append(affine_table)
+                elif levels is None:
                     out.append(None)
-                elif name in GEOMETRIC:
-                    rows = [[geometric_coefficients(name, s * v, w, h) for s in (1, -1)] for v in levels]
-                    out.append(torch.tensor(rows, dtype=torch.int64, device=device))
                 else:  # float32 factors as Pillow's C receives them; integer bits / thresholds
                     dtype = torch.float32 if name in FACTORS else torch.int64
                     out.append(torch.tensor([[[v], [v]] for v in levels], dtype=dtype, device=device))
@@ -202,9 +212,11 @@ class Policy:
 def apply_stage(x: torch.Tensor, op: torch.Tensor, level: torch.Tensor, negative: torch.Tensor,
                 tables: list[torch.Tensor | None], fill: torch.Tensor) -> torch.Tensor:
     """Image i gets operation ``OPS[op[i]]`` at ``level[i]`` (direction flipped where ``negative``):
-    the images are grouped by operation, one batched call per operation present."""
-    counts = torch.bincount(op, minlength=len(OPS)).tolist()  # the one host sync of a stage
-    order = torch.argsort(op, stable=True)
+    the images are grouped by operation, one batched call per operation present (one for all the
+    geometric ones)."""
+    group = _GROUP.to(op.device)[op]
+    counts = torch.bincount(group, minlength=len(OPS)).tolist()  # the one host sync of a stage
+    order = torch.argsort(group, stable=True)
     out = x.clone()
     start = 0
     for k, count in enumerate(counts):
@@ -213,7 +225,10 @@ def apply_stage(x: torch.Tensor, op: torch.Tensor, level: torch.Tensor, negative
         if count == 0 or OPS[k] == "Identity":
             continue
         table = tables[k]
-        params = None if table is None else table[level[idx], negative[idx].long()]
+        if OPS[k] in GEOMETRIC:
+            params = table[op[idx], level[idx], negative[idx].long()]
+        else:
+            params = None if table is None else table[level[idx], negative[idx].long()]
         out.index_copy_(0, idx, _APPLY[OPS[k]](x.index_select(0, idx), params, fill))
     return out
 
