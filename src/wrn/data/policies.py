@@ -8,7 +8,8 @@ Every image draws its own operations, levels and signs from ``generator`` (the e
 per step from (seed, step, rank)), so a batch never shares one choice and a resumed run draws
 what the uninterrupted one drew. A policy is a few *stages*; a stage gives each image one
 operation (maybe Identity), a level and a sign; the batch is then split by operation, one pass
-per operation present (never one per image), each pass a batched ``wrn.data.image_ops`` call.
+per operation present (the five geometric ones share one; never one per image), each pass a
+batched ``wrn.data.image_ops`` call.
 
 Levels map to parameters with the formulas of the Pillow reference code of each paper, computed
 on the host in Python exactly as that code computes them (``int(level * max / PARAMETER_MAX)``
