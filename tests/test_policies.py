@@ -246,6 +246,7 @@ def test_bench_times_the_augmentation_and_its_share(capsys):
     r = json.loads(capsys.readouterr().out)
     a = r["modes"][0]["augment"]
     assert a["pipeline"] == "crop+flip+autoaugment+cutout4" and a["ms_per_step"] > 0 and a["share_of_train_step"] > 0
+    assert a["crop_flip_ms_per_step"] > 0 and "added_share_of_train_step" in a
     assert "data.policy=autoaugment" in r["command"] and "data.cutout=4" in r["command"]
     assert r["settings"]["data"]["policy"] == "autoaugment"
     assert main(["bench", *tiny, "data.name=svhn"]) == 2

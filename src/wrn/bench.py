@@ -224,12 +224,24 @@ def bench_fast(s: BenchSettings, device: torch.device, precision: str, flops: in
 def _time_augment(s: BenchSettings, augment, generator: torch.Generator, images: torch.Tensor,
                   device: torch.device, train_ms: float) -> dict:
     """The augmentation alone on one batch (uint8 in, model input out), timed like the step, and
-    its share of the training step measured above (which includes it)."""
-    _, blocks = time_loop(lambda: augment(images, generator), steps=s.steps, warmup=s.warmup, repeats=s.repeats,
-                          device=device)
-    f = figures(blocks, s.steps, s.batch_size, 0.0, 1.0)
-    return {"pipeline": s.augmentation(), "ms_per_step": f["ms_per_step"], "ms_per_step_std": f["ms_per_step_std"],
-            "share_of_train_step": f["ms_per_step"] / train_ms}
+    its share of the training step measured above (which includes it); with a policy or cutout,
+    also the plain crop + flip, so that what they add is read off the same run."""
+    from wrn.data.augment import Augment
+
+    def ms(aug) -> tuple[float, float]:
+        _, blocks = time_loop(lambda: aug(images, generator), steps=s.steps, warmup=s.warmup, repeats=s.repeats,
+                              device=device)
+        f = figures(blocks, s.steps, s.batch_size, 0.0, 1.0)
+        return f["ms_per_step"], f["ms_per_step_std"]
+
+    mean, std = ms(augment)
+    out = {"pipeline": s.augmentation(), "ms_per_step": mean, "ms_per_step_std": std,
+           "share_of_train_step": mean / train_ms}
+    if augment.policy is not None or augment.cutout:
+        plain, _ = ms(Augment(augment.mean, augment.std, crop_padding=augment.crop_padding, flip=augment.flip,
+                              channels_last=augment.channels_last))
+        out.update(crop_flip_ms_per_step=plain, added_share_of_train_step=(mean - plain) / train_ms)
+    return out
 
 
 def bench_reference(s: BenchSettings, device: torch.device, flops: int, peak: float) -> dict:
@@ -350,8 +362,10 @@ def format_result(r: dict) -> str:
                      f"channels_last={mode['channels_last']}; {mode['pipeline']}")
         if "augment" in mode:
             a = mode["augment"]
+            added = (f" (crop+flip alone {a['crop_flip_ms_per_step']:.2f} ms: the rest adds "
+                     f"{100 * a['added_share_of_train_step']:.1f}%)" if "crop_flip_ms_per_step" in a else "")
             lines.append(f"{'':<10} augmentation {a['pipeline']}: {a['ms_per_step']:.2f} ± {a['ms_per_step_std']:.2f} "
-                         f"ms/step, {100 * a['share_of_train_step']:.1f}% of the train step")
+                         f"ms/step, {100 * a['share_of_train_step']:.1f}% of the train step{added}")
     if "speedup" in r:
         lines.append("fast / reference: " + ", ".join(f"{k} {v:.2f}x" for k, v in r["speedup"].items()))
     return "\n".join(lines)
