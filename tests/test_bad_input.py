@@ -103,6 +103,9 @@ INVALID = {
     "data.subset": st.one_of(NEGATIVE, NOT_NUMBER),
     "data.cutout": st.one_of(NEGATIVE, NOT_NUMBER),
     "data.normalize": WORDS.filter(lambda s: s not in ("dataset", "paper", "none")),
+    "data.policy": WORDS.filter(lambda s: s not in ("none", "autoaugment", "randaugment", "trivialaugment")),
+    "data.policy_ops": st.one_of(BELOW_ONE, st.integers(17, 10**9).map(str), NOT_NUMBER),
+    "data.policy_magnitude": st.one_of(NEGATIVE, st.integers(31, 10**9).map(str), NOT_NUMBER),
     "data.augment": WORDS.filter(lambda s: s.strip().lower() not in ("true", "yes", "on", "1", "false", "no", "off", "0")),
     "model.name": st.one_of(st.from_regex(r"wrn-[0-9]{1,3}-[0-9]{1,2}", fullmatch=True).filter(
         lambda n: (int(n.split("-")[1]) - 4) % 6 or int(n.split("-")[2]) == 0), st.from_regex(r"x[a-z0-9-]{0,10}", fullmatch=True)),

@@ -23,7 +23,9 @@ EPOCHS = 12
 ARGS = ["model.name=wrn-10-1", "model.dropout=0.3", f"train.epochs={EPOCHS}", "train.batch_size=16",
         "train.checkpoint_every=7", "data.val_size=64", "optim.schedule=onecycle", "optim.warmup_epochs=1",
         "optim.lr=0.05", "accel.precision=fp32", "accel.channels_last=false",
-        "accel.compile=false", "log.every_steps=4", "train.eval_batch_size=64"]
+        "accel.compile=false", "log.every_steps=4", "train.eval_batch_size=64",
+        # The augmentation policy and cutout draw per step from (seed, step, rank) like the crop.
+        "data.policy=trivialaugment", "data.cutout=4"]
 
 
 def train_cmd(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:

@@ -9,7 +9,9 @@ speed-up is a ratio taken side by side:
   ``quick`` preset's (``FAST_PRESET``: precision auto, i.e. bf16 where the hardware has it
   natively and fp32 elsewhere; channels_last, compile, freed memory kept), i.e. the fast path as
   a user runs it, and ``key=value`` overrides change them through the config's own parser, as
-  for ``wrn train``.
+  for ``wrn train``. Its training augmentation is crop + flip, plus the
+  ``data.policy*``/``data.cutout`` overrides (``config.BENCH_KEYS``); the augmentation is also timed
+  alone on one batch and reported as a share of the training step.
 - ``reference``: the same architecture as a common public WRN training script runs it: fp32,
   eager, NCHW, a per-image ``torch.utils.data.Dataset`` (PIL pad + random crop + flip, to-tensor,
   normalise) batched by a DataLoader, the default SGD, and ``loss.item()`` every step.
@@ -56,7 +58,7 @@ def bench_config(model: str, overrides: Iterable[str] = ()) -> Config:
         raise UserError("model.name: give the model as wrn bench's first argument, e.g. wrn bench wrn-16-4")
     return load_config(FAST_PRESET, overrides=[f"model.name={model}", *overrides], keys=BENCH_KEYS,
                        refuse=lambda key, _: (f"{key}: wrn bench takes only model.* and accel.* keys, and "
-                                              "data.augment, data.cutout (the rest is wrn train's)"))
+                                              "data.augment, data.cutout, data.policy* (the rest is wrn train's)"))
 
 
 @dataclass
@@ -94,6 +96,13 @@ class BenchSettings:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "config"}
         data = {k: v for k, v in asdict(self.config.data).items() if allowed(BENCH_KEYS, f"data.{k}")}
         return {**out, **{s: asdict(getattr(self.config, s)) for s in ("model", "accel")}, "data": data}
+
+    def augmentation(self) -> str:
+        """The fast mode's training augmentation in words, e.g. crop+flip+trivialaugment+cutout16."""
+        d = self.config.data
+        policy = {"none": "", "randaugment": f"+randaugment(N={d.policy_ops},M={d.policy_magnitude})"}.get(
+            d.policy, f"+{d.policy}")
+        return f"crop+flip{policy}{f'+cutout{d.cutout}' if d.cutout else ''}"
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -159,6 +168,7 @@ def _sgd(model: nn.Module) -> torch.optim.SGD:
 def bench_fast(s: BenchSettings, device: torch.device, precision: str, flops: int, peak: float) -> dict:
     from wrn.data.augment import Augment
     from wrn.data.loader import DeviceLoader
+    from wrn.data.policies import build_policy
 
     a = s.config.accel
     kept_memory = a.keep_memory and accel.keep_freed_memory(device)  # process-wide from here on
@@ -170,9 +180,9 @@ def bench_fast(s: BenchSettings, device: torch.device, precision: str, flops: in
     ds = random_cifar(s.batch_size * 8, s.input_size, s.num_classes)
     loader = DeviceLoader(ds, s.batch_size, device=device, shuffle=True, drop_last=True, seed=0)
     # Augment returns the memory format the model was prepared with (NCHW or channels_last).
-    d = s.config.data  # as training augments: reflect-pad crop and flip (data.augment), cutout
+    d = s.config.data  # as training augments: reflect-pad crop and flip (data.augment), the policy, cutout
     augment = Augment(CIFAR.mean, CIFAR.std, crop_padding=4 if d.augment else 0, flip=d.augment, cutout=d.cutout,
-                      channels_last=a.channels_last)
+                      channels_last=a.channels_last, policy=build_policy(d.policy, d.policy_ops, d.policy_magnitude))
     generator = torch.Generator(device=device)
     batches = _forever(loader)
     reset_peak_memory(device)
@@ -189,6 +199,7 @@ def bench_fast(s: BenchSettings, device: torch.device, precision: str, flops: in
            "threads": a.threads if a.threads == "auto" else torch.get_num_threads(),
            "keep_memory": kept_memory, "pipeline": "DeviceLoader + batched Augment on the device",
            "train": figures(blocks, s.steps, s.batch_size, 3 * flops, peak), "train_warmup_s": warm}
+    out["augment"] = _time_augment(s, augment, generator, next(batches)[0], device, out["train"]["ms_per_step"])
     if s.eval:
         eval_step = accel.make_eval_step(model, precision=precision, device=device, compile=a.compile,
                                          compile_mode=a.compile_mode, cuda_graphs=a.cuda_graphs)
@@ -202,6 +213,29 @@ def bench_fast(s: BenchSettings, device: torch.device, precision: str, flops: in
         out["eval"] = figures(blocks, s.steps, s.batch_size, flops, peak)
         out["eval_warmup_s"] = warm
     out["peak_memory_mb"], out["memory_kind"] = peak_memory_mb(device)
+    return out
+
+
+def _time_augment(s: BenchSettings, augment, generator: torch.Generator, images: torch.Tensor,
+                  device: torch.device, train_ms: float) -> dict:
+    """The augmentation alone on one batch (uint8 in, model input out), timed like the step, and
+    its share of the training step measured above (which includes it); with a policy or cutout,
+    also the plain crop + flip, so that what they add is read off the same run."""
+    from wrn.data.augment import Augment
+
+    def ms(aug) -> tuple[float, float]:
+        _, blocks = time_loop(lambda: aug(images, generator), steps=s.steps, warmup=s.warmup, repeats=s.repeats,
+                              device=device)
+        f = figures(blocks, s.steps, s.batch_size, 0.0, 1.0)
+        return f["ms_per_step"], f["ms_per_step_std"]
+
+    mean, std = ms(augment)
+    out = {"pipeline": s.augmentation(), "ms_per_step": mean, "ms_per_step_std": std,
+           "share_of_train_step": mean / train_ms}
+    if augment.policy is not None or augment.cutout:
+        plain, _ = ms(Augment(augment.mean, augment.std, crop_padding=augment.crop_padding, flip=augment.flip,
+                              channels_last=augment.channels_last))
+        out.update(crop_flip_ms_per_step=plain, added_share_of_train_step=(mean - plain) / train_ms)
     return out
 
 
@@ -316,6 +350,12 @@ def format_result(r: dict) -> str:
         how = f" (accel.precision={asked})" if asked != mode["precision"] else ""
         lines.append(f"{'':<10} {mode['precision']}{how}, compile={mode['compile']}, "
                      f"channels_last={mode['channels_last']}; {mode['pipeline']}")
+        if "augment" in mode:
+            a = mode["augment"]
+            added = (f" (crop+flip alone {a['crop_flip_ms_per_step']:.2f} ms: the rest adds "
+                     f"{100 * a['added_share_of_train_step']:.1f}%)" if "crop_flip_ms_per_step" in a else "")
+            lines.append(f"{'':<10} augmentation {a['pipeline']}: {a['ms_per_step']:.2f} ± {a['ms_per_step_std']:.2f} "
+                         f"ms/step, {100 * a['share_of_train_step']:.1f}% of the train step{added}")
     if "speedup" in r:
         lines.append("fast / reference: " + ", ".join(f"{k} {v:.2f}x" for k, v in r["speedup"].items()))
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """`wrn bench MODEL [key=value ...]`: training/eval throughput of the fast path beside a plain
 reference path. The fast path's settings are `wrn train`'s `model.*`/`accel.*` keys (defaults:
-the quick preset's: bf16 where native else fp32, channels_last, compile); the flags are the
-bench's own."""
+the quick preset's: bf16 where native else fp32, channels_last, compile), and the training
+augmentation takes `data.policy*`/`data.cutout` (its time alone and its share of the step are
+shown); the flags are the bench's own."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ CORE_KEYS = ("accel.device", "accel.precision", "accel.compile", "accel.channels
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a model name, e.g. wrn-16-4 (see `wrn info --list`)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="model.* and accel.* keys and data.augment, data.cutout as for `wrn train`, e.g. accel.precision=fp32 "
+                        help="model.* and accel.* keys as for `wrn train`, e.g. accel.precision=fp32 "
                              "accel.compile=false accel.channels_last=false accel.device=cpu accel.threads=auto "
                              "model.num_classes=100; defaults: the quick preset's (precision auto: bf16 where "
-                             "native, else fp32; channels_last, compile, freed memory kept)")
+                             "native, else fp32; channels_last, compile, freed memory kept); and the training "
+                             "augmentation's data.policy, data.policy_ops, data.policy_magnitude, data.cutout "
+                             "(default: crop + flip alone)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat (default 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")

@@ -14,7 +14,7 @@ Callers feed the output to the model as is.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -32,9 +32,12 @@ class Augment:
     memory when ``channels_last`` else contiguous NCHW.
 
     Per image: a random crop of the ``crop_padding``-reflect-padded image (same size as the
-    input), a horizontal flip with probability 0.5 (``flip``), then either ``(x / 255 - mean) /
-    std`` or, given ``whiten`` (instead of mean/std), the fitted ZCA whitening; last a
-    ``cutout``-pixel square set to zero (the mean) centred anywhere in the image.
+    input), a horizontal flip with probability 0.5 (``flip``), then the ``policy`` if any (an
+    automatic augmentation policy of ``wrn.data.policies``, on the uint8 pixels), then either
+    ``(x / 255 - mean) / std`` or, given ``whiten`` (instead of mean/std), the fitted ZCA
+    whitening; last a ``cutout``-pixel square set to zero (the mean) centred anywhere in the image.
+    This is the order of the AutoAugment and TrivialAugment papers on CIFAR (crop + flip, the
+    policy, cutout).
     ``crop_padding=0, flip=False`` only normalises (SVHN, evaluation). Deterministic given the
     generator, which lives on x's device.
     """
@@ -49,6 +52,7 @@ class Augment:
         cutout: int = 0,
         channels_last: bool = False,
         whiten: Whitening | None = None,
+        policy: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
     ):
         if whiten is not None:
             if mean is not None or std is not None:
@@ -64,12 +68,14 @@ class Augment:
         self.cutout = int(cutout)
         self.channels_last = bool(channels_last)
         self.whiten = whiten
+        self.policy = policy
         self._consts: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __repr__(self) -> str:
         norm = f"whiten={self.whiten!r}" if self.whiten is not None else f"mean={self.mean}, std={self.std}"
+        policy = f", policy={self.policy!r}" if self.policy is not None else ""
         return (f"Augment({norm}, crop_padding={self.crop_padding}, flip={self.flip}, cutout={self.cutout}, "
-                f"channels_last={self.channels_last})")
+                f"channels_last={self.channels_last}{policy})")
 
     @property
     def channels(self) -> int:
@@ -133,6 +139,8 @@ class Augment:
             raise ValueError(f"expected a uint8 [N, H, W, C] batch, got {x.dtype} {tuple(x.shape)}")
         if self.crop_padding or self.flip:
             x = self.crop_flip(x, generator)
+        if self.policy is not None:  # draws after crop/flip, so runs without a policy are unchanged
+            x = self.policy(x, generator)
         out = self._normalize_nhwc(x)
         if self.cutout:
             out.masked_fill_(self._cutout_hole(out.shape, x.device, generator), 0.0)

@@ -43,7 +43,8 @@ EVAL_KEYS = ("accel.", "train.eval_batch_size", "data.cache_dir", "data.workers"
 # `wrn predict`: how a trained checkpoint runs; the checkpoint fixes the model and its data.
 INFERENCE_KEYS = ("accel.",)
 # `wrn bench`: the model, the speed switches and the augmentation the fast path times.
-BENCH_KEYS = ("model.", "accel.", "data.augment", "data.cutout")
+BENCH_KEYS = ("model.", "accel.", "data.augment", "data.cutout", "data.policy", "data.policy_ops",
+              "data.policy_magnitude")
 
 
 @dataclass
@@ -68,6 +69,12 @@ class DataConfig:
     use_extra: bool = False  # SVHN: train + extra
     augment: bool = True  # random crop from a 4-pixel reflect pad + horizontal flip
     cutout: int = 0  # side of the cutout square in pixels (0 = off)
+    # An automatic augmentation policy per image, after the crop + flip and before cutout
+    # (wrn.data.policies): none | autoaugment (the CIFAR-10 policy) | randaugment | trivialaugment
+    # (TrivialAugment-Wide).
+    policy: str = "none"
+    policy_ops: int = 2  # randaugment: N, the operations each image draws
+    policy_magnitude: int = 9  # randaugment: M, the level of every operation (0..30)
     # dataset: mean/std of the training split; paper: the published CIFAR constants;
     # none: pixels / 255 (the paper's SVHN preprocessing); zca: contrast normalisation + ZCA
     # whitening fitted on the training split (wrn.data.zca; the paper's whitened CIFAR tables).

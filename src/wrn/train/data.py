@@ -21,6 +21,7 @@ import torch
 from wrn.data import NAMES, channel_stats, load_dataset, make_splits, zca
 from wrn.data.augment import Augment
 from wrn.data.catalog import DATASETS
+from wrn.data.policies import build_policy
 from wrn.data.loader import DeviceLoader
 from wrn.data.streaming import StreamingLoader
 from wrn.errors import UserError
@@ -146,7 +147,8 @@ def build_data(cfg: Config, device: torch.device, *, rank: int = 0, world_size: 
     else:
         mean, std = stats or _normalization(cfg, train)
     augment = Augment(mean, std, crop_padding=4 if cfg.data.augment else 0, flip=cfg.data.augment,
-                      cutout=cfg.data.cutout, channels_last=cfg.accel.channels_last, whiten=whitening)
+                      cutout=cfg.data.cutout, channels_last=cfg.accel.channels_last, whiten=whitening,
+                      policy=build_policy(cfg.data.policy, cfg.data.policy_ops, cfg.data.policy_magnitude))
     loaders: dict[str, Any] = {}
     if "train" in splits:
         loaders["train"] = DeviceLoader(train, cfg.train.batch_size // world_size, device=device, shuffle=True,

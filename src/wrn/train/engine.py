@@ -93,7 +93,7 @@ def train_one_epoch(run: RunState, epoch: int, start_step: int = 0, sums: EpochS
         lr = run.schedule(step)
         set_lr(run.optimizer, lr)
         torch.manual_seed(step_seed(cfg.train.seed, step, run.rank, 0))  # dropout, drop-path
-        run.generator.manual_seed(step_seed(cfg.train.seed, step, run.rank, 1))  # crop, flip, cutout
+        run.generator.manual_seed(step_seed(cfg.train.seed, step, run.rank, 1))  # crop, flip, policy, cutout
         x = run.augment(images, run.generator)  # [B, 3, H, W] float32, normalised, in the model's memory format
         if run.skipper is not None:
             run.skipper.remember()

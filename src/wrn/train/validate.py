@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from wrn.data.catalog import DATASETS
+from wrn.data.policies import MAX_MAGNITUDE, MAX_OPS, POLICIES
 from wrn.errors import UserError
 from wrn.models import create_model
 from wrn.train.accel import COMPILE_MODES, CONFIG_PRECISIONS
@@ -91,6 +92,13 @@ def validate(cfg) -> None:
     _check(d.val_size >= 0, "data.val_size", f"{d.val_size} must be >= 0")
     _check(d.subset >= 0, "data.subset", f"{d.subset} must be >= 0 (0 = all training images)")
     _check(d.cutout >= 0, "data.cutout", f"{d.cutout} must be >= 0 (0 = off)")
+    _check(d.policy in POLICIES, "data.policy", f"unknown policy {d.policy!r}: use {' | '.join(POLICIES)}")
+    _check(1 <= d.policy_ops <= MAX_OPS, "data.policy_ops",
+           f"{d.policy_ops} is out of range: use 1 to {MAX_OPS} (RandAugment's N operations per image)")
+    _check(0 <= d.policy_magnitude <= MAX_MAGNITUDE, "data.policy_magnitude",
+           f"{d.policy_magnitude} is out of range: use 0 to {MAX_MAGNITUDE} (RandAugment's M)")
+    _check(not (d.policy != "none" and d.streaming), "data.policy",
+           f"{d.policy} augments small images held on the device (CIFAR, SVHN), not streamed ones: use none")
     _check(d.image_size >= 8, "data.image_size", f"{d.image_size} must be >= 8")
     _check(d.workers >= 0, "data.workers", f"{d.workers} must be >= 0")
     _check(d.normalize in NORMALIZATIONS, "data.normalize",
