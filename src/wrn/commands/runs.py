@@ -142,6 +142,10 @@ def run_info(run: Path, root: Path) -> dict[str, Any]:
         info.update(status="failed", error=str(last.get("error") or "error"), step=last.get("step", info["step"]))
     elif state:
         info["status"] = "interrupted"
+    imported = _json(run / "imported.json")  # wrn import: weights from elsewhere, never trained here
+    if isinstance(imported, dict):
+        info.update(status="imported", preset=f"imported ({imported.get('layout')})", epochs_done=0, epochs_total=0,
+                    source=imported.get("source"))
     return info
 
 
@@ -161,6 +165,8 @@ def _status(info: dict[str, Any]) -> str:
         return f"failed at step {info['step']}: {info['error']}"
     if info["status"] == "finished":
         return "finished"
+    if info["status"] == "imported":
+        return f"imported from {info['source']}"
     age = info["log_age_s"]
     if age is not None and age < RECENT_S:
         where = f"at step {info['step']}" if info["status"] == "interrupted" else "before its first checkpoint"

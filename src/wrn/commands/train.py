@@ -40,6 +40,7 @@ def _resume_config(out: Path, overrides: list[str]):
 
     if not (out / "config.yaml").is_file():
         raise UserError(f"--resume {str(out)!r} is not a run directory (no config.yaml): give the --out of a run")
+    _refuse_imported(out)
     cfg = load_config(config_file=out / "config.yaml")
     saved = cfg.to_dict()
     keys = []
@@ -55,6 +56,15 @@ def _resume_config(out: Path, overrides: list[str]):
                             "be the same run; drop the override, or start a new run with --out")
     validate(cfg)
     return cfg
+
+
+def _refuse_imported(out: Path) -> None:
+    # An imported run (wrn import) holds weights but no training state: nothing to continue.
+    from wrn.errors import UserError
+
+    if (out / "imported.json").is_file():
+        raise UserError(f"{out} is an imported checkpoint, not a training run: it cannot be resumed; fine-tune from "
+                        f"it with wrn train --init {out} --out NEW_DIR")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
             name = preset or Path(args.config).stem
             out = Path("runs") / f"{name}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         # Under torchrun only rank 0 checks: it may already have written config.yaml when another starts.
+        if out.is_dir():
+            _refuse_imported(out)
         if is_main() and out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise UserError(f"--out {str(out)!r} is not empty: continue it with --resume {out}, or choose another --out")
     try:

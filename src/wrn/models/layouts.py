@@ -85,6 +85,28 @@ MAPS: dict[str, KeyMap] = {
 MAPS["ssl-torchssl"] = MAPS["ssl-usb-early"] = MAPS.pop("ssl-old")
 
 
+# Keys every file of a layout holds (a file without one is not of that layout).
+SIGNATURES = {
+    "wrn": ("conv1.weight", "conv2.0.bn.weight", "bn.weight", "fc.weight"),
+    "xternalz": ("conv1.weight", "block1.layer.0.bn1.weight", "bn1.weight", "fc.weight"),
+    "dm": ("init_conv.weight", "layer.0.block.0.batchnorm_0.weight", "batchnorm.weight", "logits.weight"),
+    "ssl": ("conv1.weight", "conv1.bias", "block1.layer.0.bn1.weight", "bn1.weight", "classifier.weight"),
+    "ssl-torchssl": ("conv1.bias", "block1.layer.0.conv1.bias", "bn1.weight", "fc.weight"),
+    "torchvision": ("conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "fc.weight"),
+}
+SIGNATURES["ssl-usb-early"] = SIGNATURES["ssl-torchssl"]
+
+
+def same_layout(layout: str, detected: str | None) -> bool:
+    """``detected`` (from keys) agrees with ``layout``: TorchSSL and early USB share their keys."""
+    return detected == layout or (layout == "ssl-usb-early" and detected == "ssl-torchssl")
+
+
+def foreign_name(layout: str, ours: str) -> str:
+    """Our key under ``layout``'s names where it has one (for messages), else our key."""
+    return ours if layout == "torchvision" else (MAPS[layout].from_ours(ours) or ours)
+
+
 def detect(keys: list[str]) -> str | None:
     """The layout that ``keys`` look like (for errors that name the right --layout), or None."""
     has = set(keys).__contains__
@@ -196,7 +218,7 @@ def infer(layout: str, state: dict[str, torch.Tensor]) -> tuple[str, dict[str, A
     groups = [len({k.split(".")[1] for k in state if k.startswith(f"conv{g}.")}) for g in (2, 3, 4)]
     if n == 0 or len(set(groups)) != 1:
         raise UserError(f"blocks per group {groups} are not a WRN's (three equal groups): give model.name")
-    branch = {k.split(".")[4] for k in state if k.startswith("conv2.0.branch.")}
+    branch = {k.split(".")[3] for k in state if k.startswith("conv2.0.branch.")}
     if branch != {"0", "1", "3"} or _shape(state, "conv2.0.branch.0.weight")[2:] != (3, 3):
         raise UserError("the blocks are not B(3,3) with dropout off: give model.name and model.block")
     width, rem = divmod(_shape(state, "conv2.0.branch.0.weight")[0], 16)
