@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import time
 import zipfile
@@ -73,11 +74,13 @@ def read_source(src: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        if "weights only" in first.lower() or "unsupported global" in str(e).lower():
-            raise UserError(f"{src} needs more than tensors to load (it pickles code objects; nothing of it was run): "
+        text = str(e)
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:  # a pickled object that only its own code could rebuild: refused before anything ran
+            raise UserError(f"{src} needs more than tensors to load (it pickles {found[1]}; nothing of it was run): "
                             "re-save its state dict with torch.save(model.state_dict(), ...) or as .safetensors") from None
-        raise UserError(f"{src} is not a checkpoint ({first or 'unreadable pickle'})") from None
+        why = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n|$)", text)
+        raise UserError(f"{src} is not a checkpoint ({why[1] if why else text.splitlines()[0]})") from None
     except (RuntimeError, EOFError, ValueError, OSError) as e:
         raise UserError(f"{src} is not a checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
