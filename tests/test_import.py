@@ -32,7 +32,7 @@ def pixels(n=6, seed=0):
 
 def as_input(images, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
     """The references' own preparation: ToTensor (/255) then Normalize(mean, std)."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    x = torch.tensor(images).permute(0, 3, 1, 2).float() / 255
     return (x - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
 
 
@@ -210,3 +210,44 @@ def test_an_existing_directory_is_never_overwritten(tmp_path, capsys):
     assert main(["import", str(tmp_path / "dm.pt"), "--layout", "dm", "--out", str(tmp_path / "taken")]) == 2
     assert "already exists" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["keep.txt"]
+
+
+def test_torchvision_layout_imports_with_imagenets_convention(tmp_path):
+    from wrn.models.imagenet import load_external_weights
+    from wrn.data.streaming import eval_transform
+
+    torch.manual_seed(0)
+    ref = wrn.create_model("resnet50", num_classes=3).eval()
+    torch.save({"model": ref.state_dict()}, tmp_path / "tv.pth")
+    wrn.import_checkpoint(tmp_path / "tv.pth", tmp_path / "tv", layout="torchvision", classes="a,b,c", log=None)
+    image = Image.fromarray(pixels(1)[0]).resize((300, 260))
+    probs = wrn.predict(tmp_path / "tv", [image], device="cpu").probs
+    # torchvision's way: resize the short side to 256, centre-crop 224, ToTensor, ImageNet Normalize.
+    x = as_input(eval_transform(image, 224)[None], *IMAGENET)
+    same = load_external_weights(wrn.create_model("resnet50", num_classes=3), tmp_path / "tv.pth").eval()
+    np.testing.assert_allclose(probs, torch.softmax(same(x), 1).detach().numpy(), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.mean=0.5,0.5,0.5"], "data.std: is missing"),
+    (["data.mean=0.5,0.5", "data.std=0.2,0.2"], "must be 3 numbers"),
+    (["data.mean=0.5,0.5,0.5", "data.std=0.2,0,0.2"], "must be positive"),
+    (["data.mean=0.5,0.5,0.5", "data.std=0.2,0.2,0.2", "data.normalize=zca"], "drop one of them"),
+    (["model.name=wrn-16-4", "model.activation=silu"], "model.activation: wrn-16-4 has no argument 'activation'"),
+])
+def test_new_config_keys_are_checked(overrides, message):
+    from wrn.errors import UserError
+    from wrn.train.config import load_config
+
+    with pytest.raises(UserError, match=message):
+        load_config(overrides=overrides)
+
+
+def test_explicit_constants_normalise_training_data():
+    from wrn.train.config import load_config
+    from wrn.train.data import _normalization
+
+    cfg = load_config(overrides=["data.mean=0.485,0.456,0.406", "data.std=0.229,0.224,0.225"])
+    assert _normalization(cfg, None) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    cfg = load_config(overrides=["model.name=dm-wrn-16-1", "model.activation=silu", "model.dropout=0"])
+    assert cfg.model.activation == "silu"
