@@ -234,6 +234,8 @@ def test_torchvision_layout_imports_with_imagenets_convention(tmp_path):
     (["data.mean=0.5,0.5,0.5", "data.std=0.2,0,0.2"], "must be positive"),
     (["data.mean=0.5,0.5,0.5", "data.std=0.2,0.2,0.2", "data.normalize=zca"], "drop one of them"),
     (["model.name=wrn-16-4", "model.activation=silu"], "model.activation: wrn-16-4 has no argument 'activation'"),
+    (["model.name=dm-wrn-16-1", "model.dropout=0", "data.mean=0.5,0.5,0.5", "data.std=0.2,0.2,0.2"],
+     "data.mean: dm-wrn-16-1 normalises its inputs inside the model"),
 ])
 def test_new_config_keys_are_checked(overrides, message):
     from wrn.errors import UserError

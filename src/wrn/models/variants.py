@@ -47,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wrn.models.layers import Classifier, check_positive_int, init_weights
-from wrn.models.registry import register_model
+from wrn.models.registry import match_name, register_model
 from wrn.models.wide_resnet import GROUP_WIDTHS, STEM_WIDTH, depth_error, fits_depth
 
 # RobustBench's CIFAR-10 constants (dm_wide_resnet.py): DMWideResNet's defaults.
@@ -238,7 +238,15 @@ class SSLWideResNet(VariantWRN):
                 "head": f"BN, leaky ReLU {SSL_LEAKY_SLOPE}, global average pool, linear"}
 
 
-@register_model("dm-wrn-{depth}-{width}", examples=("dm-wrn-28-10", "dm-wrn-34-20", "dm-wrn-70-16", "dm-wrn-106-16"))
+DM_NAME = "dm-wrn-{depth}-{width}"
+
+
+def normalizes_inside(name: str) -> bool:
+    """The named model normalises its inputs itself (dm-wrn): data.mean/std would do it twice."""
+    return match_name(DM_NAME, name) is not None
+
+
+@register_model(DM_NAME, examples=("dm-wrn-28-10", "dm-wrn-34-20", "dm-wrn-70-16", "dm-wrn-106-16"))
 def dm_wrn(depth: int, width: int, num_classes: int = 10, activation: str = "relu",
            mean: Sequence[float] = ROBUSTBENCH_CIFAR10_MEAN, std: Sequence[float] = ROBUSTBENCH_CIFAR10_STD,
            in_channels: int = 3) -> DMWideResNet:

@@ -13,6 +13,7 @@ import torch
 from wrn.data.catalog import DATASETS
 from wrn.errors import UserError
 from wrn.models import create_model
+from wrn.models.variants import normalizes_inside
 from wrn.train.accel import COMPILE_MODES, CONFIG_PRECISIONS
 from wrn.train.log import summary_writer_class
 
@@ -118,6 +119,8 @@ def validate(cfg: Config) -> None:
         _check(d.name in published, "data.normalize",
                f"'paper' constants exist only for {', '.join(published)}: use dataset or none")
     _check_constants(d)
+    _check(d.mean is None or not normalizes_inside(m.name), "data.mean",
+           f"{m.name} normalises its inputs inside the model (its mean/std arguments): drop data.mean/data.std")
     _check(math.isfinite(d.zca_epsilon) and d.zca_epsilon > 0, "data.zca_epsilon",
            f"{d.zca_epsilon} must be a positive number (the paper's is 0.1)")
     _check(not (d.normalize == "zca" and d.streaming), "data.normalize",
