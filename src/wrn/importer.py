@@ -36,7 +36,7 @@ from wrn.data.catalog import DATASETS
 from wrn.errors import UserError
 from wrn.fsio import fsync_dir, write_synced
 from wrn.models import create_model, layouts
-from wrn.models.variants import ROBUSTBENCH_CIFAR10_MEAN, ROBUSTBENCH_CIFAR10_STD
+from wrn.models.variants import ROBUSTBENCH_CIFAR10_MEAN, ROBUSTBENCH_CIFAR10_STD, normalizes_inside
 
 IMPORTED = "imported.json"  # marks a run directory as imported (wrn runs, wrn train --resume)
 TORCH_SUFFIXES = (".pt", ".pth", ".tar", ".bin", ".ckpt")
@@ -120,10 +120,9 @@ def _check_layout(layout: str, detected: str | None) -> None:
                         "--layout ssl-usb-early (USB before Nov 2022: activated input in every transition block)")
 
 
-def _convention(layout: str, name: str, model_args: dict, num_classes: int, cfg) -> tuple[dict, str]:
+def _convention(name: str, model_args: dict, cfg) -> tuple[dict, str]:
     """(normalize {mean, std} applied before the model, a sentence saying what the inputs are)."""
-    inside = name.startswith("dm-wrn-")
-    if inside:
+    if normalizes_inside(name):
         if cfg.data.mean is not None or cfg.data.normalize not in ("none",):
             raise UserError(f"{name} normalises its inputs inside the model (mean/std are its constructor "
                             "arguments): drop data.mean/data.std/data.normalize")
@@ -155,6 +154,58 @@ def _default_data(layout: str, codebase: str | None, num_classes: int, overridde
         mean, std = SSL_CONSTANTS.get((codebase, num_classes), _IMAGENET)
         return out + ["data.mean=" + ",".join(map(repr, mean)), "data.std=" + ",".join(map(repr, std))]
     return out + ["data.normalize=paper"]  # wrn / torchvision: the published constants of data.name
+
+
+def _model_spec(layout: str, ours: dict, cfg, given: set[str], model_kwargs: dict,
+                notes: list[str]) -> tuple[str, dict[str, Any]]:
+    """(model name, constructor keywords): model.name or the shapes' inference, then the overrides."""
+    if "model.name" in given:
+        name, kwargs = cfg.model.name, {"num_classes": int(ours["fc.weight"].shape[0])}
+        if layout in layouts.SSL_CODEBASE:
+            kwargs["codebase"] = layouts.SSL_CODEBASE[layout]
+    else:
+        name, kwargs = layouts.infer(layout, ours)
+        notes.append(f"inferred {name} with {kwargs['num_classes']} classes from the tensor shapes "
+                     "(model.name=... says otherwise)")
+    if "model.num_classes" in given:
+        kwargs["num_classes"] = cfg.model.num_classes
+    if cfg.model.activation is not None:
+        kwargs["activation"] = cfg.model.activation
+    if normalizes_inside(name) and not {"mean", "std"} & set(model_kwargs):
+        c100 = kwargs.get("num_classes") == 100
+        mean, std = DM_CIFAR100 if c100 else (ROBUSTBENCH_CIFAR10_MEAN, ROBUSTBENCH_CIFAR10_STD)
+        kwargs.update(mean=list(mean), std=list(std))
+        notes.append(f"model normalises with RobustBench's {'CIFAR-100' if c100 else 'CIFAR-10'} constants "
+                     "(its files do not store them)")
+    return name, {**kwargs, **model_kwargs}
+
+
+def _load_strict(layout: str, detected: str | None, name: str, kwargs: dict, ours: dict) -> torch.nn.Module:
+    """The model built on the meta device with ``ours`` as its weights (``assign``: no copy), every
+    key and shape checked first."""
+    try:
+        with torch.device("meta"):  # shapes only: the checkpoint's tensors become the weights
+            model = create_model(name, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"cannot build {name} with {kwargs}: {str(e).splitlines()[0]}") from None
+    expected = model.state_dict()
+    for key, want in expected.items():  # timm-style files omit BN's step counter
+        if key.endswith("num_batches_tracked") and key not in ours:
+            ours[key] = torch.zeros((), dtype=want.dtype)
+    if set(expected) != set(ours):
+        raise _mismatch(layout, detected, [layouts.foreign_name(layout, k) for k in expected if k not in ours],
+                        [layouts.foreign_name(layout, k) for k in ours if k not in expected])
+    for key, want in expected.items():
+        got = ours[key]
+        if tuple(got.shape) != tuple(want.shape):
+            hint = ("the classifier's class count differs: drop model.num_classes or --classes" if key.startswith("fc.")
+                    else "the file is for another depth or width: drop model.name to infer it")
+            raise UserError(f"tensor {key!r} is {list(got.shape)} in the checkpoint but {name} has "
+                            f"{list(want.shape)}: {hint}")
+        if got.dtype != want.dtype:  # fp16/bf16 files: evaluated in fp32 like every imported run
+            ours[key] = got.to(want.dtype)
+    model.load_state_dict(ours, strict=True, assign=True)
+    return model.eval()
 
 
 def import_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, layout: str,
@@ -192,49 +243,9 @@ def import_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, layout:
     missing = [k for k in layouts.SIGNATURES[layout] if k not in state]
     if unmapped or missing or (detected is not None and not layouts.same_layout(layout, detected)):
         raise _mismatch(layout, detected, missing, unmapped)
-    if "model.name" in given:
-        name, kwargs = cfg.model.name, {"num_classes": int(ours["fc.weight"].shape[0])}
-        if layout in layouts.SSL_CODEBASE:
-            kwargs["codebase"] = layouts.SSL_CODEBASE[layout]
-    else:
-        name, kwargs = layouts.infer(layout, ours)
-        notes.append(f"inferred {name} with {kwargs['num_classes']} classes from the tensor shapes "
-                     "(model.name=... says otherwise)")
-    if "model.num_classes" in given:
-        kwargs["num_classes"] = cfg.model.num_classes
-    if cfg.model.activation is not None:
-        kwargs["activation"] = cfg.model.activation
+    name, kwargs = _model_spec(layout, ours, cfg, given, model_kwargs or {}, notes)
     num_classes = kwargs.get("num_classes", 10)
-    if name.startswith("dm-wrn-") and not {"mean", "std"} & set(model_kwargs or {}):
-        mean, std = DM_CIFAR100 if num_classes == 100 else (ROBUSTBENCH_CIFAR10_MEAN, ROBUSTBENCH_CIFAR10_STD)
-        kwargs.update(mean=list(mean), std=list(std))
-        notes.append(f"model normalises with RobustBench's {'CIFAR-100' if num_classes == 100 else 'CIFAR-10'} "
-                     "constants (its files do not store them)")
-    kwargs.update(model_kwargs or {})
-    try:
-        with torch.device("meta"):  # shapes only: the checkpoint's tensors become the weights
-            model = create_model(name, **kwargs)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"cannot build {name} with {kwargs}: {str(e).splitlines()[0]}") from None
-
-    expected = model.state_dict()
-    for key, want in expected.items():  # timm-style files omit BN's step counter
-        if key.endswith("num_batches_tracked") and key not in ours:
-            ours[key] = torch.zeros((), dtype=want.dtype)
-    if set(expected) != set(ours):
-        raise _mismatch(layout, detected, [layouts.foreign_name(layout, k) for k in expected if k not in ours],
-                        [layouts.foreign_name(layout, k) for k in ours if k not in expected])
-    for key, want in expected.items():
-        got = ours[key]
-        if tuple(got.shape) != tuple(want.shape):
-            hint = ("the classifier's class count differs: drop model.num_classes or --classes" if key.startswith("fc.")
-                    else "the file is for another depth or width: drop model.name to infer it")
-            raise UserError(f"tensor {key!r} is {list(got.shape)} in the checkpoint but {name} has "
-                            f"{list(want.shape)}: {hint}")
-        if got.dtype != want.dtype:  # fp16/bf16 files: evaluated in fp32 like every imported run
-            ours[key] = got.to(want.dtype)
-    model.load_state_dict(ours, strict=True, assign=True)
-    model.eval()
+    model = _load_strict(layout, detected, name, kwargs, ours)
 
     names, class_note = class_names(classes, num_classes)
     if class_note:
@@ -246,7 +257,7 @@ def import_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, layout:
     if layout == "torchvision":
         cfg.data.streaming = True
     validate(cfg)
-    normalize, convention = _convention(layout, name, model.model_args, num_classes, cfg)
+    normalize, convention = _convention(name, model.model_args, cfg)
     size = 224 if layout == "torchvision" else getattr(model, "default_input_size", 32)
     digest = _sha256(Path(src))
     record = {"source": str(src), "sha256": digest, "layout": layout, "detected_layout": detected,
