@@ -119,9 +119,10 @@ def test_imported_run_evaluates_exports_lists_and_refuses_resume(tmp_path, capsy
 
     assert main(["runs", str(tmp_path / "runs")]) == 0
     assert "imported from" in capsys.readouterr().out
-    assert main(["train", "--resume", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "imported checkpoint" in err and "--init" in err
+    for argv in (["train", "--resume", str(out)], ["train", "--out", str(out)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "imported checkpoint" in err and "--init" in err
 
 
 def test_bf16_evaluation_is_an_override(tmp_path, capsys):
@@ -253,3 +254,17 @@ def test_explicit_constants_normalise_training_data():
     assert _normalization(cfg, None) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     cfg = load_config(overrides=["model.name=dm-wrn-16-1", "model.activation=silu", "model.dropout=0"])
     assert cfg.model.activation == "silu"
+
+
+def test_a_failed_write_leaves_neither_the_run_nor_the_parents_it_made(tmp_path, monkeypatch, capsys):
+    from wrn.train import checkpoint
+
+    torch.save(dm_state(10, 1, 10), tmp_path / "dm.pt")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", full_disk)
+    assert main(["import", str(tmp_path / "dm.pt"), "--layout", "dm", "--out", str(tmp_path / "a" / "b" / "run")]) == 2
+    assert "No space left" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dm.pt"]

@@ -285,6 +285,7 @@ def _sha256(path: Path) -> str:
 def _write_run(out: Path, cfg, model, state: dict, record: dict, save_checkpoint) -> None:
     """DIR whole or not at all: written in a hidden sibling, then renamed into place."""
     parent = out.parent if str(out.parent) else Path(".")
+    created = next((p for p in reversed([parent, *parent.parents]) if not p.exists()), None)
     try:
         parent.mkdir(parents=True, exist_ok=True)  # as wrn train --out does (every check has passed)
     except OSError as e:
@@ -301,7 +302,7 @@ def _write_run(out: Path, cfg, model, state: dict, record: dict, save_checkpoint
         os.rename(tmp, out)
         fsync_dir(parent)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(created if created is not None else tmp, ignore_errors=True)  # nor the parents made for it
         raise
 
 
