@@ -27,6 +27,9 @@ FAMILIES = {
         ("preact-resnet-8", {"dropout": 0.1}),
         ("preact-resnet-11", {"bottleneck": True, "groups": 2, "se": True, "stochastic_depth": 0.5}),
     ],
+    r"dm-wrn-\d+-\d+": [("dm-wrn-10-1", {}), ("dm-wrn-10-2", {"activation": "silu", "num_classes": 7})],
+    r"ssl-wrn-\d+-\d+": [("ssl-wrn-10-2", {}), ("ssl-wrn-16-1", {"codebase": "torchssl"}),
+                          ("ssl-wrn-10-2", {"codebase": "usb-early"})],
     r"resnet50|wide_resnet50_2|wide_resnet101_2": [
         (ImageNetResNet, {"layers": (1, 1, 1, 1), "width_per_group": 16, "num_classes": 5}),
     ],
@@ -77,7 +80,11 @@ def test_forward_backward_shapes_and_gradients(case):
     out = model.train()(x)
     assert out.shape == (2, classes)
     out.logsumexp(1).sum().backward()
+    unused = getattr(model, "unused_parameters", [])  # ssl-wrn: BNs its reference computes and discards
     for pname, p in model.named_parameters():
+        if pname in unused:
+            assert p.grad is None, f"{pname} is unused in the reference's forward, yet a gradient reaches it"
+            continue
         assert p.grad is not None, f"no gradient reaches {pname}"
         assert torch.isfinite(p.grad).all(), f"non-finite gradient in {pname}"
     model.eval()

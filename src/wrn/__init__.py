@@ -12,7 +12,11 @@ def __getattr__(name):
         from wrn.train.checkpoint import load_checkpoint
 
         return load_checkpoint
+    if name == "import_checkpoint":
+        from wrn.importer import import_checkpoint
+
+        return import_checkpoint
     raise AttributeError(f"module 'wrn' has no attribute {name!r}")
 
 
-__all__ = ["create_model", "list_models", "load_checkpoint", "predict", "__version__"]
+__all__ = ["create_model", "list_models", "load_checkpoint", "import_checkpoint", "predict", "__version__"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import keyword
 import os
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import NoReturn
 
 USER_OSERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
-COMMANDS = ("info", "train", "eval", "predict", "runs", "bench", "sweep", "report", "export")
+COMMANDS = ("info", "train", "eval", "predict", "runs", "bench", "sweep", "report", "export", "import")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in COMMANDS:
-        module = importlib.import_module(f"wrn.commands.{name}")
+        module = importlib.import_module(f"wrn.commands.{name}" + ("_" if keyword.iskeyword(name) else ""))  # import_
         # argparse %-formats help strings: a literal "%" must be doubled.
         p = sub.add_parser(name, help=module.HELP.replace("%", "%%"), description=module.HELP)
         module.add_arguments(p)

@@ -29,6 +29,7 @@ from wrn.fsio import write_atomic, write_json
 CONFIG, LOG, SUMMARY, CURVES = "config.yaml", "log.jsonl", "summary.json", "curves.png"
 CHECKPOINT, OLD, KEPT = "checkpoint", ".checkpoint.old", "checkpoints"
 STATE = "state.json"  # in each checkpoint directory
+IMPORTED = "imported.json"  # marks a run directory made by `wrn import` (never trained here)
 
 
 # -- log.jsonl --------------------------------------------------------------------------------------
@@ -234,4 +235,8 @@ def run_info(run: Path, root: Path) -> dict[str, Any]:
         info.update(status="failed", error=str(last.get("error") or "error"), step=last.get("step", info["step"]))
     elif state:
         info["status"] = "interrupted"
+    imported = read_json(run / IMPORTED)  # wrn import: weights from elsewhere, never trained here
+    if isinstance(imported, dict):
+        info.update(status="imported", preset=f"imported ({imported.get('layout')})", epochs_done=0, epochs_total=0,
+                    source=imported.get("source"))
     return info

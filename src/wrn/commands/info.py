@@ -65,8 +65,9 @@ def architecture(name: str, kwargs: dict, input_size: int | None = None) -> dict
     outputs: dict[str, list[int]] = {}
     meta_forward(model, size, lambda n, m, out: outputs.__setitem__(n, list(out.shape[2:])) if out.ndim == 4 else None)
     groups = [{**g, "output": outputs.get(g["name"])} for g in desc.pop("groups")]
-    groups.append({"name": "head", "layers": "BN, ReLU, global average pool, linear"
-                   if hasattr(model, "bn") else "global average pool, linear",
+    head = desc.pop("head", None) or ("BN, ReLU, global average pool, linear" if hasattr(model, "bn")
+                                      else "global average pool, linear")
+    groups.append({"name": "head", "layers": head,
                    "output": [1, 1], "width": model.num_classes})
     convs, projections = _conv_layers(model)
     flops = forward_flops(model, size)

@@ -40,6 +40,8 @@ def _status(info: dict[str, Any]) -> str:
         return f"failed at step {info['step']}: {info['error']}"
     if info["status"] == "finished":
         return "finished"
+    if info["status"] == "imported":
+        return f"imported from {info['source']}"
     age = info["log_age_s"]
     if age is not None and age < RECENT_S:
         where = f"at step {info['step']}" if info["status"] == "interrupted" else "before its first checkpoint"

@@ -52,12 +52,23 @@ def _resume_config(out: Path, overrides: list[str]):
 
     if not (out / "config.yaml").is_file():
         raise UserError(f"--resume {str(out)!r} is not a run directory (no config.yaml): give the --out of a run")
+    _refuse_imported(out)
     cfg = load_config(config_file=out / "config.yaml")
     apply_overrides(cfg, overrides, RUN_NEUTRAL_KEYS, unchanged_ok=True, refuse=lambda key, saved: (
         f"--resume cannot change {key} (the run has {list(saved) if isinstance(saved, tuple) else saved!r}): it would "
         "no longer be the same run; drop the override, or start a new run with --out"))
     validate(cfg)
     return cfg
+
+
+def _refuse_imported(out: Path) -> None:
+    # An imported run (wrn import) holds weights but no training state: nothing to continue.
+    from wrn.errors import UserError
+    from wrn.rundir import IMPORTED
+
+    if (out / IMPORTED).is_file():
+        raise UserError(f"{out} is an imported checkpoint, not a training run: it cannot be resumed; fine-tune from "
+                        f"it with wrn train --init {out} --out NEW_DIR")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             out = Path("runs") / f"{default_run_name(preset or Path(args.config).stem, cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"
         # Under torchrun only rank 0 checks: it may already have written config.yaml when another starts.
+        if out.is_dir():
+            _refuse_imported(out)
         if is_main() and out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise UserError(f"--out {str(out)!r} is not empty: continue it with --resume {out}, or choose another --out")
     if is_main() and not args.quiet:

@@ -56,6 +56,7 @@ class ModelConfig:
     # None = N from the depth (docs/paper.md naming); set it for the deepening-factor table.
     blocks_per_group: Optional[int] = None
     num_classes: int = 0  # 0 = the number of classes in the data
+    activation: Optional[str] = None  # dm-wrn: relu | silu; None = the model's own
 
 
 @dataclass
@@ -80,6 +81,10 @@ class DataConfig:
     # whitening fitted on the training split (wrn.data.zca; the paper's whitened CIFAR tables).
     normalize: str = "dataset"
     zca_epsilon: float = 0.1  # normalize=zca: added to the covariance's eigenvalues (the paper's 0.1)
+    # Explicit per-channel constants on the [0, 1] scale (data.mean=R,G,B data.std=R,G,B): they
+    # replace normalize=dataset|paper, e.g. to evaluate an imported net the way it was trained.
+    mean: Optional[tuple[float, ...]] = None
+    std: Optional[tuple[float, ...]] = None
     cache_dir: Optional[str] = None
     # Stream from disk through DataLoader workers instead of holding the data on the device
     # (ImageNet): random-resized crop + flip in the workers, centre crop for evaluation.

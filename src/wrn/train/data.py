@@ -63,6 +63,8 @@ def find_whitening(cfg: Config, path: Path) -> zca.Whitening | None:
 
 
 def _normalization(cfg: Config, train_split) -> tuple[list[float], list[float]]:
+    if cfg.data.mean is not None and cfg.data.std is not None:  # explicit constants win
+        return list(cfg.data.mean), list(cfg.data.std)
     if cfg.data.normalize == "none":  # pixels / 255 (the paper's SVHN)
         return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
     if cfg.data.normalize == "paper" or train_split is None:  # (streamed data: no pass over it)

@@ -17,6 +17,7 @@ from wrn.data.catalog import DATASETS
 from wrn.data.policies import MAX_MAGNITUDE, MAX_OPS, POLICIES
 from wrn.errors import UserError
 from wrn.models import create_model
+from wrn.models.variants import normalizes_inside
 from wrn.train.accel import COMPILE_MODES, CONFIG_PRECISIONS
 from wrn.train.log import summary_writer_class
 
@@ -44,6 +45,8 @@ def model_kwargs(cfg, num_classes: int | None = None) -> dict[str, Any]:
         kwargs["block"] = list(cfg.model.block)
     if cfg.model.blocks_per_group is not None:
         kwargs["blocks_per_group"] = cfg.model.blocks_per_group
+    if cfg.model.activation is not None:
+        kwargs["activation"] = cfg.model.activation
     if cfg.model.dropout:
         try:
             _meta_build(cfg.model.name, {**kwargs, "dropout": cfg.model.dropout})
@@ -63,11 +66,27 @@ def _check_model(cfg) -> None:
     except (TypeError, ValueError) as e:
         message = str(e).splitlines()[0] if str(e) else "invalid model settings"
         # Name the key whose argument the constructor complains about ('block' etc.), else the model.
-        bad = next((k for k in ("blocks_per_group", "block", "dropout", "num_classes") if f"'{k}'" in message), None)
+        bad = next((k for k in ("blocks_per_group", "block", "dropout", "num_classes", "activation")
+                    if f"'{k}'" in message or message.startswith(f"{k}=")), None)
         if bad is None and cfg.model.block is not None and message.startswith("block "):
             bad = "block"  # "block (2, 3) has kernel size 2: ..."
         key = f"model.{bad}" if bad else "model.name"
         raise UserError(f"{key}: {message}") from None
+
+
+def _check_constants(d) -> None:
+    """data.mean/data.std: both or neither, one positive std per channel, and not with a
+    normalisation they would contradict (none: pixels / 255; zca: whitening instead)."""
+    if d.mean is None and d.std is None:
+        return
+    _check(d.mean is not None and d.std is not None, "data.mean" if d.mean is None else "data.std",
+           "is missing: give data.mean=R,G,B and data.std=R,G,B together")
+    for key, values in (("data.mean", d.mean), ("data.std", d.std)):
+        _check(len(values) == 3 and all(math.isfinite(v) for v in values), key,
+               f"{list(values)} must be 3 numbers on the [0, 1] pixel scale, e.g. {key}=0.485,0.456,0.406")
+    _check(all(v > 0 for v in d.std), "data.std", f"{list(d.std)} must be positive")
+    _check(d.normalize in ("dataset", "paper"), "data.mean",
+           f"explicit constants replace data.normalize=dataset|paper, not {d.normalize}: drop one of them")
 
 
 def validate(cfg) -> None:
@@ -107,6 +126,9 @@ def validate(cfg) -> None:
         published = [n for n, info in DATASETS.items() if info.mean is not None]
         _check(d.name in published, "data.normalize",
                f"'paper' constants exist only for {', '.join(published)}: use dataset or none")
+    _check_constants(d)
+    _check(d.mean is None or not normalizes_inside(m.name), "data.mean",
+           f"{m.name} normalises its inputs inside the model (its mean/std arguments): drop data.mean/data.std")
     _check(math.isfinite(d.zca_epsilon) and d.zca_epsilon > 0, "data.zca_epsilon",
            f"{d.zca_epsilon} must be a positive number (the paper's is 0.1)")
     _check(not (d.normalize == "zca" and d.streaming), "data.normalize",
