@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 
 import wrn
 from wrn.cli import main
+from wrn.errors import UserError
 from wrn.train import checkpoint
 from wrn.train.config import load_config
 
@@ -254,15 +255,18 @@ def test_bit_flip_in_newest_checkpoint_falls_back_with_a_warning(setup, capsys, 
     assert_same_weights(run, ref, f"resume after a bit flip in {name}")
 
 
-def _failing_write(fail_on: str, after: int, code: int):
-    real, calls = checkpoint.write_synced, []
+def _failing_write(fail_on: str, after: int, code: int, writer: str = "write_synced"):
+    """checkpoint's ``writer`` (write_synced(path, data) or, for tensors, st_save_file(tensors,
+    path)) failing with ``code`` from the (after+1)-th file named ``fail_on...`` on."""
+    real, calls = getattr(checkpoint, writer), []
 
-    def write(path, data):
+    def write(*args):
+        path = args[0] if writer == "write_synced" else args[1]
         if Path(path).name.startswith(fail_on):
             calls.append(path)
             if len(calls) > after:
                 raise OSError(code, os.strerror(code), str(path))
-        return real(path, data)
+        return real(*args)
 
     return write
 
@@ -303,7 +307,7 @@ def test_disk_full_at_a_checkpoint_keeps_the_previous_one_and_resumes(setup, tmp
     torch.set_num_threads(1)  # as the reference run, for the bit-identity below
     try:
         with monkeypatch.context() as m:  # the 4th checkpoint (step 8) hits a full disk
-            m.setattr(checkpoint, "write_synced", _failing_write("model.safetensors", 3, errno.ENOSPC))
+            m.setattr(checkpoint, "st_save_file", _failing_write("model.safetensors", 3, errno.ENOSPC, "st_save_file"))
             assert main([*train, "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"wrn: error: cannot write a checkpoint in {out}"), err
@@ -362,3 +366,20 @@ def test_a_process_killed_while_drawing_cannot_hang_the_others():
     shared = multiprocessing.RLock()
     _killed_while_holding(shared)
     assert not shared.acquire(timeout=0.5)
+
+
+def test_a_full_disk_under_the_tensor_writer_is_the_same_one_line(tmp_path, monkeypatch):
+    """safetensors reports a full disk as its own SafetensorError ("... (os error 28)"): the
+    checkpoint writer turns it into the OSError it is, so the run stops with the one-line
+    disk-full message and the previous checkpoint kept. Control: the message names the error."""
+    from safetensors import SafetensorError
+
+    def full(tensors, path):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(checkpoint, "st_save_file", full)
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(UserError) as e:
+        checkpoint.save_checkpoint(tmp_path, model=model, optimizer=None, state={})
+    assert "No space left on device" in str(e.value) and "\n" not in str(e.value)
+    assert not list(tmp_path.glob(".checkpoint.tmp-*"))
