@@ -96,6 +96,7 @@ def load_predictor(model_or_run: Any, *, device: str | None = None, precision: s
     ``accel.*`` ``key=value`` texts, as `wrn eval` takes them (``device``/``precision`` win)."""
     from wrn.data.augment import Augment
     from wrn.train import accel
+    from wrn.train.step import make_eval_step
 
     ckpt = None
     if isinstance(model_or_run, (str, os.PathLike)):
@@ -152,10 +153,10 @@ def load_predictor(model_or_run: Any, *, device: str | None = None, precision: s
     # "auto" is what the run recorded when it trained, else this device's fast precision, as `wrn eval` does.
     precision = accel.resolve_precision(precision or accel_cfg.get("precision", "fp32"), dev,
                                         (state.get("decisions") or {}).get("precision"))
-    step = accel.make_eval_step(model, precision=precision, device=dev, flip=tta)
+    eval_step = make_eval_step(model, precision=precision, device=dev, flip=tta)
     normalize = Augment(None if whitening else mean, None if whitening else std, whiten=whitening, crop_padding=0,
                         flip=False, channels_last=channels_last)  # as evaluation's
-    return Predictor(model, step, dev, normalize, image_size or size, streaming, classes, batch)
+    return Predictor(model, eval_step, dev, normalize, image_size or size, streaming, classes, batch)
 
 
 def _accel_overrides(cfg: dict, overrides: Sequence[str]) -> dict[str, Any]:
