@@ -2,8 +2,8 @@
 within one, and no modules import each other in a circle.
 
 Imports are read from the source with ``ast``: at module top and inside functions alike (an
-in-function import is an arrow too). Imports under ``if TYPE_CHECKING:`` are left out (they never
-run; src/wrn has none today). Dynamic imports (``importlib``: the package's lazy public API in
+in-function import is an arrow too). Imports under ``if TYPE_CHECKING:`` are left out: they never run
+(train/pace.py names run.RunState in annotations that way, and run.py imports pace.py). Dynamic imports (``importlib``: the package's lazy public API in
 ``wrn/__init__.py``, cli.py loading ``wrn.commands.<name>``) are not arrows here: both run down.
 """
 

@@ -14,6 +14,17 @@ def schedule(kind: str, total: int | None, **kw) -> Schedule:
     return Schedule(cfg, Hyper(0.1, 5e-4, kw.get("warmup_epochs", 0.0)), 390, 200, total_steps=total)
 
 
+@pytest.mark.parametrize("total", [78000, 1000, 137])
+def test_a_warm_up_fixed_in_steps_does_not_move_with_the_total(total):
+    """optim.warmup_steps (what a budgeted run sets before its first step): the warm-up's lrs are
+    the same whatever the total chosen later. Control: the stretched warm-up's are not."""
+    fixed = [schedule("onecycle", t, warmup_epochs=1.0, warmup_steps=100) for t in (total, 2 * total)]
+    assert [fixed[0](i) for i in range(100)] == [fixed[1](i) for i in range(100)]
+    assert fixed[0](99) == pytest.approx(0.1) and fixed[0](101) < 0.1  # the peak, then the decay
+    stretched = [schedule("onecycle", t, warmup_epochs=10.0) for t in (total, 2 * total)]
+    assert stretched[0](0) != stretched[1](0)
+
+
 @pytest.mark.parametrize("total", [78000, 1000, 137, 20])
 def test_onecycle_ends_near_zero_at_the_last_step(total):
     s = schedule("onecycle", total, warmup_epochs=10.0)

@@ -132,6 +132,22 @@ def test_a_budget_narrowed_run_keeps_its_preset_and_flip_tta_is_marked(runs, tmp
     assert rows["plain"][5].endswith("%") and rows["plain"][6].endswith("%")  # control: one view
 
 
+def test_the_preset_comes_from_the_command_that_made_the_run(runs, tmp_path, capsys):
+    """A budget that may choose the model names the run `<preset>-<date>-<time>`: the preset is
+    read from the start record's command line. Control: a name alone that is no preset's says nothing."""
+    run = tmp_path / "quick-20260101-120000"
+    shutil.copytree(runs / "finished", run)
+    shutil.copytree(runs / "finished", tmp_path / "mine-20260101-120000")
+    log = run / "log.jsonl"
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    for r in lines:
+        if r["kind"] == "start":
+            r["provenance"] = {"command": "wrn train --preset quick --data cifar10"}
+    log.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    infos = _json(tmp_path, capsys)
+    assert infos["quick-20260101-120000"]["preset"] == "quick" and infos["mine-20260101-120000"]["preset"] is None
+
+
 def test_a_recently_written_log_may_be_a_live_run(runs, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(runs / "group" / "interrupted", run)

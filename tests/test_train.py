@@ -55,6 +55,13 @@ def test_quick_preset_runs_and_loss_falls(quick_run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] is True and summary["epochs"] == 3 and summary["model"] == "wrn-10-1"
     assert summary["test_acc"] > 0.5  # 4 colour-cast classes: far above chance after 3 epochs
+    from wrn.train import hardware
+
+    for where in (summary["provenance"], start["provenance"]):  # which machine and code made the number
+        assert where["cpu"] == hardware.cpu_model() and where["isa"] == hardware.cpu_isa()
+        assert where["cpu_threads"] == 1 and where["torch"] == torch.__version__ and where["wrn"]
+        assert where["command"].startswith("wrn train --preset quick") and "--out" in where["command"]
+        assert where["git_commit"] is None or len(where["git_commit"]) == 40
     cfg = load_config(config_file=out / "config.yaml")  # the resolved config loads back as is
     assert cfg.accel.precision == "auto" and cfg.model.name == "wrn-10-1"
     from wrn.train.hardware import auto_precision
@@ -242,3 +249,13 @@ def test_tensorboard_events_from_a_run(tmp_path):
     assert main(["train", "--data", str(data), "--out", str(control), "--quiet", "model.name=wrn-10-1",
                  "model.dropout=0", "train.epochs=1", "train.batch_size=16", f"data.cache_dir={tmp_path / 'c'}"]) == 0
     assert not list(control.rglob("events.out.tfevents.*"))
+
+
+def test_the_default_run_directory_names_only_a_model_it_will_hold():
+    """A budget with train.budget_min_epochs may train a narrower WRN than the preset names, and
+    the directory is named before it decides: then the name is the preset's alone."""
+    from wrn.commands.train import default_run_name
+
+    assert default_run_name("quick", load_config("quick")) == "quick"
+    assert default_run_name("quick", load_config("quick", overrides=["train.time_budget=0"])) == "quick-wrn-16-4"
+    assert default_run_name("paper-cifar", load_config("paper-cifar")) == "paper-cifar-wrn-28-10"

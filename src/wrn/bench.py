@@ -26,7 +26,6 @@ bf16 is not native (an AVX2 CPU), oneDNN computes it in fp32, at best at the fp3
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable, Iterator
 
@@ -40,6 +39,7 @@ from wrn.errors import UserError
 from wrn.timing import PEAK_SECONDS, figures, matmul_peak_gflops, peak_memory_mb, reset_peak_memory, time_loop
 from wrn.train import accel, hardware, step
 from wrn.train.config import BENCH_KEYS, Config, allowed, load_config, parse_override
+from wrn.train.provenance import provenance
 from wrn.train.validate import model_kwargs
 
 # The fast mode's model.* and accel.* defaults: this preset's, so that `wrn bench MODEL` measures
@@ -257,13 +257,8 @@ def bench_reference(s: BenchSettings, device: torch.device, flops: int, peak: fl
 
 
 def machine() -> dict:
-    info = {**hardware.cpu_info(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(),
-            # Other jobs on a shared CPU slow every figure: the load says how quiet it was.
-            "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
+    # Other jobs on a shared CPU slow every figure: the load says how quiet it was.
+    return {**provenance(), "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
 def run_bench(s: BenchSettings) -> dict:

@@ -12,6 +12,7 @@ import errno
 import importlib
 import os
 import sys
+import time
 from typing import NoReturn
 
 USER_OSERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
@@ -56,9 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one command; its exit status (a Ray task and the tests call this in-process)."""
+def process_age() -> float:
+    """Seconds since this process started (Linux: /proc; elsewhere 0): a budget counts the
+    interpreter's start and the imports too, as a user's stopwatch would."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rpartition(")")[2].split()[19])  # field 22, after the command name
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def main(argv: list[str] | None = None, *, started: float | None = None) -> int:
+    """Run one command; its exit status (a Ray task and the tests call this in-process).
+    ``started``: the ``time.perf_counter()`` the command counts its wall time from (default: now)."""
+    started = time.perf_counter() if started is None else started
     args = build_parser().parse_args(argv)
+    args.started = started
+    args.command_line = ["wrn", *(sys.argv[1:] if argv is None else argv)]  # a run records it (provenance)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
@@ -80,7 +98,7 @@ def entry() -> NoReturn:
     """The ``wrn`` program (console script, ``python -m wrn``, ``python -m wrn.cli``): ``main``,
     then exit with its status; a torchrun worker skips the interpreter's teardown
     (``dist.exit_worker``)."""
-    status = main()
+    status = main(started=time.perf_counter() - process_age())
     from wrn.train import dist  # after the command: `wrn --help` stays quick
 
     if dist.world()[1] > 1:

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import shlex
 import statistics
 import time
 from pathlib import Path
@@ -163,14 +164,25 @@ def newest_state(run_dir: str | Path) -> dict | None:
 
 # -- what `wrn runs` shows ------------------------------------------------------------------------------
 
-def _preset(run: Path, model: str) -> str | None:
-    """The preset or config name: from a sweep's plan beside the run, else from the default run
-    name `wrn train` gives (<preset>-<model>-<date>-<time>)."""
+def _preset(run: Path, model: str, start: dict[str, Any]) -> str | None:
+    """The preset or config name: from a sweep's plan beside the run, else from the command that
+    made it (the start record's provenance), else from the default run name `wrn train` gives
+    (<preset>-<model>-<date>-<time>, or <preset>-<date>-<time> where a budget chose the model)."""
     sweep = read_json(run.parent / "sweep.json")
     if isinstance(sweep, dict):
         for entry in sweep.get("runs") or []:
             if isinstance(entry, dict) and entry.get("dir") == run.name and entry.get("preset"):
                 return f"{entry['preset']} ({sweep.get('table', 'sweep')})"
+    command = (start.get("provenance") or {}).get("command")
+    if isinstance(command, str):
+        try:
+            words = shlex.split(command)
+        except ValueError:
+            words = []
+        for flag in ("--preset", "--config"):
+            if flag in words[:-1]:
+                value = words[words.index(flag) + 1]
+                return value if flag == "--preset" else Path(value).stem
     match = re.fullmatch(rf"(.+)-{re.escape(model)}-\d{{8}}-\d{{6}}", run.name)
     return match.group(1) if match else None
 
@@ -199,7 +211,7 @@ def run_info(run: Path, root: Path) -> dict[str, Any]:
     info: dict[str, Any] = {
         "run": str(run.relative_to(root)) if run != root else str(run), "model": model,
         "dataset": Path(data["path"]).name if data.get("path") else data.get("name"),
-        "preset": _preset(run, str(named)), "epochs_done": 0, "epochs_total": epochs, "step": None,
+        "preset": _preset(run, str(named), start), "epochs_done": 0, "epochs_total": epochs, "step": None,
         "total_steps": total_steps, "test_acc": None, "val_acc": None,
         "eval_tta": bool(section("train").get("eval_tta")), "wall_time_s": None, "status": "not started",
         "error": None,

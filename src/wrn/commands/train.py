@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from pathlib import Path
 
@@ -23,13 +24,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--config", metavar="FILE", help="a YAML config (may start from a preset with `preset: NAME`)")
     parser.add_argument("--data", metavar="PATH|NAME",
                         help="a dataset name (cifar10, cifar100, svhn) or a local archive/folder")
-    parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-<model>-<time>)")
+    parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-<model>-<time>; runs/<preset>-<time> where "
+                                                        "a budget may choose the model)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     parser.add_argument("--budget", metavar="TIME",
-                        help="wall-clock budget, e.g. 90s, 15m, 2h (train.time_budget): the run fixes its steps "
-                             "after warm-up so that training and the final evaluation end within it")
+                        help="wall-clock budget from the command's start, e.g. 90s, 15m, 2h (train.time_budget): the "
+                             "run times its own warm-up, then fixes its steps so that training and the final "
+                             "evaluation end within it")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.epochs=10 model.block=3,1,3")
+
+
+def default_run_name(name: str, cfg) -> str:
+    """The default run directory's name before its time stamp: ``<preset>-<model>``, or ``<preset>``
+    alone where a budget may train another model (``train.budget_min_epochs``): the directory is
+    named before the budget decides, and must not name a model it does not hold (config.yaml and
+    the run's first lines say which was trained)."""
+    may_switch = cfg.train.time_budget and cfg.train.budget_min_epochs and not cfg.train.steps
+    return name if may_switch else f"{name}-{cfg.model.name}"
 
 
 def _resume_config(out: Path, overrides: list[str]):
@@ -74,13 +86,15 @@ def run(args: argparse.Namespace) -> int:
         if args.out:
             out = Path(args.out)
         else:
-            name = preset or Path(args.config).stem
-            out = Path("runs") / f"{name}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            out = Path("runs") / f"{default_run_name(preset or Path(args.config).stem, cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"
         # Under torchrun only rank 0 checks: it may already have written config.yaml when another starts.
         if is_main() and out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise UserError(f"--out {str(out)!r} is not empty: continue it with --resume {out}, or choose another --out")
+    if is_main() and not args.quiet:
+        print(f"wrn: run directory {out}", flush=True)  # before the data loads: where to look, what to resume
     try:
-        fit(cfg, out, resume=bool(args.resume), quiet=args.quiet)
+        fit(cfg, out, resume=bool(args.resume), quiet=args.quiet, command=shlex.join(args.command_line),
+            started=args.started)
     except Preempted as e:
         print(f"wrn: {e}", file=sys.stderr)
         return e.exit_status

@@ -1,19 +1,17 @@
-"""``--budget 15m``: the best model the machine can train in a fixed time.
+"""``--budget 15m``: the best model the machine can train in a fixed time - the arithmetic.
 
-This module is the arithmetic on measurements; ``train.run`` takes them. Before the first real
-step the run times a few training steps and evaluation batches on its own model, data and accel
-settings (compile warm-up included), puts the weights, BN statistics and optimizer back as they
-were, and fixes its total number of steps (``choose_steps``) so that the whole schedule (warm-up and decay), the per-epoch evaluation and the final test evaluation end
-within the budget. The decision is written into the run's config.yaml as ``train.steps``: a
-resumed run, or a replay of that config, takes exactly the same steps and never decides again.
+The run times its own first training steps (``wrn.train.pace``) and fixes its total number of
+steps so that the whole schedule (warm-up and decay), the per-epoch evaluation, the checkpoints and
+the final test evaluation end within the budget, counted from the command's start. The decision is
+written into the run's config.yaml as ``train.steps``: a resumed run, or a replay of that config,
+takes exactly the same steps and never decides again. This module holds the arithmetic on those
+measurements; ``pace`` drives it.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
-from typing import Callable
 
 from wrn.errors import UserError
 from wrn.models.flops import model_size
@@ -22,74 +20,82 @@ from wrn.train.config import Config
 from wrn.train.validate import model_kwargs
 from wrn.units import A_DAY_S, format_duration
 
-WARMUP_STEPS = 3  # untimed: the first compiled step compiles, the next ones still settle
-TIMED_STEPS = 16  # steps vary by ~10% on a shared 2-core VM: average over more of them
-# ... unless they are slow: timing stops (never before MIN_TIMED_STEPS) once the timed steps took
-# PROBE_FRACTION of the budget. A net far too slow for the budget, which the run will then narrow
-# (quick's WRN-16-4 at ~1.8 s a step on an AVX2 guest), no longer spends ~30 s of 15 minutes on it.
-MIN_TIMED_STEPS, PROBE_FRACTION = 4, 0.01
-# Kept back for what the probe cannot see (checkpoint writes, the machine slowing down after it):
-# a fraction plus seconds. A shared VM runs its first seconds fast: on two 2-core EPYC guests
-# (Zen 2, Zen 3) training ran 12-15% below the probe's speed from a minute in, and the quick
-# preset overran 15 minutes by 5-10% with a 3% and a 5% margin (BENCHMARKS.md). 12% covers both.
-MARGIN_FRACTION, MARGIN_S = 0.12, 5.0
+# The window a budgeted run times its steps over: long enough to see the machine's steady speed
+# (a shared VM runs its first seconds fast or slow: a 5-second probe timed 0.65 s a step where
+# training then took 0.43 s, and fixed a 1-hour run from it), at most a tenth of the budget.
+WINDOW_S, WINDOW_FRACTION, WINDOW_MAX_FRACTION = 60.0, 0.05, 0.10
+# train.budget_min_epochs: whether the configured WRN is far too slow shows in a few seconds (a
+# halving of the width is ~3.5x the FLOPs), so the run need not train it for the whole window.
+NARROW_CHECK_S = 10.0
+# Kept back for what the window cannot see (the machine slowing later, evaluation timed on one
+# batch): a fraction plus seconds. Timed over a minute of training and counted from the command's
+# start, the quick preset's 15 minutes ended at 90-100% (BENCHMARKS.md).
+MARGIN_FRACTION, MARGIN_S = 0.04, 5.0
 
 
 @dataclass(frozen=True)
-class Probe:
-    """What a few real steps cost on this machine."""
+class Costs:
+    """What the run's own work costs on this machine, timed in its window."""
     step_s: float  # one training step
     eval_image_s: float  # evaluating one image
     checkpoint_s: float = 0.0  # writing one checkpoint (every epoch end; tiny epochs make it count)
 
 
-def measure(train_step: Callable[[], None], eval_batch: Callable[[], int], *,
-            clock: Callable[[], float] = time.perf_counter, max_s: float = math.inf,
-            agree: Callable[[bool], bool] = lambda stop: stop) -> Probe:
-    """Time ``train_step`` (one step, synchronised) and ``eval_batch`` (returns its image count).
-
-    ``TIMED_STEPS`` steps, or fewer (at least ``MIN_TIMED_STEPS``) once they took ``max_s``.
-    Under torchrun ``agree`` (any process's clock ran out) makes every process stop at the same
-    step: the collectives must line up. The caller restores the model and optimizer afterwards.
-    """
-    for _ in range(WARMUP_STEPS):
-        train_step()
-    t0, n = clock(), 0
-    while n < TIMED_STEPS:
-        train_step()
-        n += 1
-        if n >= MIN_TIMED_STEPS and agree(clock() - t0 >= max_s):
-            break
-    step_s = (clock() - t0) / n
-    eval_batch()  # warm-up (the compiled eval graph)
-    t0 = clock()
-    images = eval_batch()
-    return Probe(step_s, (clock() - t0) / max(1, images))
+def window_seconds(budget_s: float) -> float:
+    """How long a budgeted run times its steps before choosing how many to take."""
+    return min(max(WINDOW_S, WINDOW_FRACTION * budget_s), WINDOW_MAX_FRACTION * budget_s)
 
 
-def choose_steps(budget_s: float, elapsed_s: float, probe: Probe, *, steps_per_epoch: int,
-                 eval_images_per_epoch: int, final_eval_images: int, checkpoint_every: int = 0) -> int:
-    """The most training steps whose training, per-epoch evaluation and checkpoints (epoch ends,
-    and every ``checkpoint_every`` steps) and final evaluation fit in what is left of
-    ``budget_s`` after ``elapsed_s`` (start-up and the probe)."""
-    final_s = final_eval_images * probe.eval_image_s
-    epoch_end_s = eval_images_per_epoch * probe.eval_image_s + probe.checkpoint_s
-    every_s = probe.checkpoint_s / checkpoint_every if checkpoint_every else 0.0
-    left = budget_s - elapsed_s - final_s - MARGIN_FRACTION * budget_s - MARGIN_S
+def steps_left(budget_s: float, elapsed_s: float, step_s: float) -> int:
+    """Training steps alone that fit in what is left (a coarse count: the narrowing check)."""
+    return max(0, int((budget_s * (1 - MARGIN_FRACTION) - MARGIN_S - elapsed_s) / step_s))
+
+
+def cost_s(costs: Costs, done: int, total: int, steps_per_epoch: int, eval_images_per_epoch: int,
+           final_eval_images: int, checkpoint_every: int = 0) -> float:
+    """Seconds from step ``done`` to the end of a run of ``total`` steps: the steps with their
+    mid-epoch checkpoints, each epoch end still to come (evaluation, checkpoint), the final test."""
+    every_s = costs.checkpoint_s / checkpoint_every if checkpoint_every else 0.0
+    epoch_ends = math.ceil(total / steps_per_epoch) - done // steps_per_epoch
+    epoch_end_s = eval_images_per_epoch * costs.eval_image_s + costs.checkpoint_s
+    return (total - done) * (costs.step_s + every_s) + epoch_ends * epoch_end_s + final_eval_images * costs.eval_image_s
+
+
+def choose_steps(budget_s: float, elapsed_s: float, costs: Costs, *, steps_per_epoch: int,
+                 eval_images_per_epoch: int, final_eval_images: int, checkpoint_every: int = 0,
+                 done: int = 0) -> int:
+    """The most training steps (``done`` already taken among them) whose training, per-epoch
+    evaluation and checkpoints (epoch ends, and every ``checkpoint_every`` steps) and final
+    evaluation fit in what is left of ``budget_s`` after ``elapsed_s``; at least ``done`` (a run
+    already past its budget stops where it is)."""
+    left = budget_s - elapsed_s - MARGIN_FRACTION * budget_s - MARGIN_S
 
     def cost(n: int) -> float:
-        return n * (probe.step_s + every_s) + math.ceil(n / steps_per_epoch) * epoch_end_s
+        return cost_s(costs, done, n, steps_per_epoch, eval_images_per_epoch, final_eval_images, checkpoint_every)
 
-    n = int(left / (probe.step_s + every_s + epoch_end_s / steps_per_epoch)) if left > 0 else 0
-    while n > 0 and cost(n) > left:
+    per_step = costs.step_s + (costs.checkpoint_s / checkpoint_every if checkpoint_every else 0.0)
+    per_step += (eval_images_per_epoch * costs.eval_image_s + costs.checkpoint_s) / steps_per_epoch
+    n = done + int(max(0.0, left) / per_step) + 1
+    while n > done and cost(n) > left:
         n -= 1
-    if n < 1:
-        # The fractional margin grows with the budget: the minimum named must pass this same test.
-        need = (elapsed_s + final_s + cost(steps_per_epoch) + MARGIN_S) / (1 - MARGIN_FRACTION)
-        raise UserError(f"train.time_budget: {format_duration(budget_s)} is too short: start-up took "
-                        f"{format_duration(elapsed_s)} and one epoch needs ~{format_duration(cost(steps_per_epoch))}; "
-                        f"give at least --budget {math.ceil(need / 60)}m, or a smaller model/dataset")
     return n
+
+
+def check_start(budget_s: float, elapsed_s: float) -> None:
+    """Refuse, before the first step, a budget that start-up (data loading, model building) leaves
+    no room to time the run in: nothing is written then."""
+    if elapsed_s + MARGIN_S + window_seconds(budget_s) < budget_s * (1 - MARGIN_FRACTION):
+        return
+    need = (elapsed_s + MARGIN_S) / (1 - MARGIN_FRACTION - WINDOW_MAX_FRACTION) + 1  # the window is <= 10%
+    raise UserError(f"train.time_budget: {format_duration(budget_s)} is too short: start-up took "
+                    f"{format_duration(elapsed_s)} before the first step; give at least --budget "
+                    f"{math.ceil(need / 60)}m, or a smaller model/dataset")
+
+
+def narrowable(cfg: Config) -> bool:
+    """Whether the configured model is a WRN a budget may narrow (``train.budget_min_epochs``)."""
+    wrn = parse_wrn(cfg.model.name)
+    return bool(cfg.train.budget_min_epochs) and wrn is not None and wrn[1] > 1
 
 
 def narrower_model(cfg: Config, steps: int, steps_per_epoch: int) -> str | None:

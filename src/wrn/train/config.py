@@ -118,6 +118,10 @@ class OptimConfig:
     milestones: tuple[int, ...] = (60, 120, 160)  # epochs (schedule=step)
     gamma: float = 0.2  # lr factor at each milestone
     warmup_epochs: float = 0.0  # warm-up length (may be fractional, e.g. 400 steps = 400/390 epochs)
+    # The warm-up's length in steps, fixed whatever train.steps; 0 = optim.warmup_epochs, stretched
+    # with train.steps. A budgeted run sets it from warmup_epochs before its first step (and writes
+    # it into config.yaml): it times its own warm-up to choose train.steps (wrn.train.pace).
+    warmup_steps: int = 0
     # 0 = a linear warm-up from ~0 to optim.lr; > 0 = this constant lr during the warm-up, as He et
     # al.'s 0.01 for ResNet-110/1001 (they stop it when train error < 80%, ~400 steps; a fixed
     # length keeps a run a function of its config, so it is deterministic and resumable).

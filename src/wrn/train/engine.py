@@ -26,10 +26,11 @@ from wrn.train import accel, checkpoint, dist, preempt
 from wrn.train.config import EVAL_KEYS, Config, apply_overrides, config_from_dict, validate
 from wrn.train.data import build_data, find_whitening, num_images, other_data
 from wrn.train.numerics import EpochSums, NonFiniteLoss, step_seed  # noqa: F401 - NonFiniteLoss is fit's error
-from wrn.train.run import RunState, build_run, start_run
-from wrn.train.step import make_eval_step
-from wrn.train.log import git_commit
 from wrn.train.optim import set_lr
+from wrn.train.pace import Narrow
+from wrn.train.provenance import provenance
+from wrn.train.run import RunState, build_run, narrow, start_run
+from wrn.train.step import make_eval_step
 from wrn.units import format_duration
 
 
@@ -107,7 +108,8 @@ def train_one_epoch(run: RunState, epoch: int, start_step: int = 0, sums: EpochS
             sums.bad_step = torch.where(~finite & (sums.bad_step < 0), step, sums.bad_step)
         done = step + 1
         bar.update(1)
-        run.estimate.after_step(done, loss_sum)
+        run.pace.after_step(done, loss_sum)  # a budget may fix the run's length here
+        stop = min(stop, run.total_steps - epoch * spe)
         if done % cfg.log.every_steps == 0:
             _check_finite(run, sums)
             window = _all_ranks(window)
@@ -212,12 +214,13 @@ def _train(run: RunState, start: int, state: dict | None) -> dict[str, Any]:
     metrics: dict[str, Any] = (state or {}).get("metrics") or {}
     # The saved partial sums cover all processes: rank 0 carries them on, the others start at zero.
     sums = EpochSums.from_json(state["partial"], run.device) if state and state.get("partial") and run.is_main else None
-    epochs = math.ceil(run.total_steps / spe)
-    for epoch in range(start // spe, epochs):
+    epoch = start // spe
+    while epoch * spe < run.total_steps:  # a budget fixes total_steps during the first steps
         first = start % spe if epoch == start // spe else 0
         stop = min(spe, run.total_steps - epoch * spe)
         t0 = time.perf_counter()
         sums = _all_ranks(train_one_epoch(run, epoch, first, sums, stop))
+        stop = min(spe, run.total_steps - epoch * spe)
         train_loss = sums.loss.item() / sums.count
         train_acc = sums.correct.item() / sums.count
         epoch_time = time.perf_counter() - t0  # train only; .item() above waited for the device
@@ -233,13 +236,14 @@ def _train(run: RunState, start: int, state: dict | None) -> dict[str, Any]:
         if run.skipper is not None:
             metrics["skipped"] = run.skipper.skipped
         run.log.write(metrics)
-        run.log.epoch_line(metrics, epochs)
+        run.log.epoch_line(metrics, math.ceil(run.total_steps / spe))
         _save(run, end, None, metrics)
         if run.is_main and cfg.train.keep_every and (epoch + 1) % cfg.train.keep_every == 0:
             checkpoint.keep_copy(run.out_dir, epoch + 1)
         sums = None
         if end < run.total_steps and dist.any_true(run.guard.requested(), run.device):
             _preempted(run, end)
+        epoch += 1
     return metrics
 
 
@@ -258,10 +262,12 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
                "val_loss": metrics.get("val_loss"), "train_acc": metrics.get("train_acc"),
                "train_loss": metrics.get("train_loss"), "wall_time_s": run.elapsed(),
                "epoch_time_s": epoch_time_s, "img_per_s": img_per_s, "device": str(run.device),
-               "precision": run.decisions["precision"], "compile": run.decisions["compile"], "git_commit": git_commit(),
+               "precision": run.decisions["precision"], "compile": run.decisions["compile"],
                # Equal only for bit-identical final weights: two runs (another machine, a resume)
                # can be compared from their summaries, without keeping checkpoints.
-               "weights_sha256": dist.state_checksum(run.model), "finished": True}
+               "weights_sha256": dist.state_checksum(run.model), "finished": True,
+               # where it ran: CPU/ISA, threads, torch, wrn, git commit, command line
+               "provenance": provenance(run.command)}
     replicas = dist.replica_report(summary["weights_sha256"])  # torchrun: every process's checksum
     if run.is_main:
         run.log.write({"kind": "end", "step": run.total_steps, "test_loss": test_loss, "test_acc": test_acc,
@@ -275,15 +281,19 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 @dist.with_process_group
-def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool = False,
+        command: str | None = None, started: float | None = None) -> dict[str, Any]:
     """Train per ``cfg`` into ``out_dir`` (config.yaml, log.jsonl, checkpoint/, summary.json).
 
     With ``resume=True`` it continues from the newest complete checkpoint in ``out_dir`` (or starts
     over there if the run was killed before its first checkpoint). Returns summary.json's content.
     The first SIGTERM/SIGINT checkpoints and raises ``preempt.Preempted`` (see wrn.train.preempt).
-    A fresh run that fails before its first step leaves no run directory behind.
+    A fresh run that fails before its first step leaves no run directory behind. ``command`` is
+    the command line recorded as the run's provenance (default: this process's ``sys.argv``);
+    ``started`` the ``time.perf_counter()`` of the command's start, from which the wall time and a
+    budget count (default: now; data loading and model building are always counted).
     """
-    t_fit = time.perf_counter()  # wall time counts data loading and model building too
+    t_fit = time.perf_counter() if started is None else started
     out_dir = Path(out_dir)
     quiet = quiet or cfg.log.quiet
     summary = rundir.read_summary(out_dir) if resume else None
@@ -296,11 +306,16 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
     run, training = None, False
     try:
         with preempt.Guard() as guard:
-            run, state = build_run(cfg, out_dir, resume, quiet, t_fit)
+            run, state = build_run(cfg, out_dir, resume, quiet, t_fit, command)
             run.guard = guard
             start = start_run(run, state)
             training = True  # from here on a failure (NaN at step 3) keeps the log that explains it
-            metrics = _train(run, start, state)
+            while True:
+                try:
+                    metrics = _train(run, start, state)
+                    break
+                except Narrow as e:  # the budget gives the configured WRN too few epochs
+                    start, state = narrow(run, e.model, e.configured_epochs), None
             return _finish(run, metrics)
     except BaseException:
         if created and not training and dist.is_main() and not (out_dir / checkpoint.CHECKPOINT).exists():

@@ -11,7 +11,6 @@ hyperparameters (``RunLog.hparams``).
 from __future__ import annotations
 
 import math
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -136,12 +135,3 @@ class RunLog:
             self._tb = None
 
 
-def git_commit() -> str | None:
-    """The commit of the code that ran, when the package sits in a git checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and len(commit) == 40 else None

@@ -62,7 +62,7 @@ class Schedule:
 
     ``total_steps`` (default ``epochs`` x ``steps_per_epoch``) is the run's length; when a budget
     (train.steps) makes it differ, the schedule keeps its shape: the warm-up and the milestones
-    stay at the same fractions of training.
+    stay at the same fractions of training (the warm-up: unless fixed in steps, optim.warmup_steps).
     """
     cfg: OptimConfig
     hyper: Hyper
@@ -75,7 +75,7 @@ class Schedule:
         recipe = self.epochs * self.steps_per_epoch  # steps of the recipe as written, in epochs
         total = self.total_steps or recipe
         per_epoch = self.steps_per_epoch * total / recipe  # steps per recipe epoch after stretching
-        warm = round(self.hyper.warmup_epochs * per_epoch)
+        warm = self.cfg.warmup_steps or round(self.hyper.warmup_epochs * per_epoch)
         if step < warm:
             if self.hyper.warmup_lr > 0:  # a constant, lower lr first (He et al.: 0.01 for ResNet-110/1001)
                 return self.hyper.warmup_lr

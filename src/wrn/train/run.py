@@ -1,11 +1,10 @@
 """Setting up a run for ``engine.fit``: ``RunState`` (what is built once and the loop uses),
 ``build_run`` (data, model, optimizer, the recorded decisions, the restored checkpoint) and
-``start_run`` (config.yaml, the budget's choice, the start record); ``probe_and_choose`` (the
-budget's measurement of this run) and ``WallTimeEstimate`` (the estimate of a run without one)."""
+``start_run`` (config.yaml, the start record) and ``narrow`` (a budget's start-over with a
+narrower WRN; the budget's timing itself is ``pace``)."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import shutil
 import time
@@ -23,10 +22,12 @@ from wrn.fsio import write_atomic
 from wrn.models import create_model
 from wrn.train import accel, budget, checkpoint, dist, preempt, step
 from wrn.train.config import Config
-from wrn.train.data import ZCA_FILE, build_data, find_whitening, num_images
+from wrn.train.data import ZCA_FILE, build_data, find_whitening
 from wrn.train.log import RunLog
 from wrn.train.numerics import SkipNonFinite
 from wrn.train.optim import Schedule, build_optimizer, scaled
+from wrn.train.pace import Pace
+from wrn.train.provenance import provenance
 from wrn.train.validate import model_kwargs
 from wrn.units import format_duration
 
@@ -58,9 +59,10 @@ class RunState:
     decisions: dict[str, Any] = field(default_factory=dict)
     extra_state: dict[str, Any] = field(default_factory=dict)  # saved with each checkpoint
     guard: preempt.Guard = field(default_factory=preempt.Guard)
-    estimate: WallTimeEstimate | None = None  # runs without a budget
+    pace: Pace | None = None  # times the steps: the wall-time estimate, the budget's decision
     start_time: float = field(default_factory=time.perf_counter)
     elapsed_before: float = 0.0  # seconds spent before a resume
+    command: str | None = None  # the command line recorded as provenance (None: sys.argv)
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start_time
@@ -103,108 +105,28 @@ def _switch_model(run: RunState, name: str) -> None:
     run.cfg = cfg
 
 
-def log_estimate(run: RunState, total_s: float, step_s: float) -> None:
-    run.log.write({"kind": "estimate", "wall_s": total_s, "step_s": step_s, "elapsed_s": run.elapsed()})
-    run.log.info(budget.estimate_line(total_s))
-
-
-class WallTimeEstimate:
-    """The wall-time estimate of a run without a budget (a budgeted one knows its time): logged
-    once, after warm-up (compile included), so that a newcomer's 200-epoch WRN-28-10 on a laptop
-    CPU says it will take weeks, and what to do."""
-
-    def __init__(self, run: RunState, start: int, enabled: bool = True):
-        self.run = run
-        self.mark = start + budget.WARMUP_STEPS if enabled else -1
-        self.end = self.mark + budget.TIMED_STEPS if enabled else -1  # disabled: never fires
-        self.t0 = 0.0
-
-    def after_step(self, done: int, loss: torch.Tensor) -> None:
-        if done == self.mark:
-            loss.item()  # wait for the device
-            self.t0 = time.perf_counter()
-        elif done == self.end:
-            loss.item()
-            step_s = (time.perf_counter() - self.t0) / budget.TIMED_STEPS
-            log_estimate(self.run, self.run.elapsed() + (self.run.total_steps - done) * step_s, step_s)
-
-
-def _repeat(loader):
-    """The loader's epoch-0 batches over and over: a small split (one test batch) still feeds the
-    probe's fixed number of steps. Ends only if the split has no batch at all."""
-    while True:
-        empty = True
-        for batch in loader.epoch(0):
-            empty = False
-            yield batch
-        if empty:
-            return
-
-
-def probe_and_choose(run: RunState) -> int:
-    """Time a few real steps and evaluation batches, put everything back as it was, and choose
-    the run's total steps for ``train.time_budget`` (rank 0 decides, all processes follow)."""
-    model, opt = checkpoint.unwrap(run.model), run.optimizer
-    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    opt_state = copy.deepcopy(opt.state_dict())
-    batches = _repeat(run.loaders["train"])
-    eval_images = _repeat(run.loaders["test"])
-
-    def train_step() -> None:
-        images, labels = next(batches)
-        loss, _ = run.train_step(run.augment(images, run.generator), labels)
-        loss.item()  # wait for the device
-
-    def eval_batch() -> int:
-        images, _ = next(eval_images)
-        run.eval_step(run.augment.normalize(images)).sum().item()
-        return len(images)
-
-    try:
-        probe = budget.measure(train_step, eval_batch, max_s=budget.PROBE_FRACTION * run.cfg.train.time_budget,
-                               agree=lambda stop: dist.any_true(stop, run.device))
-    except StopIteration:
-        raise UserError("train.time_budget: the data is too small to time a few steps: "
-                        "set train.epochs instead") from None
-    model.load_state_dict(weights)  # in place: a compiled step keeps pointing at the same tensors
-    opt.load_state_dict(opt_state)
-    if run.is_main:  # the one process that writes checkpoints
-        scratch = run.out_dir / ".budget-probe"
-        t0 = time.perf_counter()
-        checkpoint.save_checkpoint(scratch, model=run.model, optimizer=opt, state={"probe": True})
-        probe = dataclasses.replace(probe, checkpoint_s=time.perf_counter() - t0)
-        shutil.rmtree(scratch, ignore_errors=True)
-    spe = len(run.loaders["train"])
-    world_size = dist.world()[1]
-    per_epoch = num_images(run.loaders["val"]) // world_size if "val" in run.loaders else 0
-    steps = budget.choose_steps(run.cfg.train.time_budget, run.elapsed(), probe, steps_per_epoch=spe,
-                                eval_images_per_epoch=per_epoch,
-                                final_eval_images=num_images(run.loaders["test"]) // world_size,
-                                checkpoint_every=run.cfg.train.checkpoint_every)
-    steps = dist.broadcast_int(steps, run.device)
-    log_estimate(run, run.cfg.train.time_budget, probe.step_s)
-    return steps
-
-
-def _budget_steps(run: RunState) -> int:
-    """The steps the budget allows, after a switch to a narrower WRN when the configured one
-    would get fewer than ``train.budget_min_epochs`` epochs (then probed again)."""
+def narrow(run: RunState, model: str, configured_epochs: float) -> int:
+    """Start the run over from step 0 with ``model`` (``pace.Narrow``): the configured WRN's steps
+    so far are discarded (its log lines and checkpoints too: a resume must find the model
+    config.yaml names), their time stays counted. Returns the step to start from."""
     cfg, spe = run.cfg, len(run.loaders["train"])
-    steps = probe_and_choose(run)
-    narrower = budget.narrower_model(cfg, steps, spe)
-    if narrower:
-        run.log.write({"kind": "budget_model", "configured": cfg.model.name, "model": narrower,
-                       "configured_epochs": steps / spe})
-        run.log.info(f"{cfg.model.name} would get only {steps / spe:.2g} epochs in "
-                     f"{format_duration(cfg.train.time_budget)} (train.budget_min_epochs="
-                     f"{cfg.train.budget_min_epochs:g}): training {narrower} instead")
-        run.decisions["configured_model"] = cfg.model.name
-        _switch_model(run, narrower)
-        steps = probe_and_choose(run)
-    return steps
+    run.log.info(f"{cfg.model.name} would get only {configured_epochs:.2g} epochs in "
+                 f"{format_duration(cfg.train.time_budget)} (train.budget_min_epochs="
+                 f"{cfg.train.budget_min_epochs:g}): training {model} instead, from step 0")
+    run.decisions.setdefault("configured_model", cfg.model.name)
+    _switch_model(run, model)
+    if run.is_main:
+        for stale in (checkpoint.CHECKPOINT, checkpoint.OLD, checkpoint.KEPT):
+            shutil.rmtree(run.out_dir / stale, ignore_errors=True)
+    run.log.close()
+    start = start_run(run, None)  # config.yaml names the narrower WRN; the log starts again
+    run.log.write({"kind": "budget_model", "step": 0, "configured": run.decisions["configured_model"],
+                   "model": model, "configured_epochs": configured_epochs, "elapsed_s": run.elapsed()})
+    return start
 
 
-def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: float) -> tuple[RunState, dict | None]:
+def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: float,
+              command: str | None = None) -> tuple[RunState, dict | None]:
     """Data, model, optimizer, compiled steps and the restored checkpoint (if resuming)."""
     rank, world_size, _ = dist.world()
     is_main = rank == 0
@@ -235,6 +157,11 @@ def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: floa
         if state["steps_per_epoch"] != spe:
             raise UserError(f"{ckpt_dir}: the checkpoint has {state['steps_per_epoch']} steps per epoch but this "
                             f"config gives {spe}: resume with the run's own data and train.batch_size")
+    hyper = scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs)
+    if cfg.train.time_budget and not cfg.train.steps and not cfg.optim.warmup_steps:
+        # The budget times the warm-up to choose train.steps: its length must not depend on them.
+        warmup = round(hyper.warmup_epochs * spe)
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, warmup_steps=warmup))
     # A budget's choice is in the config (train.steps) once made; until then plan the recipe's length.
     planned = cfg.train.steps or cfg.train.epochs * spe
     decisions = dict((state or {}).get("decisions") or {})
@@ -244,7 +171,6 @@ def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: floa
         decisions["compile"], decisions["compile_reason"] = accel.should_compile(
             cfg.accel.compile, planned, device.type, decisions["precision"])
     train_step, eval_step = _steps(cfg, model, train_model, skipper or optimizer, device, decisions)
-    hyper = scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs)
     run = RunState(cfg=cfg, out_dir=out_dir, device=device, model=model, optimizer=optimizer, train_step=train_step,
                    eval_step=eval_step, schedule=Schedule(cfg.optim, hyper, spe, cfg.train.epochs, total_steps=planned),
                    augment=data.augment, loaders=data.loaders, log=None, rank=rank, is_main=is_main,
@@ -253,17 +179,20 @@ def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: floa
                    extra_state={"normalize": {"mean": data.mean, "std": data.std,
                                               "zca": ZCA_FILE if data.whitening is not None else None},
                                 "classes": data.classes, "input_size": data.input_size},
-                   train_images=data.train_images, quiet=quiet, start_time=t_fit,
+                   train_images=data.train_images, quiet=quiet, start_time=t_fit, command=command,
                    elapsed_before=state["elapsed_s"] if state else 0.0)
     return run, state
 
 
 def start_run(run: RunState, state: dict | None) -> int:
-    """Write config.yaml (a fresh run; a budget first fixes train.steps) and the start record."""
+    """Write config.yaml (a fresh run) and the start record; returns the step to start from. A
+    budget too short for start-up is refused here, before anything is written."""
     cfg, out_dir = run.cfg, run.out_dir
     start = state["step"] if state else 0
+    if state is None and cfg.train.time_budget and not cfg.train.steps:
+        budget.check_start(cfg.train.time_budget, run.elapsed())
     # config.yaml first (never on resume: the run's config.yaml is what it is): a run killed from
-    # here on, even inside the budget's probe, is a run directory that --resume can continue.
+    # here on, even before the budget decides, is a run directory that --resume can continue.
     if run.is_main and state is None:
         if run.whitening is not None:
             zca.save(run.whitening, out_dir / ZCA_FILE)
@@ -272,21 +201,12 @@ def start_run(run: RunState, state: dict | None) -> int:
         rundir.truncate_log(out_dir, start if state else -1)  # a start-over keeps none of the old lines
     run.log = RunLog(out_dir, enabled=run.is_main, quiet=run.quiet, tensorboard=cfg.log.tensorboard,
                      resume_step=start if state else None)
-    # Before the budget's probe: the probe must time the steps training will take (malloc keeping
-    # freed memory makes a CPU step 11-15% faster; set after the probe, budgets went unused).
+    # Before the first timed step: the budget must time the steps training will take (malloc keeping
+    # freed memory makes a CPU step 11-15% faster; set after the timing, budgets went unused).
     kept_memory = cfg.accel.keep_memory and accel.keep_freed_memory(run.device)
-    if cfg.train.time_budget and not cfg.train.steps:
-        steps = _budget_steps(run)
-        run.cfg = cfg = dataclasses.replace(run.cfg, train=dataclasses.replace(run.cfg.train, steps=steps))
-        run.total_steps = steps
-        run.decisions["budget_steps"] = steps
-        hyper = scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs)
-        run.schedule = Schedule(cfg.optim, hyper, len(run.loaders["train"]), cfg.train.epochs, total_steps=steps)
-        if run.is_main:  # the choice, before the first step
-            write_atomic(out_dir / rundir.CONFIG, cfg.to_yaml().encode())
     if run.is_main and state is None:
         run.log.hparams(dataclasses.asdict(cfg))
-    run.estimate = WallTimeEstimate(run, start, enabled=not cfg.train.time_budget and start < run.total_steps)
+    run.pace = Pace(run, start)
     spe = len(run.loaders["train"])
     params = sum(p.numel() for p in run.model.parameters())
     run.log.write({"kind": "resume" if state else "start", "step": start, "device": str(run.device), "params": params,
@@ -294,7 +214,8 @@ def start_run(run: RunState, state: dict | None) -> int:
                    "lr": run.schedule.hyper.lr, "weight_decay": run.schedule.hyper.weight_decay,
                    "warmup_epochs": run.schedule.hyper.warmup_epochs, "compile": run.decisions["compile"],
                    "compile_reason": run.decisions["compile_reason"], "time_budget_s": cfg.train.time_budget,
-                   "keep_memory": kept_memory, "elapsed_s": run.elapsed()})
+                   "keep_memory": kept_memory, "elapsed_s": run.elapsed(),
+                   "provenance": provenance(run.command)})  # a resumed part may run on another machine
     run.log.info(f"{cfg.model.name}: {params / 1e6:.2f}M params | {run.train_images} train images, {spe} steps/epoch, "
                  f"{run.total_steps} steps ({run.total_steps / spe:.4g} epochs) | {run.device}, {run.decisions['precision']}"
                  f"{', channels_last' if cfg.accel.channels_last else ''} | {run.decisions['compile_reason']}"

@@ -124,9 +124,13 @@ def validate(cfg) -> None:
     _check(0.0 < o.gamma <= 1.0, "optim.gamma", f"{o.gamma} is out of range: use 0 < gamma <= 1")
     _check(0.0 <= o.warmup_epochs < t.epochs, "optim.warmup_epochs",
            f"{o.warmup_epochs} must be >= 0 and less than train.epochs ({t.epochs})")
+    _check(o.warmup_steps >= 0, "optim.warmup_steps", f"{o.warmup_steps} must be >= 0 (0 = optim.warmup_epochs)")
+    _check(not (t.time_budget and not t.steps and o.schedule != "step" and not (o.warmup_epochs or o.warmup_steps)),
+           "train.time_budget", f"a budgeted run times its warm-up, and optim.schedule={o.schedule} has none: "
+           "add one (e.g. optim.warmup_epochs=1), or use optim.schedule=step")
     _check(math.isfinite(o.warmup_lr) and o.warmup_lr >= 0, "optim.warmup_lr",
            f"{o.warmup_lr} must be >= 0 (0 = a linear warm-up to optim.lr)")
-    _check(o.warmup_lr == 0 or o.warmup_epochs > 0, "optim.warmup_lr",
+    _check(o.warmup_lr == 0 or o.warmup_epochs > 0 or o.warmup_steps > 0, "optim.warmup_lr",
            f"{o.warmup_lr} needs optim.warmup_epochs > 0 (how long to hold it)")
     _check(0.0 <= o.label_smoothing < 1.0, "optim.label_smoothing", f"{o.label_smoothing} is out of range: use 0 <= x < 1")
     _check(o.base_batch_size >= 1, "optim.base_batch_size", f"{o.base_batch_size} must be >= 1")

@@ -14,7 +14,7 @@ from wrn.units import parse_duration
 Seconds = typing.NewType("Seconds", float)
 # Upper bounds for integer keys: a typo like train.epochs=1e99 is an instant error, not a run.
 INT_LIMITS = {"train.epochs": 100_000, "train.batch_size": 1 << 20, "train.eval_batch_size": 1 << 20,
-              "train.steps": 1 << 40, "train.seed": (1 << 63) - 1, "train.checkpoint_every": 1 << 40,
+              "train.steps": 1 << 40, "optim.warmup_steps": 1 << 40, "train.seed": (1 << 63) - 1, "train.checkpoint_every": 1 << 40,
               "train.keep_every": 100_000, "data.val_size": 1 << 40, "data.subset": 1 << 40,
               "data.cutout": 1 << 16, "data.image_size": 1 << 16, "data.workers": 1024,
               "log.every_steps": 1 << 40, "model.num_classes": 1 << 24}

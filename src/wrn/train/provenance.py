@@ -1,0 +1,73 @@
+"""Where a number came from: the machine, the software and the command behind a run or a
+benchmark, recorded beside its figures (summary.json, the start record, ``wrn bench --json``) so
+that a results table can name the CPU and the code of each number from the records alone."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wrn.train import hardware
+
+
+def git_commit() -> str | None:
+    """The commit of the code that ran, when the package sits in a git checkout."""
+    out = _git("rev-parse", "HEAD")
+    return out if out and len(out) == 40 else None
+
+
+def git_dirty() -> bool | None:
+    """Whether the checkout had uncommitted changes to tracked files (None outside a checkout):
+    a commit alone does not name the code that ran when it was edited."""
+    if git_commit() is None:
+        return None
+    out = _git("status", "--porcelain", "--untracked-files=no")
+    return None if out is None else bool(out)
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
+                             timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command as a shell would take it again (``wrn train ...``; a Python caller's argv)."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv and Path(argv[0]).name in ("wrn", "__main__.py", "cli.py"):
+        argv[0] = "wrn"
+    return shlex.join(argv)
+
+
+def _version() -> str | None:
+    # The installed distribution's version: wrn/__init__ sits above this module (it imports the trainer).
+    try:
+        return importlib.metadata.version("wrn")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine() -> dict[str, Any]:
+    """The hardware and software that computed a number."""
+    info: dict[str, Any] = {**hardware.cpu_info(), "cpu_count": os.cpu_count(), "cpu_threads": torch.get_num_threads(),
+                            "torch": torch.__version__, "python": platform.python_version(), "wrn": _version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def provenance(command: str | None = None) -> dict[str, Any]:
+    """``machine()`` plus the code (git commit, uncommitted changes) and the command line
+    (``command``, else this process's own)."""
+    return {**machine(), "git_commit": git_commit(), "git_dirty": git_dirty(), "command": command or command_line()}
