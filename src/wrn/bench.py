@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from wrn.data.catalog import get as dataset_info
 from wrn.errors import UserError
 from wrn.timing import PEAK_SECONDS, figures, matmul_peak_gflops, peak_memory_mb, reset_peak_memory, time_loop
-from wrn.train import accel, hardware, step
+from wrn.train import accel, step
 from wrn.train.config import BENCH_KEYS, Config, allowed, load_config, parse_override
 from wrn.train.provenance import provenance
 from wrn.train.validate import model_kwargs

@@ -13,7 +13,6 @@ import io
 import math
 from pathlib import Path
 
-import yaml
 
 from wrn.experiments.records import Section
 from wrn.fsio import write_atomic
