@@ -15,8 +15,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from wrn.data import zca
 from wrn import rundir
+from wrn.data import zca
 from wrn.errors import UserError
 from wrn.fsio import write_atomic
 from wrn.models import create_model
