@@ -21,13 +21,14 @@ def child(model_name: str, batch: int, keep: bool, compile: bool, steps: int = 1
 
     from wrn.models import create_model
     from wrn.train import accel
+    from wrn.train.step import make_train_step
 
     cpu = torch.device("cpu")
     kept = keep and accel.keep_freed_memory(cpu)
     torch.manual_seed(0)
     model = accel.prepare_model(create_model(model_name, num_classes=10), cpu, channels_last=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    step = accel.make_train_step(model, optimizer, precision="bf16", device=cpu, compile=compile)
+    step = make_train_step(model, optimizer, precision="bf16", device=cpu, compile=compile)
     x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
     for _ in range(4):

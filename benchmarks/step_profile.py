@@ -19,6 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from wrn.models import create_model
 from wrn.train import accel
+from wrn.train.step import make_train_step
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = accel.prepare_model(create_model(a.model, num_classes=10), cpu, channels_last=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    step = accel.make_train_step(model, optimizer, precision="bf16", device=cpu, compile=True)
+    step = make_train_step(model, optimizer, precision="bf16", device=cpu, compile=True)
     x = torch.randn(a.batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (a.batch_size,))
     for _ in range(5):

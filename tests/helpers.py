@@ -28,9 +28,9 @@ def write_image_folder(root: Path, n_train: int, n_test: int, size: int, *, clas
 def break_at_step(monkeypatch, step: int, how: str = "nan") -> None:
     """The training step ``step`` (0-based) feeds a NaN batch (a diverging run) or, with
     ``how="interrupt"``, is hit by Ctrl-C."""
-    from wrn.train import accel
+    from wrn.train import step as train_steps
 
-    real = accel.make_train_step
+    real = train_steps.make_train_step
 
     def make(*args, **kwargs):
         train_step = real(*args, **kwargs)
@@ -46,4 +46,4 @@ def break_at_step(monkeypatch, step: int, how: str = "nan") -> None:
 
         return patched
 
-    monkeypatch.setattr(accel, "make_train_step", make)
+    monkeypatch.setattr(train_steps, "make_train_step", make)

@@ -15,6 +15,7 @@ import torch.nn as nn
 from wrn.errors import UserError
 from wrn.models import create_model
 from wrn.train import accel
+from wrn.train import step as train_steps
 
 CPU = torch.device("cpu")
 
@@ -52,7 +53,7 @@ def test_precision_sets_the_activation_dtype_and_keeps_fp32_weights_and_logits(p
         if isinstance(m, nn.Conv2d):
             m.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
     x, _ = batch()
-    logits = accel.make_eval_step(model, precision=precision, device=CPU)(x)
+    logits = train_steps.make_eval_step(model, precision=precision, device=CPU)(x)
     assert seen and set(seen) == {dtype}
     assert logits.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -65,8 +66,8 @@ def test_bf16_channels_last_step_matches_the_fp32_reference():
     init = [p.detach().clone() for p in ref.parameters()]
     fast = accel.prepare_model(copy.deepcopy(ref), CPU, channels_last=True)
     ref_opt, fast_opt = sgd(ref), sgd(fast)
-    ref_step = accel.make_train_step(ref, ref_opt, precision="fp32", device=CPU, fused_optimizer=False)
-    fast_step = accel.make_train_step(fast, fast_opt, precision="bf16", device=CPU)
+    ref_step = train_steps.make_train_step(ref, ref_opt, precision="fp32", device=CPU, fused_optimizer=False)
+    fast_step = train_steps.make_train_step(fast, fast_opt, precision="bf16", device=CPU)
     ref_loss, ref_correct = ref_step(x, y)
     fast_loss, fast_correct = fast_step(x.contiguous(memory_format=torch.channels_last), y)
     assert isinstance(fast_loss, torch.Tensor) and fast_loss.dtype == torch.float32  # device tensors, fp32 loss
@@ -81,8 +82,8 @@ def test_bf16_channels_last_step_matches_the_fp32_reference():
     assert (d_fast - d_ref).norm() < 0.25 * d_ref.norm()
     # Eval logits agree too.
     ref.eval(), fast.eval()
-    a = accel.make_eval_step(ref, precision="fp32", device=CPU)(x)
-    b = accel.make_eval_step(fast, precision="bf16", device=CPU)(x.contiguous(memory_format=torch.channels_last))
+    a = train_steps.make_eval_step(ref, precision="fp32", device=CPU)(x)
+    b = train_steps.make_eval_step(fast, precision="bf16", device=CPU)(x.contiguous(memory_format=torch.channels_last))
     assert (a - b).abs().max() <= 0.05 * a.abs().max() + 1e-2
 
 
@@ -92,8 +93,8 @@ def test_flip_eval_step_gives_logits_of_the_mean_prediction_over_each_image_and_
     x, _ = batch()
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    plain = accel.make_eval_step(model, precision="fp32", device=CPU)
-    tta = accel.make_eval_step(model, precision="fp32", device=CPU, flip=True, compile=compile)
+    plain = train_steps.make_eval_step(model, precision="fp32", device=CPU)
+    tta = train_steps.make_eval_step(model, precision="fp32", device=CPU, flip=True, compile=compile)
     mean = (plain(x).softmax(1) + plain(x.flip(3)).softmax(1)) / 2
     out = tta(x)
     torch.testing.assert_close(out.softmax(1), mean, atol=1e-5, rtol=1e-5)  # read as logits: the mean
@@ -110,7 +111,7 @@ def test_fast_optimizer_switches_implementation_but_not_the_update():
     accel.fast_optimizer(opt_b, CPU)
     assert all(g["foreach"] and not g["fused"] for g in opt_b.param_groups)
     for model, opt in ((a, opt_a), (b, opt_b)):
-        step = accel.make_train_step(model, opt, precision="fp32", device=CPU, fused_optimizer=False)
+        step = train_steps.make_train_step(model, opt, precision="fp32", device=CPU, fused_optimizer=False)
         for _ in range(3):
             step(x, y)
     for p, q in zip(a.parameters(), b.parameters()):
@@ -125,8 +126,8 @@ def test_compiled_step_matches_eager():
     x, y = batch(8)
     eager, compiled = tiny(), tiny()
     e_opt, c_opt = sgd(eager), sgd(compiled)
-    e_step = accel.make_train_step(eager, e_opt, precision="fp32", device=CPU)
-    c_step = accel.make_train_step(compiled, c_opt, precision="fp32", device=CPU, compile=True, cuda_graphs=True)
+    e_step = train_steps.make_train_step(eager, e_opt, precision="fp32", device=CPU)
+    c_step = train_steps.make_train_step(compiled, c_opt, precision="fp32", device=CPU, compile=True, cuda_graphs=True)
     for _ in range(2):
         e_loss, e_correct = e_step(x, y)
         c_loss, c_correct = c_step(x, y)
@@ -177,9 +178,9 @@ def test_compile_cache_dir_default_and_override(tmp_path, monkeypatch):
 def test_bad_precision_and_compile_mode_are_user_errors():
     model = tiny()
     with pytest.raises(UserError, match="fp32 or bf16"):
-        accel.make_train_step(model, sgd(model), precision="fp16", device=CPU)
+        train_steps.make_train_step(model, sgd(model), precision="fp16", device=CPU)
     with pytest.raises(UserError, match="compile mode"):
-        accel.make_eval_step(model, precision="fp32", device=CPU, compile=True, compile_mode="turbo")
+        train_steps.make_eval_step(model, precision="fp32", device=CPU, compile=True, compile_mode="turbo")
 
 
 def test_thread_tuner_keeps_the_faster_thread_count():
@@ -228,8 +229,8 @@ def test_cuda_graph_step_matches_eager_on_gpu():
     eager = accel.prepare_model(tiny(2), cuda, channels_last=False)
     fast = accel.prepare_model(tiny(2), cuda, channels_last=True)
     e_opt, f_opt = sgd(eager), sgd(fast)
-    e_step = accel.make_train_step(eager, e_opt, precision="fp32", device=cuda, fused_optimizer=False)
-    f_step = accel.make_train_step(fast, f_opt, precision="bf16", device=cuda, compile=True, cuda_graphs=True)
+    e_step = train_steps.make_train_step(eager, e_opt, precision="fp32", device=cuda, fused_optimizer=False)
+    f_step = train_steps.make_train_step(fast, f_opt, precision="bf16", device=cuda, compile=True, cuda_graphs=True)
     assert all(g["fused"] for g in f_opt.param_groups)
     for _ in range(3):  # the graphs are recorded after warm-up runs: compare every replay
         e_loss, _ = e_step(x, y)

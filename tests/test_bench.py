@@ -11,6 +11,7 @@ import torch
 from wrn.bench import BenchSettings, bench_config
 from wrn.cli import build_parser, main
 from wrn.train import accel, hardware
+from wrn.train import step as train_steps
 from wrn.train.config import load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -124,7 +125,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
 def test_fast_mode_feeds_the_memory_format_the_config_asks_for(monkeypatch, channels_last):
     """accel.channels_last=false benchmarks NCHW activations (and true channels_last ones: the control)."""
     seen = []
-    make_train_step = accel.make_train_step
+    make_train_step = train_steps.make_train_step
 
     def recording(*args, **kwargs):
         step = make_train_step(*args, **kwargs)
@@ -134,7 +135,7 @@ def test_fast_mode_feeds_the_memory_format_the_config_asks_for(monkeypatch, chan
             return step(x, y)
         return wrapped
 
-    monkeypatch.setattr(accel, "make_train_step", recording)
+    monkeypatch.setattr(train_steps, "make_train_step", recording)
     assert main(["bench", *TINY, "--no-reference", "--no-eval", "accel.precision=fp32",
                  f"accel.channels_last={str(channels_last).lower()}", "--json"]) == 0
     assert seen and all(fmt == (not channels_last, channels_last) for fmt in seen)

@@ -139,7 +139,7 @@ def test_the_input_size_recorded_in_the_checkpoint_wins(trained):
 
 def test_a_streaming_run_prepares_images_as_its_eval_loader(tmp_path):
     from wrn.data.streaming import ImageStream
-    from wrn.predict import input_size, prepare
+    from wrn.inference import input_size, prepare
 
     root = write_image_folder(tmp_path / "big", 0, 2, 72)
     stream = ImageStream(root, "test", train=False, image_size=56)

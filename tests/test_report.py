@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from wrn.cli import main
-from wrn.experiments import paper, records, report, sweep
+from wrn.experiments import paper, records, report, stats, sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Fixture errors (%) per block-types row, ordered (ties included) like the paper's, so tau = 1.
@@ -109,12 +109,12 @@ def test_runs_are_recognised_by_their_manifest(tmp_path):
 
 
 def test_rank_correlations():
-    assert report.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1)
-    assert report.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1)
+    assert stats.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1)
+    assert stats.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1)
     # One swapped pair out of six: tau = (5 - 1) / 6, rho = 1 - 6 * 2 / (4 * 15).
-    assert report.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
-    assert report.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
-    assert report.kendall_tau([1, 1], [1, 1]) is None  # undefined, not a crash
+    assert stats.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    assert stats.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert stats.kendall_tau([1, 1], [1, 1]) is None  # undefined, not a crash
 
 
 def test_plots_are_written_and_embedded(block_types_runs, tmp_path):
@@ -236,7 +236,7 @@ def write_table(root: Path, name: str, errors: dict[str, float], epoch_times: di
 def test_effect_sizes_set_our_differences_beside_the_papers(tmp_path, errors, verdicts):
     write_table(tmp_path / "runs", "width", dict(zip(("WRN-40-1", "WRN-40-2", "WRN-40-4"), errors)))
     (section,) = records.sections(records.collect(tmp_path / "runs"))
-    found = report.effects(section)
+    found = stats.effects(section)
     assert [(e["from"], e["to"]) for e in found] == [("WRN-40-1", "WRN-40-2"), ("WRN-40-2", "WRN-40-4")]
     assert found[0]["ours"] == pytest.approx(errors[1] - errors[0])
     assert found[0]["paper"] == pytest.approx(5.33 - 6.85)
@@ -256,9 +256,9 @@ def test_with_seeds_the_noise_counts_their_spread(tmp_path, spread, verdict, sig
             write_run(tmp_path / "runs" / "width" / "reduced-e3" / f"{run.id}-seed{seed}", model=run.model,
                       test_error=error)
     (section,) = records.sections(records.collect(tmp_path / "runs"))
-    (found,) = report.effects(section)
+    (found,) = stats.effects(section)
     assert found["ours"] == pytest.approx(-2.0)
-    test_set_noise = 2 * math.hypot(report.standard_error(20.0, "cifar10"), report.standard_error(18.0, "cifar10"))
+    test_set_noise = 2 * math.hypot(stats.standard_error(20.0, "cifar10"), stats.standard_error(18.0, "cifar10"))
     assert test_set_noise < 2.0  # the test set alone would call the gap real
     assert found["noise"] == pytest.approx(max(test_set_noise, 2 * math.sqrt(2 * spread ** 2 / 3)))
     assert found["verdict"] == verdict
@@ -270,7 +270,7 @@ def test_with_seeds_the_noise_counts_their_spread(tmp_path, spread, verdict, sig
 def test_effects_of_one_seed_have_no_p_value(tmp_path):
     write_table(tmp_path / "runs", "width", {"WRN-40-1": 20.0, "WRN-40-2": 18.0})
     (section,) = records.sections(records.collect(tmp_path / "runs"))
-    (found,) = report.effects(section)
+    (found,) = stats.effects(section)
     assert found["p"] is None and found["verdict"] == "same direction"
 
 
@@ -278,7 +278,7 @@ def test_dropout_effects_pair_each_net_with_itself_plus_dropout(tmp_path):
     write_table(tmp_path / "runs", "dropout", {"WRN-16-4": 20.0, "WRN-16-4 +dropout": 21.0,
                                                "WRN-52-1": 25.0, "WRN-52-1 +dropout": 24.0})
     (section,) = records.sections(records.collect(tmp_path / "runs"))
-    pairs = [(e["from"], e["to"]) for e in report.effects(section)]
+    pairs = [(e["from"], e["to"]) for e in stats.effects(section)]
     assert pairs == [("WRN-16-4", "WRN-16-4 +dropout"), ("WRN-52-1", "WRN-52-1 +dropout")]
 
 
@@ -288,13 +288,13 @@ def test_thin_vs_wide_shows_the_measured_time_ratio_beside_the_papers_8x(tmp_pat
     text = report.write_report(tmp_path / "runs", plots=False).read_text()
     assert "pre-act ResNet-1001 (trained as preact-resnet-1001) 78.0 s" in text
     assert "WRN-40-4 (trained as wrn-40-4) 12.0 s: **6.5x** (paper: ~8x, on its GPU)" in text
-    assert report.speed_pair() == ("wrn-40-4", "preact-resnet-1001", 8.0)
+    assert stats.speed_pair() == ("wrn-40-4", "preact-resnet-1001", 8.0)
 
 
 def test_time_ratio_needs_both_nets(tmp_path):
     write_table(tmp_path / "runs", "thin-vs-wide", {"WRN-40-4": 30.0, "WRN-16-8": 29.0})
     (section,) = records.sections(records.collect(tmp_path / "runs"))
-    assert report.time_ratio(section) is None
+    assert stats.time_ratio(section) is None
     assert "Time per training epoch" not in report.write_report(tmp_path / "runs", plots=False).read_text()
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from wrn.cli import main
 from wrn.errors import UserError
-from wrn.experiments import launchers, paper, sweep
+from wrn.experiments import dryrun, launchers, paper, sweep
 from wrn.train.config import load_config
 
 from helpers import write_image_folder  # tests/helpers.py
@@ -269,13 +269,13 @@ def _finish_at(p, img_per_s: float, *, windows: bool = True) -> None:
 
 def test_cpu_time_estimates_come_from_the_sweeps_own_finished_runs(tmp_path, capsys):
     planned = sweep.plan(paper.get_table("block-types"), out=tmp_path, budget=sweep.Budget(epochs=2, model_scale=0.125))
-    assert sweep.cpu_tflops(planned) == (sweep.DEFAULT_CPU_TFLOPS, "assumed: a 2-core AVX2 EPYC; --tflops to set")
+    assert dryrun.cpu_tflops(planned) == (sweep.DEFAULT_CPU_TFLOPS, "assumed: a 2-core AVX2 EPYC; --tflops to set")
     _finish_at(planned[0], 100.0)
-    tflops, source = sweep.cpu_tflops(planned)
+    tflops, source = dryrun.cpu_tflops(planned)
     steady = planned[0].train_flops / (planned[0].train_images / 100.0 * planned[0].epochs) / 1e12
     assert tflops == pytest.approx(steady) and source == "as the 1 finished run here trained; --tflops to set"
-    assert sweep.cpu_tflops(planned, 0.5) == (0.5, "--tflops")  # the user's figure wins
-    text = sweep.format_plan(paper.get_table("block-types"), planned, planned[0].budget, tflops=tflops,
+    assert dryrun.cpu_tflops(planned, 0.5) == (0.5, "--tflops")  # the user's figure wins
+    text = dryrun.format_plan(paper.get_table("block-types"), planned, planned[0].budget, tflops=tflops,
                              tflops_source=source)
     assert f"{tflops:.2g} TFLOP/s sustained on the CPU (as the 1 finished run here trained" in text
     assert "left: 5 runs not finished" in text
@@ -285,4 +285,4 @@ def test_control_without_logged_windows_the_pauses_count(tmp_path):
     planned = sweep.plan(paper.get_table("block-types"), out=tmp_path, budget=sweep.Budget(epochs=2, model_scale=0.125))
     _finish_at(planned[0], 100.0, windows=False)
     steady = planned[0].train_flops / (planned[0].train_images / 100.0 * planned[0].epochs) / 1e12
-    assert sweep.cpu_tflops(planned)[0] < 0.9 * steady
+    assert dryrun.cpu_tflops(planned)[0] < 0.9 * steady

@@ -24,6 +24,7 @@ from wrn.cli import main
 from wrn.train.config import RUN_NEUTRAL_KEYS
 from wrn.data.loader import DeviceLoader
 from wrn.train import accel, checkpoint, dist, preempt
+from wrn.train import step as train_steps
 from wrn.train.config import load_config
 from wrn.train.engine import NonFiniteLoss, fit
 
@@ -174,8 +175,8 @@ def test_fast_mode_killed_in_the_last_10_percent_resumes_bit_identical(runs, mon
     assert summary["weights_sha256"] == dist.state_checksum(SimpleNamespace(state_dict=lambda: weights(run)))
     # Control: the same resume run eager (the old behaviour) ends with other weights.
     for name in ("make_train_step", "make_eval_step"):
-        make = getattr(accel, name)
-        monkeypatch.setattr(accel, name, lambda *a, make=make, **kw: make(*a, **{**kw, "compile": False}))
+        make = getattr(train_steps, name)
+        monkeypatch.setattr(train_steps, name, lambda *a, make=make, **kw: make(*a, **{**kw, "compile": False}))
     fit(cfg, tmp_path / "resumed-eager", resume=True, quiet=True)
     assert differing(tmp_path / "resumed-eager", reference)
 
@@ -284,7 +285,7 @@ def test_a_run_that_fails_before_its_first_step_leaves_its_nested_out_parents_ne
 def test_a_run_that_fails_after_its_first_step_keeps_its_log(runs, tmp_path, monkeypatch):
     """"Leave nothing" is for runs that never trained: a run that diverges at step 3, before any
     checkpoint, keeps config.yaml and the log that says what happened (and --resume starts over)."""
-    make = accel.make_train_step
+    make = train_steps.make_train_step
 
     def nan_at_step_3(*args, **kwargs):
         step, calls = make(*args, **kwargs), []
@@ -295,7 +296,7 @@ def test_a_run_that_fails_after_its_first_step_keeps_its_log(runs, tmp_path, mon
 
         return patched
 
-    monkeypatch.setattr(accel, "make_train_step", nan_at_step_3)
+    monkeypatch.setattr(train_steps, "make_train_step", nan_at_step_3)
     out = tmp_path / "diverged"
     with pytest.raises(NonFiniteLoss, match="step 3 "):
         fit(config(runs[1], runs[2], "train.checkpoint_every=0", "log.every_steps=1"), out, quiet=True)

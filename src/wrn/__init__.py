@@ -2,21 +2,23 @@
 
 __version__ = "0.1.0"
 
-from wrn.models import create_model, list_models  # noqa: E402
-from wrn.predict import predict  # noqa: E402  (the function shadows its module's name here, on purpose)
+# The public API, loaded on first use: `import wrn` (and so `wrn --help`) does not import torch,
+# and a model alone does not pull in the trainer. predict lives in wrn.inference, not in a module
+# named wrn.predict: importing such a submodule would replace the function wrn.predict with it.
+_API = {"create_model": "wrn.models", "list_models": "wrn.models", "load_checkpoint": "wrn.train.checkpoint",
+        "predict": "wrn.inference", "import_checkpoint": "wrn.importer"}
 
 
 def __getattr__(name):
-    # Loaded on first use so that `import wrn` for a model alone does not pull in the trainer.
-    if name == "load_checkpoint":
-        from wrn.train.checkpoint import load_checkpoint
+    if name in _API:
+        import importlib
 
-        return load_checkpoint
-    if name == "import_checkpoint":
-        from wrn.importer import import_checkpoint
-
-        return import_checkpoint
+        return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'wrn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_API])
 
 
 __all__ = ["create_model", "list_models", "load_checkpoint", "import_checkpoint", "predict", "__version__"]

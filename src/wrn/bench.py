@@ -4,7 +4,7 @@ Two modes are measured in the same process, on the same random CIFAR-shaped uint
 speed-up is a ratio taken side by side:
 
 - ``fast``: the project's own path, end to end: the images live on the device (DeviceLoader),
-  augmentation is batched tensor ops (Augment), and the step comes from ``wrn.train.accel`` with
+  augmentation is batched tensor ops (Augment), and the step comes from ``wrn.train.step`` with
   the config's ``accel.*`` settings. Its defaults are not declared here: they are the
   ``quick`` preset's (``FAST_PRESET``: precision auto, i.e. bf16 where the hardware has it
   natively and fp32 elsewhere; channels_last, compile, freed memory kept), i.e. the fast path as
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from wrn.data.catalog import get as dataset_info
 from wrn.errors import UserError
 from wrn.timing import PEAK_SECONDS, figures, matmul_peak_gflops, peak_memory_mb, reset_peak_memory, time_loop
-from wrn.train import accel, hardware
+from wrn.train import accel, step
 from wrn.train.config import BENCH_KEYS, Config, allowed, load_config, parse_override
 from wrn.train.provenance import provenance
 from wrn.train.validate import model_kwargs
@@ -174,7 +174,7 @@ def bench_fast(s: BenchSettings, device: torch.device, precision: str, flops: in
     kept_memory = a.keep_memory and accel.keep_freed_memory(device)  # process-wide from here on
     model = accel.prepare_model(_build(s, device), device, a.channels_last)
     optimizer = _sgd(model)
-    step = accel.make_train_step(model, optimizer, precision=precision, device=device, compile=a.compile,
+    train_step = step.make_train_step(model, optimizer, precision=precision, device=device, compile=a.compile,
                                  compile_mode=a.compile_mode, cuda_graphs=a.cuda_graphs,
                                  fused_optimizer=a.fused_optimizer, threads=a.threads)
     ds = random_cifar(s.batch_size * 8, s.input_size, s.num_classes)
@@ -191,7 +191,7 @@ def bench_fast(s: BenchSettings, device: torch.device, precision: str, flops: in
         images, labels = next(batches)
         for group in optimizer.param_groups:  # the engine sets the schedule's lr every step
             group["lr"] = 0.01
-        return step(augment(images, generator), labels)
+        return train_step(augment(images, generator), labels)
 
     model.train()
     warm, blocks = time_loop(train_one, steps=s.steps, warmup=s.warmup, repeats=s.repeats, device=device)
@@ -201,7 +201,7 @@ def bench_fast(s: BenchSettings, device: torch.device, precision: str, flops: in
            "train": figures(blocks, s.steps, s.batch_size, 3 * flops, peak), "train_warmup_s": warm}
     out["augment"] = _time_augment(s, augment, generator, next(batches)[0], device, out["train"]["ms_per_step"])
     if s.eval:
-        eval_step = accel.make_eval_step(model, precision=precision, device=device, compile=a.compile,
+        eval_step = step.make_eval_step(model, precision=precision, device=device, compile=a.compile,
                                          compile_mode=a.compile_mode, cuda_graphs=a.cuda_graphs)
         model.eval()
 

@@ -72,7 +72,7 @@ def process_age() -> float:
 
 
 def main(argv: list[str] | None = None, *, started: float | None = None) -> int:
-    """Run one command; its exit status (a Ray task and the tests call this in-process).
+    """Run one command; its exit status (the tests call this in-process; a Ray task runs `python -m wrn`).
     ``started``: the ``time.perf_counter()`` the command counts its wall time from (default: now)."""
     started = time.perf_counter() if started is None else started
     args = build_parser().parse_args(argv)

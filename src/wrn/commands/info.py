@@ -5,13 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-import torch.nn as nn
-
 from wrn.errors import UserError
-from wrn.models import create_model, list_models
-from wrn.models.flops import forward_flops, meta_forward
-from wrn.models.layers import SqueezeExcite
 
 HELP = "show a model's architecture (groups, blocks, widths), parameters and FLOPs"
 
@@ -47,8 +41,12 @@ def model_kwargs(args: argparse.Namespace) -> dict:
     return kwargs
 
 
-def _conv_layers(model: nn.Module) -> tuple[int, int]:
+def _conv_layers(model) -> tuple[int, int]:
     """(conv layers counted as the paper's depth does, of which 1x1 shortcut projections)."""
+    import torch.nn as nn
+
+    from wrn.models.layers import SqueezeExcite
+
     se_convs = {id(m) for se in model.modules() if isinstance(se, SqueezeExcite) for m in se.modules()}
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and id(m) not in se_convs]
     return len(names), sum(1 for n in names if "shortcut" in n or "downsample" in n)
@@ -56,6 +54,11 @@ def _conv_layers(model: nn.Module) -> tuple[int, int]:
 
 def architecture(name: str, kwargs: dict, input_size: int | None = None) -> dict:
     """Everything `wrn info` prints, as a JSON-ready dict."""
+    import torch
+
+    from wrn.models import create_model
+    from wrn.models.flops import forward_flops, meta_forward
+
     with torch.device("meta"):  # shapes only: no weights are initialised or stored
         model = create_model(name, **kwargs)
     size = getattr(model, "default_input_size", 32) if input_size is None else input_size
@@ -101,6 +104,8 @@ def _format(info: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from wrn.models import list_models
+
     if args.list:
         names = list_models()
         if args.json:

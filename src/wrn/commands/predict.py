@@ -52,7 +52,7 @@ def _json(preds, k: int, run: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from wrn.errors import UserError
     from wrn.fsio import write_atomic
-    from wrn.predict import predict
+    from wrn.inference import predict
 
     if args.top < 1:
         raise UserError(f"--top {args.top} must be >= 1")

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from wrn.errors import UserError
-    from wrn.experiments import launch, launchers, paper, sweep
+    from wrn.experiments import dryrun, launch, launchers, paper, sweep
 
     if args.list:
         for t in paper.tables().values():
@@ -62,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
     planned = sweep.plan(table, out=args.out, seeds=args.seeds, budget=budget, data=args.data,
                          dataset=args.dataset, overrides=tuple(args.overrides))
     budget = planned[0].budget  # plan() adds an lr schedule override to the label
-    tflops, source = sweep.cpu_tflops(planned, args.tflops)
-    print(sweep.format_plan(table, planned, budget, tflops=tflops, tflops_source=source))
+    tflops, source = dryrun.cpu_tflops(planned, args.tflops)
+    print(dryrun.format_plan(table, planned, budget, tflops=tflops, tflops_source=source))
     request = launch.describe(args.launcher, planned, cpus=args.cpus, gpus=args.gpus, cpu_tflops=tflops)
     if request:
         print(request)

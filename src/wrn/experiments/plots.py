@@ -13,8 +13,6 @@ import io
 import math
 from pathlib import Path
 
-import yaml
-
 from wrn.experiments.records import Section
 from wrn.fsio import write_atomic
 from wrn.rundir import CURVES, SUMMARY, read_config, read_json, read_log

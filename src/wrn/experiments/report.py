@@ -13,147 +13,20 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import re
-import statistics
-import warnings
 from pathlib import Path
 
-from scipy import stats
-
-from wrn.data import catalog
 from wrn.errors import UserError
+from wrn.experiments import stats
 from wrn.experiments.paper import get_table
 from wrn.experiments.plots import INSTALL_HINT, available, plot_run_curves, plot_section
-from wrn.experiments.records import Row, RunRecord, Section, collect, sections
+from wrn.experiments.records import RunRecord, Section, collect, sections
 from wrn.fsio import write_atomic
 from wrn.rundir import is_run_dir
 
 CSV_COLUMNS = ("net", "dataset", "model", "seed", "params", "epochs", "test_error", "budget",
                "epoch_time_s", "wall_time_s", "run_dir")
-
-
-# --- statistics -------------------------------------------------------------------------------
-
-
-def _correlation(fn, x: list[float], y: list[float]) -> float | None:
-    if len(x) < 2:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # constant input: scipy warns and returns nan ("undefined")
-        value = float(fn(x, y).statistic)
-    return None if math.isnan(value) else value
-
-
-def spearman(x: list[float], y: list[float]) -> float | None:
-    """Spearman's rho; None when undefined (fewer than two values, or one side constant)."""
-    return _correlation(stats.spearmanr, x, y)
-
-
-def kendall_tau(x: list[float], y: list[float]) -> float | None:
-    """Kendall's tau-b (ties handled); None when undefined."""
-    return _correlation(stats.kendalltau, x, y)
-
-
-def agreement(section: Section) -> dict:
-    """Ranking agreement of our median errors with the paper's, over rows that have both."""
-    pairs = [(r.median, r.run.paper_error, r.run.label) for r in section.rows
-             if r.median is not None and r.run.paper_error is not None]
-    ours, theirs = [p[0] for p in pairs], [p[1] for p in pairs]
-    result = {"n": len(pairs), "kendall_tau": kendall_tau(ours, theirs), "spearman": spearman(ours, theirs)}
-    if pairs:
-        result["best_ours"] = min(pairs, key=lambda p: p[0])[2]
-        result["best_paper"] = min(pairs, key=lambda p: p[1])[2]
-        result["worst_ours"] = max(pairs, key=lambda p: p[0])[2]
-        result["worst_paper"] = max(pairs, key=lambda p: p[1])[2]
-    return result
-
-
-def standard_error(error: float | None, dataset: str) -> float | None:
-    """Binomial s.e. (points) of one run's test error: the test-set sampling noise alone."""
-    n_test = catalog.DATASETS[dataset].splits.get("test") if dataset in catalog.DATASETS else None
-    if error is None or not n_test:
-        return None
-    return math.sqrt(error / 100 * (1 - error / 100) / n_test) * 100
-
-
-def effect_pairs(section: Section) -> list[tuple[Row, Row]]:
-    """The comparisons a table makes: each net with and without a change of one factor.
-
-    Rows that share a network (the dropout table: a net, then the same net +dropout) pair with each
-    other; otherwise adjacent rows pair (width 1 -> 2 -> 4, depth 16 -> 22 -> 40, l = 1 -> 2 -> ...).
-    """
-    def net(row: Row) -> tuple:
-        return row.run.model, sorted((k, str(v)) for k, v in row.run.model_kwargs.items() if k != "dropout")
-
-    rows = section.rows
-    same_net = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:] if net(a) == net(b)]
-    return same_net or list(zip(rows, rows[1:]))
-
-
-def seed_statistics(a: Row, b: Row) -> tuple[float | None, float | None]:
-    """(2 s.e. of the difference in mean error, Welch's two-sided t-test p) from the seeds' own
-    spread, which holds the test-set noise as well; (None, None) under two seeds a side."""
-    if len(a.errors) < 2 or len(b.errors) < 2:
-        return None, None
-    noise = 2 * math.sqrt(statistics.variance(a.errors) / len(a.errors)
-                          + statistics.variance(b.errors) / len(b.errors))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # identical seeds on both sides: scipy warns and returns nan
-        p = float(stats.ttest_ind(b.errors, a.errors, equal_var=False).pvalue)
-    return noise, None if math.isnan(p) else p
-
-
-def effects(section: Section) -> list[dict]:
-    """Per pair: our change in median error, its noise, the paper's change, and whether ours goes
-    the paper's way beyond the noise.
-
-    The noise is 2 s.e. of the difference: from the test-set size alone, or, with two seeds or
-    more a side, the larger of that and the seeds' spread (a few seeds can agree by chance, so the
-    test set's floor stays). ``p`` is Welch's t-test over the seeds.
-    """
-    out = []
-    for a, b in effect_pairs(section):
-        ours = None if a.median is None or b.median is None else b.median - a.median
-        paper = (None if a.run.paper_error is None or b.run.paper_error is None
-                 else b.run.paper_error - a.run.paper_error)
-        se_a, se_b = standard_error(a.median, section.dataset), standard_error(b.median, section.dataset)
-        noise = 2 * math.hypot(se_a, se_b) if se_a is not None and se_b is not None else None
-        spread, p = seed_statistics(a, b)
-        if noise is not None and spread is not None:
-            noise = max(noise, spread)
-        if ours is None or paper is None or noise is None:
-            verdict = "-"
-        elif abs(ours) <= noise:
-            verdict = "within noise"
-        else:
-            verdict = "same direction" if (ours > 0) == (paper > 0) else "opposite"
-        out.append({"from": a.run.label, "to": b.run.label, "ours": ours, "noise": noise, "p": p,
-                    "paper": paper, "verdict": verdict})
-    return out
-
-
-def speed_pair() -> tuple[str, str, float]:
-    """(fast model, slow model, the paper's time ratio slow/fast) from the speed table: WRN-40-4
-    against pre-act ResNet-1001, about 8x."""
-    runs = get_table("speed").runs
-    fast = next(r for r in runs if r.paper_rel_time == 1.0)
-    slow = next(r for r in runs if r is not fast)
-    return fast.model, slow.model, slow.paper_rel_time
-
-
-def time_ratio(section: Section) -> dict | None:
-    """Measured time per training epoch of the speed pair's two nets and their ratio, where the
-    section has both (the speed and thin-vs-wide tables)."""
-    fast_model, slow_model, paper_ratio = speed_pair()
-    by_model = {r.run.model: r for r in section.rows}
-    fast, slow = by_model.get(fast_model), by_model.get(slow_model)
-    if fast is None or slow is None:
-        return None
-    ratio = (slow.epoch_time / fast.epoch_time
-             if slow.epoch_time is not None and fast.epoch_time else None)
-    return {"fast": fast, "slow": slow, "ratio": ratio, "paper_ratio": paper_ratio}
 
 
 # --- markdown ---------------------------------------------------------------------------------
@@ -175,8 +48,8 @@ def markdown_table(section: Section, timing_note: str = "as measured") -> str:
     medians = [r.median for r in section.rows]
     papers = [r.run.paper_error for r in section.rows]
     both = [i for i, r in enumerate(section.rows) if medians[i] is not None and papers[i] is not None]
-    our_rank = dict(zip(both, stats.rankdata([medians[i] for i in both]).tolist()))
-    paper_rank = dict(zip(both, stats.rankdata([papers[i] for i in both]).tolist()))
+    our_rank = dict(zip(both, stats.ranks([medians[i] for i in both])))
+    paper_rank = dict(zip(both, stats.ranks([papers[i] for i in both])))
     # The speed table compares times relative to its reference net (the paper's GPU is not ours).
     ref_time = next((r.epoch_time for r in section.rows if r.run.paper_rel_time == 1.0), None)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -187,7 +60,7 @@ def markdown_table(section: Section, timing_note: str = "as measured") -> str:
         trained_as = row.model + (" " + ", ".join(f"{k}={_kw(v)}" for k, v in kwargs.items()) if kwargs else "")
         lines.append("| " + " | ".join([
             row.run.label, trained_as, f"{len(errs)}/{len(row.records)}", _f(row.median, ".2f"), spread,
-            _f(standard_error(row.median, section.dataset), ".2f"), _f(row.run.paper_error, ".2f"),
+            _f(stats.standard_error(row.median, section.dataset), ".2f"), _f(row.run.paper_error, ".2f"),
             _f(our_rank.get(i), "g"), _f(paper_rank.get(i), "g"),
             "-" if row.params is None else f"{row.params / 1e6:.3f}M",
             _f(row.run.paper_params_m, "g") + ("M" if row.run.paper_params_m else ""),
@@ -200,7 +73,7 @@ def markdown_table(section: Section, timing_note: str = "as measured") -> str:
 
 
 def _agreement_line(section: Section) -> str:
-    a = agreement(section)
+    a = stats.agreement(section)
     if a["n"] < 2:
         return "Ranking agreement with the paper: needs at least two finished runs."
     tau, rho = a["kendall_tau"], a["spearman"]
@@ -211,7 +84,7 @@ def _agreement_line(section: Section) -> str:
 
 
 def effects_table(section: Section) -> str:
-    rows = effects(section)
+    rows = stats.effects(section)
     if not rows:
         return ""
     lines = ["Effect sizes (change in median test error, points). Noise = 2 s.e. of the difference: "
@@ -225,7 +98,7 @@ def effects_table(section: Section) -> str:
 
 
 def _time_ratio_line(section: Section, timing_note: str) -> str:
-    t = time_ratio(section)
+    t = stats.time_ratio(section)
     if t is None:
         return ""
     fast, slow = t["fast"], t["slow"]

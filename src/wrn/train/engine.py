@@ -26,10 +26,11 @@ from wrn.train import accel, checkpoint, dist, preempt
 from wrn.train.config import EVAL_KEYS, Config, apply_overrides, config_from_dict, validate
 from wrn.train.data import build_data, find_whitening, num_images, other_data
 from wrn.train.numerics import EpochSums, NonFiniteLoss, step_seed  # noqa: F401 - NonFiniteLoss is fit's error
-from wrn.train.pace import Narrow
-from wrn.train.run import RunState, build_run, narrow, start_run
-from wrn.train.provenance import provenance
 from wrn.train.optim import set_lr
+from wrn.train.pace import Narrow
+from wrn.train.provenance import provenance
+from wrn.train.run import RunState, build_run, narrow, start_run
+from wrn.train.step import make_eval_step
 from wrn.units import format_duration
 
 
@@ -188,7 +189,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, data: str | None = None,
         loader, augment = other_data(cfg, data, split, state.get("classes"), device, stats, whitening)
     model = accel.prepare_model(model, device, cfg.accel.channels_last)
     precision = accel.resolve_precision(cfg.accel.precision, device, (state.get("decisions") or {}).get("precision"))
-    eval_step = accel.make_eval_step(model, precision=precision, device=device, flip=cfg.train.eval_tta)
+    eval_step = make_eval_step(model, precision=precision, device=device, flip=cfg.train.eval_tta)
     loss, acc = evaluate(model, eval_step, loader, augment)
     return {"checkpoint": str(ckpt), "data": data or cfg.source(), "split": split, "images": num_images(loader),
             "accuracy": acc, "loss": loss, "step": state.get("step"), "model": state["model_args"]["name"],

@@ -28,6 +28,7 @@ from wrn.fsio import write_atomic
 from wrn.train import budget, checkpoint, dist
 from wrn.train.data import num_images
 from wrn.train.optim import Schedule, scaled
+from wrn.units import format_duration
 
 if TYPE_CHECKING:
     from wrn.train.run import RunState
@@ -142,7 +143,7 @@ class Pace:
         run.log.write({"kind": "budget", "step": done, "steps": steps, "window_steps": done - self.mark,
                        "step_s": step_s, "eval_image_s": costs.eval_image_s, "checkpoint_s": costs.checkpoint_s,
                        "elapsed_s": run.elapsed()})
-        run.log.info(f"budget {budget.format_duration(cfg.train.time_budget)}: {step_s:.3g} s a step over "
+        run.log.info(f"budget {format_duration(cfg.train.time_budget)}: {step_s:.3g} s a step over "
                      f"{done - self.mark} steps -> train.steps={steps} ({steps / spe:.3g} epochs)")
         log_estimate(run, run.elapsed() + budget.cost_s(costs, done, steps, spe, per_epoch,
                                                         num_images(run.loaders["test"]) // world_size,

@@ -15,12 +15,12 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from wrn.data import zca
 from wrn import rundir
+from wrn.data import zca
 from wrn.errors import UserError
 from wrn.fsio import write_atomic
 from wrn.models import create_model
-from wrn.train import accel, budget, checkpoint, dist, preempt
+from wrn.train import accel, budget, checkpoint, dist, preempt, step
 from wrn.train.config import Config
 from wrn.train.data import ZCA_FILE, build_data, find_whitening
 from wrn.train.log import RunLog
@@ -84,11 +84,11 @@ def _steps(cfg: Config, model: nn.Module, train_model: nn.Module, optimizer, dev
            decisions: dict[str, Any]) -> tuple[Callable, Callable]:
     """The training and evaluation steps, compiled and in the precision the decisions say."""
     a = cfg.accel
-    train_step = accel.make_train_step(train_model, optimizer, precision=decisions["precision"], device=device,
+    train_step = step.make_train_step(train_model, optimizer, precision=decisions["precision"], device=device,
                                        compile=decisions["compile"], label_smoothing=cfg.optim.label_smoothing,
                                        compile_mode=a.compile_mode, cuda_graphs=a.cuda_graphs,
                                        fused_optimizer=a.fused_optimizer, threads=a.threads)
-    eval_step = accel.make_eval_step(model, precision=decisions["precision"], device=device,
+    eval_step = step.make_eval_step(model, precision=decisions["precision"], device=device,
                                      compile=decisions["compile"], compile_mode=a.compile_mode,
                                      cuda_graphs=a.cuda_graphs, flip=cfg.train.eval_tta)
     return train_step, eval_step

@@ -29,9 +29,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from wrn.data.augment import Augment
+from wrn.data.formats import ARCHIVE_SUFFIXES, IMAGE_EXTENSIONS
+from wrn.data.streaming import eval_transform
 from wrn.errors import UserError
-
-# `import wrn` imports this module (for wrn.predict): the data and training modules load on first use.
+from wrn.train import accel
+from wrn.train.checkpoint import CHECKPOINT, KEPT, OLD, find_checkpoint, load_checkpoint
+from wrn.train.config import INFERENCE_KEYS, Config, apply_overrides, config_from_dict, validate
+from wrn.train.data import find_whitening
+from wrn.train.step import make_eval_step
 
 DEFAULT_BATCH = 256  # for a bare model (a run uses its own train.eval_batch_size)
 
@@ -94,13 +100,8 @@ def load_predictor(model_or_run: Any, *, device: str | None = None, precision: s
     returns, or a bare model with its ``mean``/``std`` (and optionally ``classes``, ``image_size``).
     ``tta``: each prediction averages the image's and its horizontal mirror's. ``overrides``:
     ``accel.*`` ``key=value`` texts, as `wrn eval` takes them (``device``/``precision`` win)."""
-    from wrn.data.augment import Augment
-    from wrn.train import accel
-
     ckpt = None
     if isinstance(model_or_run, (str, os.PathLike)):
-        from wrn.train.checkpoint import CHECKPOINT, KEPT, OLD, find_checkpoint, load_checkpoint
-
         run = Path(model_or_run)
         if (run / "config.yaml").is_file() and not any((run / d).exists() for d in (CHECKPOINT, OLD, KEPT)):
             raise UserError(f"{run}: the run has saved no checkpoint yet: train it further "
@@ -122,9 +123,6 @@ def load_predictor(model_or_run: Any, *, device: str | None = None, precision: s
         if ckpt is None:
             raise UserError("predict: this run whitens its inputs (data.normalize=zca): pass its run directory, "
                             "where the fitted whitening is saved")
-        from wrn.train.config import config_from_dict
-        from wrn.train.data import find_whitening
-
         whitening = find_whitening(config_from_dict(cfg), ckpt)
     elif mean is None or std is None:
         raise UserError("predict: a bare model needs its normalisation: pass mean= and std= (a run's "
@@ -152,10 +150,10 @@ def load_predictor(model_or_run: Any, *, device: str | None = None, precision: s
     # "auto" is what the run recorded when it trained, else this device's fast precision, as `wrn eval` does.
     precision = accel.resolve_precision(precision or accel_cfg.get("precision", "fp32"), dev,
                                         (state.get("decisions") or {}).get("precision"))
-    step = accel.make_eval_step(model, precision=precision, device=dev, flip=tta)
+    eval_step = make_eval_step(model, precision=precision, device=dev, flip=tta)
     normalize = Augment(None if whitening else mean, None if whitening else std, whiten=whitening, crop_padding=0,
                         flip=False, channels_last=channels_last)  # as evaluation's
-    return Predictor(model, step, dev, normalize, image_size or size, streaming, classes, batch)
+    return Predictor(model, eval_step, dev, normalize, image_size or size, streaming, classes, batch)
 
 
 def _accel_overrides(cfg: dict, overrides: Sequence[str]) -> dict[str, Any]:
@@ -163,8 +161,6 @@ def _accel_overrides(cfg: dict, overrides: Sequence[str]) -> dict[str, Any]:
     checked as `wrn eval` checks them: {name: value} of the keys given."""
     if not overrides:
         return {}
-    from wrn.train.config import INFERENCE_KEYS, Config, apply_overrides, config_from_dict, validate
-
     full = config_from_dict(cfg) if cfg else Config()
     keys = apply_overrides(full, overrides, INFERENCE_KEYS, refuse=lambda key, _: (
         f"{key} does not apply to prediction (the checkpoint fixes it): use accel.* keys"))
@@ -175,8 +171,6 @@ def _accel_overrides(cfg: dict, overrides: Sequence[str]) -> dict[str, Any]:
 # -- inputs --------------------------------------------------------------------------------------
 
 def _is_image_name(name: str) -> bool:
-    from wrn.data.formats import IMAGE_EXTENSIONS
-
     parts = name.replace("\\", "/").split("/")
     hidden = any(p.startswith(".") and p not in (".", "..") or p == "__MACOSX" for p in parts)
     return not hidden and name.lower().endswith(IMAGE_EXTENSIONS)
@@ -204,8 +198,6 @@ def _archive_members(path: Path) -> Iterator[tuple[str, bytes]]:
 def _expand(item: Any, in_memory: Iterator[int]) -> Iterator[tuple[str, Any]]:
     """(name, source) pairs: source is a path, bytes, a PIL image or an HxWx3 uint8 array;
     in-memory images are named "#i" with i drawn from ``in_memory`` (0, 1, ... over the call)."""
-    from wrn.data.formats import ARCHIVE_SUFFIXES
-
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)
         if path.is_dir():
@@ -242,9 +234,7 @@ def _check_paths(images: Iterable[Any]) -> None:
 
 def prepare(image: Any, size: int, streaming: bool) -> np.ndarray:
     """One image -> uint8 [size, size, 3], as the run's evaluation prepared its images."""
-    from PIL import Image
-
-    from wrn.data.streaming import eval_transform
+    from PIL import Image  # Pillow: loaded when an image is read
 
     if isinstance(image, np.ndarray):
         if image.shape[:2] == (size, size) and not streaming:
