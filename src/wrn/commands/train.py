@@ -27,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-<model>-<time>; runs/<preset>-<time> where "
                                                         "a budget may choose the model)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    parser.add_argument("--init", metavar="DIR",
+                        help="fine-tune: start from the weights of a run or `wrn import` directory (train.init), with "
+                             "its architecture (model.*) and input normalisation (data.*) unless key=value says "
+                             "otherwise; a new classifier where the class count differs; optimizer, schedule and "
+                             "step start fresh")
     parser.add_argument("--budget", metavar="TIME",
                         help="wall-clock budget from the command's start, e.g. 90s, 15m, 2h (train.time_budget): the "
                              "run times its own warm-up, then fixes its steps so that training and the final "
@@ -84,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + data_overrides(args.data)
     if args.budget is not None:
         overrides.append(f"train.time_budget={args.budget}")
+    if args.init and args.resume:
+        raise UserError("--init starts a new run from DIR's weights, --resume continues a run from its own: drop one")
+    if not args.resume:
+        from wrn.train.finetune import with_init
+
+        overrides = with_init(overrides, args.init)  # the source's model and inputs; the command's keys win
     if args.resume:
         if args.preset or args.config:
             raise UserError("--resume takes the run's own config.yaml: drop --preset/--config")

@@ -324,6 +324,22 @@ def load_weights(model: nn.Module, ckpt_dir: Path) -> None:
     target.load_state_dict(tensors)
 
 
+# The weights a checkpoint offers to a new run that starts from it (``wrn train --init``), in order
+# of preference: the first file the checkpoint holds is taken (its name is in the new run's log).
+START_WEIGHTS = ("model.safetensors",)
+
+
+def start_weights(ckpt_dir: Path, state: dict[str, Any]) -> tuple[str, dict[str, torch.Tensor], str]:
+    """(file name, tensors, sha256) of the weights a new run starts from: the first of
+    ``START_WEIGHTS`` that the complete checkpoint ``ckpt_dir`` (``state``: its state.json) holds."""
+    ckpt_dir = Path(ckpt_dir)
+    name = next((n for n in START_WEIGHTS if n in state.get("files", {})), None)
+    if name is None:
+        raise UserError(f"{ckpt_dir} holds no weights ({' or '.join(START_WEIGHTS)}): give a run's directory")
+    digest = state.get("sha256", {}).get(name) or _sha256(ckpt_dir / name)  # format 1 records sizes only
+    return name, _read_tensors(ckpt_dir / name), digest
+
+
 def load_optimizer(optimizer: torch.optim.Optimizer, ckpt_dir: Path) -> None:
     tensors = _read_tensors(Path(ckpt_dir) / "optimizer.safetensors")
     rest = json.loads((Path(ckpt_dir) / "optimizer.json").read_text())

@@ -117,6 +117,13 @@ class TrainConfig:
     # (so resume and replay never decide again); the schedule keeps its shape: milestones and
     # warm-up stay at the same fractions of training.
     steps: int = 0
+    # Fine-tuning (--init DIR): start from the weights of a run or `wrn import` directory instead of
+    # a fresh init; its architecture, a new classifier where the class count differs, and a fresh
+    # optimizer, schedule and step (wrn.train.finetune).
+    init: Optional[str] = None
+    # The sha256 of the weights train.init gave: the run writes it into config.yaml when it takes
+    # them, and a replay of that config.yaml refuses a DIR whose weights have changed since.
+    init_sha256: Optional[str] = None
 
 
 @dataclass

@@ -20,7 +20,7 @@ from wrn.data import zca
 from wrn.errors import UserError
 from wrn.fsio import write_atomic
 from wrn.models import create_model
-from wrn.train import accel, budget, checkpoint, dist, preempt, step
+from wrn.train import accel, budget, checkpoint, dist, finetune, preempt, step
 from wrn.train.config import Config
 from wrn.train.data import ZCA_FILE, build_data, find_whitening
 from wrn.train.log import RunLog
@@ -68,11 +68,12 @@ class RunState:
         return self.elapsed_before + time.perf_counter() - self.start_time
 
 
-def _model_and_optimizer(cfg: Config, device: torch.device, num_classes: int):
+def _model_and_optimizer(cfg: Config, device: torch.device, num_classes: int, inherited: dict | None = None):
     """The model (seeded: the same initial weights on every rank and every replay), its training
-    wrapper (DDP under torchrun), the optimizer and the non-finite skipper."""
+    wrapper (DDP under torchrun), the optimizer and the non-finite skipper. ``inherited``: a
+    fine-tuning source's constructor arguments that no config key states."""
     torch.manual_seed(cfg.train.seed)  # the initial weights
-    model = create_model(cfg.model.name, **model_kwargs(cfg, num_classes))
+    model = create_model(cfg.model.name, **model_kwargs(cfg, num_classes), **(inherited or {}))
     model = accel.prepare_model(model, device, cfg.accel.channels_last)
     train_model = dist.wrap_model(model, device, sync_bn=cfg.accel.sync_bn)
     optimizer = build_optimizer(model, cfg.optim, scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs))
@@ -138,6 +139,7 @@ def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: floa
             if checkpoint.saved_any(out_dir):
                 raise  # damaged with no complete one to fall back to: never silently start over
             ckpt_dir = None  # killed before its first checkpoint: start over in the same directory
+    source, inherited = finetune.prepare(cfg, ckpt_dir)  # fine-tuning: DIR is checked before the data loads
     if cfg.train.batch_size % world_size:
         raise UserError(f"train.batch_size: {cfg.train.batch_size} does not divide among {world_size} processes")
 
@@ -150,8 +152,11 @@ def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: floa
     num_classes = cfg.model.num_classes or len(data.classes)
     spe = len(data.loaders["train"])
 
-    model, train_model, optimizer, skipper = _model_and_optimizer(cfg, device, num_classes)
+    model, train_model, optimizer, skipper = _model_and_optimizer(cfg, device, num_classes, inherited)
     state: dict[str, Any] | None = None
+    init = None
+    if source is not None:  # after the seeded init: a new classifier is the same in every replay
+        cfg, init = finetune.start_from(source, model, cfg)
     if ckpt_dir is not None:
         state = checkpoint.restore(ckpt_dir, model, optimizer)
         if state["steps_per_epoch"] != spe:
@@ -178,7 +183,8 @@ def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: floa
                    decisions=decisions, whitening=data.whitening,
                    extra_state={"normalize": {"mean": data.mean, "std": data.std,
                                               "zca": ZCA_FILE if data.whitening is not None else None},
-                                "classes": data.classes, "input_size": data.input_size},
+                                "classes": data.classes, "input_size": data.input_size,
+                                **({"init": init or state.get("init")} if cfg.train.init else {})},
                    train_images=data.train_images, quiet=quiet, start_time=t_fit, command=command,
                    elapsed_before=state["elapsed_s"] if state else 0.0)
     return run, state
@@ -216,6 +222,10 @@ def start_run(run: RunState, state: dict | None) -> int:
                    "compile_reason": run.decisions["compile_reason"], "time_budget_s": cfg.train.time_budget,
                    "keep_memory": kept_memory, "elapsed_s": run.elapsed(),
                    "provenance": provenance(run.command)})  # a resumed part may run on another machine
+    init = run.extra_state.get("init")
+    if init and state is None:  # fine-tuning: where the weights came from (a resume keeps this line)
+        run.log.write({"kind": "init", "step": 0, **init})
+        run.log.info(finetune.describe(init, run.extra_state["normalize"]))
     run.log.info(f"{cfg.model.name}: {params / 1e6:.2f}M params | {run.train_images} train images, {spe} steps/epoch, "
                  f"{run.total_steps} steps ({run.total_steps / spe:.4g} epochs) | {run.device}, {run.decisions['precision']}"
                  f"{', channels_last' if cfg.accel.channels_last else ''} | {run.decisions['compile_reason']}"

@@ -89,6 +89,23 @@ def _check_constants(d) -> None:
            f"explicit constants replace data.normalize=dataset|paper, not {d.normalize}: drop one of them")
 
 
+def _check_init(cfg) -> None:
+    """train.init / train.init_sha256: the fine-tuned model is the source's, so nothing may change it
+    (a budget's narrower WRN), and a model that normalises inside takes the source's [0, 1] inputs."""
+    t = cfg.train
+    _check(t.init is None or bool(t.init.strip()), "train.init", "is empty: give a run or imported directory")
+    _check(t.init_sha256 is None or re.fullmatch(r"[0-9a-f]{64}", t.init_sha256) is not None, "train.init_sha256",
+           f"{t.init_sha256!r} is not a sha256 (64 hex digits): leave it unset, the run records it")
+    _check(t.init_sha256 is None or t.init is not None, "train.init_sha256", "is set without train.init: drop it")
+    if t.init is None:
+        return
+    _check(not t.budget_min_epochs, "train.budget_min_epochs",
+           "a fine-tuning run (train.init) keeps its source's architecture: a budget cannot narrow it; use 0")
+    _check(cfg.data.normalize == "none" or not normalizes_inside(cfg.model.name), "data.normalize",
+           f"{cfg.model.name} normalises inside the model and its weights take [0, 1] pixels: fine-tuning them "
+           f"(train.init) needs data.normalize=none, not {cfg.data.normalize}")
+
+
 def validate(cfg) -> None:
     """Every value in range, before any work; raises a one-line UserError naming the key."""
     m, d, t, o, a, lg = cfg.model, cfg.data, cfg.train, cfg.optim, cfg.accel, cfg.log
@@ -143,6 +160,7 @@ def validate(cfg) -> None:
     _check(t.steps >= 0, "train.steps", f"{t.steps} must be >= 0 (0 = train.epochs x steps per epoch)")
     _check(math.isfinite(t.budget_min_epochs) and t.budget_min_epochs >= 0, "train.budget_min_epochs",
            f"{t.budget_min_epochs} must be >= 0 (0 = keep the configured model whatever the budget)")
+    _check_init(cfg)
 
     _check(math.isfinite(o.lr) and o.lr > 0, "optim.lr", f"{o.lr} must be a positive number")
     _check(0.0 <= o.momentum < 1.0, "optim.momentum", f"{o.momentum} is out of range: use 0 <= momentum < 1")
