@@ -6,7 +6,7 @@
 DIR is a run directory (``wrn train --out`` or ``wrn import --out``) or one of its checkpoint
 directories; its newest complete checkpoint gives the weights (``checkpoint.start_weights``).
 
-- **Architecture**: the source's. ``--init`` sets ``model.name``/``block``/``blocks_per_group``/
+- **Architecture**: the source's. ``--init`` sets ``model.name``/``block``/``blocks_per_group``/``dropout``/
   ``activation`` from DIR (``with_init``; the command's own ``key=value`` win), and the constructor
   arguments the config has no key for (dm-wrn's ``mean``/``std``, ssl-wrn's ``codebase``) are
   inherited (``inherited_args``). Every tensor must then match in name and shape: the first that
@@ -47,7 +47,7 @@ CLASSIFIER = "fc."
 # other arguments are inherited by the fine-tuned model.
 CONFIG_ARGS = ("name", "num_classes", "dropout", "block", "blocks_per_group", "activation")
 # What --init sets from the source (unless the command sets it): the model keys that fix its tensors
-# and function, and the input convention.
+# and function (and model.dropout), and the input convention.
 MODEL_KEYS = ("name", "block", "blocks_per_group", "activation")
 DATA_KEYS = {"data.normalize", "data.mean", "data.std"}
 
@@ -147,6 +147,8 @@ def with_init(overrides: Sequence[str], init: str | None) -> list[str]:
     state = _peek_state(init)
     args = state["model_args"]
     derived = [f"model.{k}={_value(args.get(k))}" for k in MODEL_KEYS if f"model.{k}" not in given]
+    if "model.dropout" not in given:  # a Dropout module shifts the block's tensor names: 0 or not is architecture
+        derived.append(f"model.dropout={args.get('dropout', 0.0)}")
     if not DATA_KEYS & set(given):
         derived += _input_overrides(args["name"], state)
     return derived + list(overrides) + [f"train.init={init}"]
