@@ -17,6 +17,8 @@ directories; its newest complete checkpoint gives the weights (``checkpoint.star
 - **Inputs**: ``--init`` also sets the input convention the weights were trained on (the source's
   mean/std, ``none`` for [0, 1] pixels and for models that normalise inside, ``zca`` refitted on
   the new data), unless the command sets ``data.normalize``/``data.mean``/``data.std``.
+- **A budget** (``--budget``) fixes the steps as usual but never narrows the net: ``--init`` sets
+  ``train.budget_min_epochs=0``.
 - **Everything else is fresh**: optimizer state, schedule, step 0, the recipe's settings.
 - **Recorded**: ``train.init`` and ``train.init_sha256`` (the weights' sha256) in config.yaml, an
   ``init`` record in log.jsonl and in each checkpoint's state.json. A resume restores its own
@@ -149,6 +151,8 @@ def with_init(overrides: Sequence[str], init: str | None) -> list[str]:
     derived = [f"model.{k}={_value(args.get(k))}" for k in MODEL_KEYS if f"model.{k}" not in given]
     if "model.dropout" not in given:  # a Dropout module shifts the block's tensor names: 0 or not is architecture
         derived.append(f"model.dropout={args.get('dropout', 0.0)}")
+    if "train.budget_min_epochs" not in given:  # a budget never trains a narrower net instead of the source's
+        derived.append("train.budget_min_epochs=0")
     if not DATA_KEYS & set(given):
         derived += _input_overrides(args["name"], state)
     return derived + list(overrides) + [f"train.init={init}"]

@@ -99,7 +99,7 @@ def _check_init(cfg) -> None:
     _check(t.init_sha256 is None or t.init is not None, "train.init_sha256", "is set without train.init: drop it")
     if t.init is None:
         return
-    _check(not t.budget_min_epochs, "train.budget_min_epochs",
+    _check(not (t.budget_min_epochs and t.time_budget and not t.steps), "train.budget_min_epochs",
            "a fine-tuning run (train.init) keeps its source's architecture: a budget cannot narrow it; use 0")
     _check(cfg.data.normalize == "none" or not normalizes_inside(cfg.model.name), "data.normalize",
            f"{cfg.model.name} normalises inside the model and its weights take [0, 1] pixels: fine-tuning them "
