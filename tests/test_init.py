@@ -22,7 +22,7 @@ from wrn.cli import main
 from wrn.train import preempt
 from wrn.train.config import load_config
 from wrn.train.engine import fit
-from wrn.train.finetune import with_init
+from wrn.train.finetune import describe, with_init
 from wrn.train.run import build_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -76,6 +76,9 @@ def test_init_takes_the_weights_and_keeps_or_replaces_the_classifier(setup, tmp_
             fresh = wrn.create_model("wrn-10-1", num_classes=3)
             assert torch.equal(now["fc.weight"], fresh.fc.weight.detach())
         assert run.extra_state["init"]["classifier"] == ("kept" if kept else "new")
+        assert "note" not in describe(run.extra_state["init"], run.extra_state["normalize"])
+        other = {"mean": [0.5] * 3, "std": [0.25] * 3, "zca": None}  # e.g. data.normalize=dataset on new data
+        assert "note: inputs are normalised with mean [0.5, 0.5, 0.5]" in describe(run.extra_state["init"], other)
         assert not run.optimizer.state  # a fresh optimizer: no momentum carried over
         # The input convention the weights were trained on: the source's mean/std, not the new data's.
         assert list(cfg.data.mean) == pytest.approx(json.loads(
@@ -99,6 +102,8 @@ def test_fine_tune_records_itself_and_a_replay_needs_the_same_weights(setup, tmp
     assert init["classifier"] == "new" and init["weights"] == "model.safetensors"
     assert records(out, "start")[0]["step"] == 0  # step, schedule, optimizer: fresh
     assert wrn.load_checkpoint(out)[1]["init"]["sha256"] == digest
+    assert main(["runs", str(out)]) == 0
+    assert f"finished (fine-tuned from {copy})" in capsys.readouterr().out
 
     # A replay of config.yaml from the same DIR gives the same weights; a changed DIR is refused.
     assert train(["--config", str(out / "config.yaml"), "--out", str(tmp_path / "replay")]) == 0

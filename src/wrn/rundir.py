@@ -215,7 +215,7 @@ def run_info(run: Path, root: Path) -> dict[str, Any]:
         "preset": _preset(run, str(named), start), "epochs_done": 0, "epochs_total": epochs, "step": None,
         "total_steps": total_steps, "test_acc": None, "val_acc": None,
         "eval_tta": bool(section("train").get("eval_tta")), "wall_time_s": None, "status": "not started",
-        "error": None,
+        "error": None, "init": section("train").get("init"),  # fine-tuned from (wrn train --init)
     }
     try:
         info["log_age_s"] = max(0.0, time.time() - (run / LOG).stat().st_mtime)

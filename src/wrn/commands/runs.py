@@ -59,7 +59,8 @@ def format_table(infos: list[dict[str, Any]]) -> str:
     rows = [(i["run"], i["model"], i["dataset"] or "-", i["preset"] or "-",
              f"{_number(i['epochs_done'])}/{_number(i['epochs_total'])}", pct(i["test_acc"], i["eval_tta"]),
              pct(i["val_acc"], i["eval_tta"]),
-             format_clock(i["wall_time_s"]), _status(i)) for i in infos]
+             format_clock(i["wall_time_s"]), _status(i) + (f" (fine-tuned from {i['init']})" if i.get("init") else ""))
+            for i in infos]
     widths = [max(len(str(r[c])) for r in (header, *rows)) for c in range(len(header))]
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in (header, *rows))
 

@@ -175,7 +175,7 @@ def _check_tensors(source: Source, name: str, expected: dict[str, torch.Tensor],
         if tuple(found[key].shape) != tuple(want.shape):
             raise _fail(source, f"tensor {key!r} is {list(found[key].shape)} in its {weights} ({src}) but "
                                 f"{list(want.shape)} in {name}: {hint}")
-    extra = [k for k in found if k not in expected and not k.startswith(CLASSIFIER)]
+    extra = [k for k in found if k not in expected and not (fresh and k.startswith(CLASSIFIER))]
     if extra:
         raise _fail(source, f"tensor {extra[0]!r} of its {weights} ({src}) is not in {name}: {hint}")
 
@@ -206,12 +206,14 @@ def start_from(source: Source, model: nn.Module, cfg: Config) -> tuple[Config, d
                             "run started from, or drop train.init_sha256 to start from these weights")
     expected = target.state_dict()
     name = target.model_args["name"]
-    classes, source_classes = int(target.fc.weight.shape[0]), int(tensors.get(CLASSIFIER + "weight", target.fc.weight).shape[0])
+    classes = int(expected[CLASSIFIER + "weight"].shape[0])
+    source_classes = int(tensors.get(CLASSIFIER + "weight", expected[CLASSIFIER + "weight"]).shape[0])
+    # Another class count: the model's own fresh classifier stays (drawn from train.seed with the rest).
     fresh = {k for k in expected if k.startswith(CLASSIFIER)} if classes != source_classes else set()
     _check_tensors(source, name, expected, tensors, fresh, weights)
     _check_function(source, target)
-    target.load_state_dict({**{k: expected[k] for k in fresh}, **{k: v for k, v in tensors.items() if k in expected
-                                                                  and k not in fresh}}, strict=True)
+    taken = {k: v for k, v in tensors.items() if k in expected and k not in fresh}
+    target.load_state_dict({**{k: expected[k] for k in fresh}, **taken}, strict=True)
     record = {"source": source.path, "checkpoint": str(source.ckpt_dir), "weights": weights, "sha256": digest,
               "model": name, "source_step": source.state.get("step"), "imported": "imported" in source.state,
               "classifier": "new" if fresh else "kept", "source_classes": source_classes, "classes": classes,
@@ -229,14 +231,24 @@ def describe(record: dict[str, Any], normalize: dict[str, Any]) -> str:
     line = (f"fine-tuning from {record['source']} ({what}, {record['weights']} sha256 {record['sha256'][:12]}): "
             f"{head}; optimizer, schedule and step start fresh")
     src = record.get("source_normalize") or {}
-
-    def same(a, b) -> bool:
-        return a is not None and b is not None and len(a) == len(b) and all(abs(x - y) < 1e-6 for x, y in zip(a, b))
-
-    if src and (bool(src.get("zca")) != bool(normalize.get("zca")) or not
-                (src.get("zca") or (same(src.get("mean"), normalize.get("mean")) and same(src.get("std"), normalize.get("std"))))):
-        fmt = lambda v: [round(x, 4) for x in v] if v else v  # noqa: E731
-        line += (f"; note: inputs are normalised with mean {fmt(normalize.get('mean'))} std {fmt(normalize.get('std'))}"
-                 f"{' (zca)' if normalize.get('zca') else ''}, the source's weights were trained with mean "
-                 f"{fmt(src.get('mean'))} std {fmt(src.get('std'))}{' (zca)' if src.get('zca') else ''}")
+    if src and not _same_inputs(src, normalize):
+        line += (f"; note: inputs are normalised with {_inputs(normalize)}, the source's weights were trained "
+                 f"with {_inputs(src)} (data.normalize/data.mean/data.std choose)")
     return line
+
+
+def _inputs(norm: dict[str, Any]) -> str:
+    if norm.get("zca"):
+        return "ZCA whitening"
+    return f"mean {[round(x, 4) for x in norm.get('mean') or []]} std {[round(x, 4) for x in norm.get('std') or []]}"
+
+
+def _same_inputs(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """The same input convention: both ZCA (each fitted on its own data), or the same mean and std."""
+    if bool(a.get("zca")) or bool(b.get("zca")):
+        return bool(a.get("zca")) == bool(b.get("zca"))
+
+    def close(x, y) -> bool:
+        return x is not None and y is not None and len(x) == len(y) and all(abs(p - q) < 1e-6 for p, q in zip(x, y))
+
+    return close(a.get("mean"), b.get("mean")) and close(a.get("std"), b.get("std"))
