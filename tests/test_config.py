@@ -64,7 +64,8 @@ def test_every_documented_key_exists():
                 "optim.momentum", "optim.nesterov", "optim.weight_decay", "optim.wd_on_bn_bias", "optim.schedule",
                 "optim.milestones", "optim.gamma", "optim.warmup_epochs", "optim.label_smoothing",
                 "optim.scale_with_batch", "optim.base_batch_size", "accel.device", "accel.precision",
-                "accel.compile", "accel.channels_last", "log.every_steps", "log.test_every_epoch", "log.quiet"):
+                "accel.compile", "accel.channels_last", "log.every_steps", "log.test_every_epoch", "log.quiet",
+                "train.init"):
         assert key in keys, key
 
 
@@ -90,6 +91,8 @@ REJECTED = [
     (["data.normalize=whiten"], ["data.normalize"]),
     (["accel.device=tpu"], ["accel.device"]),
     (["optim.milestones=120,60"], ["optim.milestones"]),
+    (["train.init_sha256=abc"], ["train.init_sha256", "sha256"]),
+    (["train.init_sha256=" + "0" * 64], ["train.init_sha256", "without train.init"]),
 ]
 
 

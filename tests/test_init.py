@@ -209,3 +209,15 @@ def test_fine_tune_from_an_imported_usb_checkpoint_inherits_its_codebase(setup, 
     assert model.model_args["codebase"] == "torchssl" and model.conv2[0].branch[0].bias is not None
     # The source's input constants (TorchSSL's CIFAR-10 mean/std), not the new data's.
     assert state["normalize"]["mean"] == pytest.approx([125.3 / 255, 123.0 / 255, 113.9 / 255])
+
+
+def test_a_fine_tuning_config_keeps_the_sources_net_and_inputs():
+    """Validation: a budget may not narrow the source's net; a dm-wrn (it normalises inside) takes [0, 1] pixels."""
+    from wrn.errors import UserError
+
+    with pytest.raises(UserError, match="train.budget_min_epochs: a fine-tuning run"):
+        load_config(overrides=["train.init=src", "train.time_budget=60", "train.budget_min_epochs=1"])
+    load_config(overrides=["train.init=src", "train.time_budget=60", "train.budget_min_epochs=0"])
+    with pytest.raises(UserError, match="data.normalize: dm-wrn-10-1 normalises inside"):
+        load_config(overrides=["train.init=src", "model.name=dm-wrn-10-1"])
+    load_config(overrides=["train.init=src", "model.name=dm-wrn-10-1", "data.normalize=none"])
