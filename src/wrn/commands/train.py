@@ -84,18 +84,16 @@ def run(args: argparse.Namespace) -> int:
     from wrn.train.data import data_overrides
     from wrn.train.dist import is_main
     from wrn.train.engine import fit
+    from wrn.train.finetune import with_init
     from wrn.train.preempt import Preempted
 
     overrides = list(args.overrides) + data_overrides(args.data)
     if args.budget is not None:
         overrides.append(f"train.time_budget={args.budget}")
-    if args.init and args.resume:
-        raise UserError("--init starts a new run from DIR's weights, --resume continues a run from its own: drop one")
-    if not args.resume:
-        from wrn.train.finetune import with_init
-
-        overrides = with_init(overrides, args.init)  # the source's model and inputs; the command's keys win
     if args.resume:
+        if args.init:
+            raise UserError("--init starts a new run from DIR's weights, --resume continues a run from its own: "
+                            "drop one")
         if args.preset or args.config:
             raise UserError("--resume takes the run's own config.yaml: drop --preset/--config")
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
@@ -104,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = _resume_config(out, overrides)
     else:
         preset = args.preset or (None if args.config else "paper-cifar")
-        cfg = load_config(preset=preset, config_file=args.config, overrides=overrides)
+        # --init DIR: DIR's model and input convention first, so that the command's own keys win.
+        cfg = load_config(preset=preset, config_file=args.config, overrides=with_init(overrides, args.init))
         if args.out:
             out = Path(args.out)
         else:
