@@ -15,10 +15,11 @@ import yaml
 from safetensors.torch import load_file
 
 import wrn
-from helpers import write_image_folder  # tests/helpers.py
+from helpers import break_at_step, write_image_folder  # tests/helpers.py
 from reference_nets import dm_state, ssl_state  # tests/reference_nets.py
 from stopping import differing, records, resumed_from, stop_at, weights  # tests/stopping.py
 from wrn.cli import main
+from wrn.errors import UserError
 from wrn.train import preempt
 from wrn.train.config import load_config
 from wrn.train.engine import fit
@@ -139,6 +140,30 @@ def test_kill_and_resume_of_a_fine_tuning_run_is_bit_identical_without_its_sourc
     assert len(records(tmp_path / "stopped", "init")) == 1
 
 
+def test_a_run_stopped_before_its_first_checkpoint_starts_over_from_the_same_weights(setup, tmp_path, monkeypatch):
+    """With no checkpoint of its own, a resume starts over and reads DIR again, checked by sha256."""
+    root, four, three, cache, source = setup
+    copy = tmp_path / "source"
+    shutil.copytree(source, copy)
+    cfg = fine_tune_config(three, cache, copy)
+    fit(cfg, tmp_path / "reference", quiet=True)
+    killed = tmp_path / "killed"
+    with monkeypatch.context() as m:
+        break_at_step(m, 2, "interrupt")  # Ctrl-C at step 2, before the first checkpoint (step 4)
+        with pytest.raises(KeyboardInterrupt):
+            fit(cfg, killed, quiet=True)
+    assert not (killed / "checkpoint").exists()
+    saved = load_config(config_file=killed / "config.yaml")
+    copy.rename(tmp_path / "aside")
+    shutil.copytree(tmp_path / "reference", copy)  # DIR now holds other weights
+    with pytest.raises(UserError, match=f"train.init {copy}: its weights .* have sha256"):
+        fit(saved, killed, resume=True, quiet=True)
+    shutil.rmtree(copy)
+    (tmp_path / "aside").rename(copy)
+    fit(saved, killed, resume=True, quiet=True)
+    assert differing(killed, tmp_path / "reference") == []
+
+
 def test_mismatching_architecture_fails_naming_the_tensor_and_writes_nothing(setup, tmp_path, capsys):
     root, four, three, cache, source = setup
     out = tmp_path / "ft"
@@ -147,6 +172,11 @@ def test_mismatching_architecture_fails_naming_the_tensor_and_writes_nothing(set
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "tensor 'conv2.0.branch.0.weight' is [16, 16, 3, 3]" in err and "[32, 16, 3, 3] in wrn-10-2" in err
+    assert not out.exists()
+    assert train(["--data", str(four), "--init", str(source), "--out", str(out), "model.dropout=0.3",
+                  f"data.cache_dir={cache}", *ARGS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'conv2.0.branch.4.weight'" in err and "model.dropout=0.3 adds or removes the Dropout layer" in err
     assert not out.exists()
     # Same tensors, another function (dm-wrn normalises inside and pads otherwise): refused too.
     assert train(["--data", str(four), "--init", str(source), "--out", str(out), "model.name=dm-wrn-10-1",
@@ -213,8 +243,6 @@ def test_fine_tune_from_an_imported_usb_checkpoint_inherits_its_codebase(setup, 
 
 def test_a_fine_tuning_config_keeps_the_sources_net_and_inputs():
     """Validation: a budget may not narrow the source's net; a dm-wrn (it normalises inside) takes [0, 1] pixels."""
-    from wrn.errors import UserError
-
     with pytest.raises(UserError, match="train.budget_min_epochs: a fine-tuning run"):
         load_config(overrides=["train.init=src", "train.time_budget=60", "train.budget_min_epochs=1"])
     load_config(overrides=["train.init=src", "train.time_budget=60", "train.budget_min_epochs=0"])

@@ -162,11 +162,15 @@ def _fail(source: Source, message: str) -> UserError:
     return UserError(f"train.init {source.path}: {message}")
 
 
-def _check_tensors(source: Source, name: str, expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor],
+def _check_tensors(source: Source, model: nn.Module, expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor],
                    fresh: set[str], weights: str) -> None:
-    src = source.model_args["name"]
+    src, name = source.model_args["name"], model.model_args["name"]
     hint = (f"fine-tuning keeps the architecture: {source.path} holds {src} (--init sets model.* from it; "
             "drop the model.* overrides that differ)")
+    had, has = float(source.model_args.get("dropout") or 0), float(model.model_args.get("dropout") or 0)
+    if (had > 0) != (has > 0):  # nn.Dropout sits between a block's convs and shifts their names
+        hint = (f"model.dropout={has:g} adds or removes the Dropout layer that sits between a block's convs, and "
+                f"{source.path}'s net has dropout {had:g}: fine-tune with dropout {'> 0' if had else '0'}")
     for key, want in expected.items():
         if key in fresh:
             continue
@@ -210,7 +214,7 @@ def start_from(source: Source, model: nn.Module, cfg: Config) -> tuple[Config, d
     source_classes = int(tensors.get(CLASSIFIER + "weight", expected[CLASSIFIER + "weight"]).shape[0])
     # Another class count: the model's own fresh classifier stays (drawn from train.seed with the rest).
     fresh = {k for k in expected if k.startswith(CLASSIFIER)} if classes != source_classes else set()
-    _check_tensors(source, name, expected, tensors, fresh, weights)
+    _check_tensors(source, target, expected, tensors, fresh, weights)
     _check_function(source, target)
     taken = {k: v for k, v in tensors.items() if k in expected and k not in fresh}
     target.load_state_dict({**{k: expected[k] for k in fresh}, **taken}, strict=True)
