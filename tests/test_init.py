@@ -54,7 +54,8 @@ def setup(tmp_path_factory, one_thread):
 
 def fine_tune_config(data: Path, cache: Path, init: Path, *extra: str):
     """The config `wrn train --init` builds (the source's model and inputs, then the command's keys)."""
-    return load_config(overrides=with_init([f"data.path={data}", f"data.cache_dir={cache}", *ARGS, "train.seed=7", *extra], str(init)))
+    command = [f"data.path={data}", f"data.cache_dir={cache}", *ARGS, "train.seed=7", *extra]
+    return load_config(overrides=with_init(command, str(init)))
 
 
 def test_init_takes_the_weights_and_keeps_or_replaces_the_classifier(setup, tmp_path):
@@ -189,12 +190,18 @@ def test_mismatching_architecture_fails_naming_the_tensor_and_writes_nothing(set
     (["--resume", "RUN", "--init", "SRC"], "drop one"),
     (["--init", "DATA"], "is not a run directory"),
     (["--init", "NOWHERE"], "no such directory"),
+    (["--init", "UNSTARTED"], "has no checkpoint yet"),
 ])
 def test_bad_init_is_one_line(setup, tmp_path, capsys, argv, says):
     root, four, three, cache, source = setup
-    where = {"RUN": str(source), "SRC": str(source), "DATA": str(four), "NOWHERE": str(tmp_path / "nowhere")}
-    assert train([where.get(a, a) for a in argv] + ["--out", str(tmp_path / "ft"), "--data", str(four)]
-                 if "--resume" not in argv else [where.get(a, a) for a in argv]) == 2
+    unstarted = tmp_path / "unstarted"  # a run directory killed before its first checkpoint
+    unstarted.mkdir()
+    shutil.copy(source / "config.yaml", unstarted / "config.yaml")
+    where = {"RUN": source, "SRC": source, "DATA": four, "NOWHERE": tmp_path / "nowhere", "UNSTARTED": unstarted}
+    argv = [str(where.get(a, a)) for a in argv]
+    if "--resume" not in argv:
+        argv += ["--out", str(tmp_path / "ft"), "--data", str(four)]
+    assert train(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err
     assert not (tmp_path / "ft").exists()
