@@ -218,6 +218,11 @@ def test_import_then_fine_tune_then_eval_like_a_user(setup, tmp_path, capsys):
     assert main(["train", "--quiet", "--data", str(four), "--init", str(imported), "--out", str(out),
                  f"data.cache_dir={cache}", *ARGS]) == 0
     capsys.readouterr()
+    # The same tensors with another activation compute another function: refused, naming both.
+    assert main(["train", "--quiet", "--data", str(four), "--init", str(imported), "--out", str(tmp_path / "relu"),
+                 "model.activation=relu", f"data.cache_dir={cache}", *ARGS]) == 2
+    assert "has activation 'silu', this run's 'relu'" in capsys.readouterr().err
+    assert not (tmp_path / "relu").exists()
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     # --init took the architecture (activation silu) and the [0, 1] inputs dm-wrn normalises itself.
     assert cfg["model"]["name"] == "dm-wrn-10-1" and cfg["model"]["activation"] == "silu"

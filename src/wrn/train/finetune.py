@@ -83,7 +83,11 @@ def _checked_dir(path: str) -> Path:
 
 def find_source(path: str) -> Source:
     """The newest complete checkpoint of the run ``path`` (its files' checksums verified)."""
-    ckpt = checkpoint.find_checkpoint(_checked_dir(path))
+    run = _checked_dir(path)
+    try:
+        ckpt = checkpoint.find_checkpoint(run)
+    except UserError as e:  # every checkpoint there damaged: say which directory it was about
+        raise UserError(f"train.init {path}: {e}") from None
     state = checkpoint.read_state(ckpt, verify=False)  # find_checkpoint has just verified it
     if not state or not (state.get("model_args") or {}).get("name"):
         raise UserError(f"train.init {path}: {ckpt / rundir.STATE} has no model_args: it was not written by wrn")
