@@ -118,7 +118,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _plot_curves(out: Path) -> None:
     """curves.png beside the finished run's log (``wrn report RUN`` draws it again on demand)."""
-    from wrn.experiments.plots import available, plot_run_curves
+    from wrn.experiments.plots import plot_run_curves
 
-    if available():  # matplotlib: without it the curves are optional
-        plot_run_curves(out)
+    plot_run_curves(out)

@@ -254,11 +254,11 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
     epoch_time_s, img_per_s = rundir.epoch_means(out_dir) if run.is_main else (None, None)
     spe = len(run.loaders["train"])
     summary = {"model": cfg.model.name, "model_args": _model_summary_args(run.model), "dataset": cfg.data.name,
-               "data_source": cfg.source(), "params": sum(p.numel() for p in run.model.parameters()),
+               "data_source": cfg.source(), "normalize": cfg.data.normalize, "params": sum(p.numel() for p in run.model.parameters()),
                "epochs": round(run.total_steps / spe, 4), "steps": run.total_steps,
                "time_budget_s": cfg.train.time_budget or None, "budget_steps": run.decisions.get("budget_steps"),
                "configured_model": run.decisions.get("configured_model"),
-               "test_acc": test_acc, "test_loss": test_loss, "eval_tta": cfg.train.eval_tta, "val_acc": metrics.get("val_acc"),
+               "test_acc": test_acc, "test_loss": test_loss, "test_images": num_images(run.loaders["test"]), "eval_tta": cfg.train.eval_tta, "val_acc": metrics.get("val_acc"),
                "val_loss": metrics.get("val_loss"), "train_acc": metrics.get("train_acc"),
                "train_loss": metrics.get("train_loss"), "wall_time_s": run.elapsed(),
                "epoch_time_s": epoch_time_s, "img_per_s": img_per_s, "device": str(run.device),
