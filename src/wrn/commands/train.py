@@ -17,13 +17,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (f"presets: {', '.join(list_presets())}. keys: {', '.join(valid_keys())}. "
                      f"With --resume only these may be overridden: {resume_keys}. "
                      f"The first SIGTERM/SIGINT checkpoints after the current step and exits {EXIT_PREEMPTED}; "
-                     "a second one exits at once.")
+                     "a second one exits at once. Run again, the same command with the same --out DIR continues "
+                     "the run there from its last checkpoint (a cluster's restart or requeue; another run there "
+                     "is an error naming the first differing key).")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", metavar="NAME", help="a recipe from wrn/train/recipes (default: paper-cifar)")
     source.add_argument("--config", metavar="FILE", help="a YAML config (may start from a preset with `preset: NAME`)")
     parser.add_argument("--data", metavar="PATH|NAME",
                         help="a dataset name (cifar10, cifar100, svhn) or a local archive/folder")
-    parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-<model>-<time>)")
+    parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-<model>-<time>); when DIR "
+                        "holds this same run, the same command continues it (a cluster's restart or requeue)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     parser.add_argument("--budget", metavar="TIME",
                         help="wall-clock budget, e.g. 90s, 15m, 2h (train.time_budget): the run fixes its steps "
@@ -65,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
     from wrn.train.dist import is_main
     from wrn.train.engine import fit
     from wrn.train.preempt import Preempted
+    from wrn.train.restart import plan
 
     overrides = list(args.overrides) + data_overrides(args.data)
+    resume, auto = bool(args.resume), None
     if args.budget is not None:
         overrides.append(f"train.time_budget={args.budget}")
     if args.resume:
@@ -81,14 +86,15 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(preset=preset, config_file=args.config, overrides=overrides)
         if args.out:
             out = Path(args.out)
+            cfg, resume, auto = plan(out, cfg)  # the same run there: continue it
         else:
             name = preset or Path(args.config).stem
             out = Path("runs") / f"{name}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         # Under torchrun only rank 0 checks: it may already have written config.yaml when another starts.
-        if is_main() and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not args.out and is_main() and out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise UserError(f"--out {str(out)!r} is not empty: continue it with --resume {out}, or choose another --out")
     try:
-        fit(cfg, out, resume=bool(args.resume), quiet=args.quiet)
+        fit(cfg, out, resume=resume, quiet=args.quiet, auto=auto)
     except Preempted as e:
         print(f"wrn: {e}", file=sys.stderr)
         return e.exit_status
