@@ -28,8 +28,8 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 Seconds = typing.NewType("Seconds", float)
 # Keys that change how a run executes or is stored, never what it computes: --resume may override
 # them, and a sweep keeps a run's label under them. A key ending in "." stands for its section.
-RUN_NEUTRAL_KEYS = ("accel.threads", "accel.keep_memory", "data.cache_dir", "data.workers", "log.",
-                    "train.checkpoint_every", "train.keep_every")
+RUN_NEUTRAL_KEYS = ("accel.threads", "accel.keep_memory", "accel.dist_timeout", "data.cache_dir", "data.workers",
+                    "log.", "train.checkpoint_every", "train.keep_every")
 
 # Upper bounds for integer keys: a typo like train.epochs=1e99 is an instant error, not a run.
 INT_LIMITS = {"train.epochs": 100_000, "train.batch_size": 1 << 20, "train.eval_batch_size": 1 << 20,
@@ -139,6 +139,11 @@ class AccelConfig:
     # CPU: keep freed memory in the heap for reuse rather than page-faulting it back in every
     # step (accel.keep_freed_memory; ~15% of a compiled step here). The process stays at its peak size.
     keep_memory: bool = True
+    # torchrun: how long a collective waits for the other processes (seconds, or 90s / 5m) before
+    # this one fails, naming the collective, instead of hanging for PyTorch's 30 minutes on a
+    # process that stopped answering. Longer than any wait for one slow process (rank 0 writing a
+    # checkpoint, a first compile, one process's data download).
+    dist_timeout: Seconds = 300.0
 
 
 @dataclass
