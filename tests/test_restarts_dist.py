@@ -254,3 +254,21 @@ def test_a_failed_collective_is_one_line_naming_it():
     with pytest.raises(ZeroDivisionError):  # other errors pass through unchanged
         with dist.collective("x"):
             1 / 0
+
+
+def test_a_restart_on_one_node_gets_process_group_keys_of_its_own(monkeypatch):
+    """torchrun's agent keeps one store for all its attempts: the process group's keys go under the
+    attempt's prefix, so a relaunched process never reads an address a killed one published (which
+    made a relaunch fail with "Connection refused", 3 times in 4 here). Control: that old key is in
+    the store for anyone reading without the prefix. Several agents keep PyTorch's default."""
+    server = tdist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    for key, value in dict(TORCHELASTIC_USE_AGENT_STORE="True", GROUP_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=str(server.port), TORCHELASTIC_RESTART_COUNT="0").items():
+        monkeypatch.setenv(key, value)
+    timeout = datetime.timedelta(seconds=10)
+    dist._attempt_store(timeout).set("rank_0", "the killed attempt's address")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert not dist._attempt_store(timeout).check(["rank_0"])
+    assert server.get("wrn/attempt-0/rank_0") == b"the killed attempt's address"
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
+    assert dist._attempt_store(timeout) is None
