@@ -35,7 +35,7 @@ SPE = 12  # 96 train images / global batch 8 (4 per process)
 EPOCHS = 4
 TOTAL = SPE * EPOCHS
 EVERY = 5  # train.checkpoint_every
-TIMEOUT = 8  # accel.dist_timeout of the hung-process test (seconds)
+TIMEOUT = 10  # accel.dist_timeout of the hung-process test (seconds)
 ARGS = ["model.name=wrn-10-1", "model.dropout=0.3", f"train.epochs={EPOCHS}", "train.batch_size=8",
         f"train.checkpoint_every={EVERY}", "train.keep_every=1", "data.val_size=0", "optim.schedule=onecycle",
         "optim.warmup_epochs=1", "optim.lr=0.05", "accel.device=cpu", "accel.precision=fp32",
@@ -196,7 +196,7 @@ def test_a_hung_worker_fails_the_others_within_the_timeout_and_the_restart_resum
     os.kill(pids[1], signal.SIGCONT)
     out = job.finish()
     # ~TIMEOUT in the collective, TIMEOUT / 2 at most in monitored_barrier; slack for a loaded machine
-    assert TIMEOUT - 1 <= at - stopped <= TIMEOUT + TIMEOUT / 2 + 15, (at - stopped, line)
+    assert TIMEOUT - 3 <= at - stopped <= TIMEOUT + TIMEOUT / 2 + 15, (at - stopped, line)
     assert re.search(r"rank 0: .+ failed .*\(Timed out.*\); rank 1 did not answer", line), line
     assert "stops without writing a checkpoint" in line and "run the same command again" in line
     assert job.proc.returncode == 0, out[-3000:]
@@ -259,7 +259,7 @@ def test_a_failed_collective_is_one_line_naming_it():
 def test_a_restart_on_one_node_gets_process_group_keys_of_its_own(monkeypatch):
     """torchrun's agent keeps one store for all its attempts: the process group's keys go under the
     attempt's prefix, so a relaunched process never reads an address a killed one published (which
-    made a relaunch fail with "Connection refused", 3 times in 4 here). Control: that old key is in
+    made a relaunch fail with "Connection refused", 4 times in 5 here). Control: that old key is in
     the store for anyone reading without the prefix. Several agents keep PyTorch's default."""
     server = tdist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     for key, value in dict(TORCHELASTIC_USE_AGENT_STORE="True", GROUP_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
