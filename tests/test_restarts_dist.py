@@ -50,7 +50,7 @@ class Torchrun:
         environ = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
         environ.update(OMP_NUM_THREADS="1", **(env or {}))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "--max-restarts", "1", "--tee", "3", "-m", "wrn", "train", "--quiet", *args]
+               "--max-restarts", "1", "--tee", "3", "-m", "wrn", "train", *args]
         self.proc = subprocess.Popen(cmd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[tuple[float, str]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -88,7 +88,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("restarts")
     data = write_image_folder(root / "data", 96, 32, 8, classes=3)
     load_config(overrides=ARGS)
-    command = ["--data", str(data), *ARGS, f"data.cache_dir={root / 'cache'}"]
+    command = ["--quiet", "--data", str(data), *ARGS, f"data.cache_dir={root / 'cache'}"]
     ref = root / "reference"
     job = Torchrun(*command, "--out", str(ref))
     out = job.finish()
@@ -220,6 +220,25 @@ def test_control_resuming_from_another_step_ends_elsewhere(setup):
     assert job.proc.returncode == 0, out[-3000:]
     assert resumed_from(run) == 2 * SPE - 1
     assert differing(run, ref)
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_finished_run_exits_0_and_another_run_is_refused_by_every_process(setup):
+    root, command, ref = setup
+    before = (ref / "checkpoint" / "model.safetensors").read_bytes(), (ref / "log.jsonl").read_text()
+    job = Torchrun(*[c for c in command if c != "--quiet"], "--out", str(ref))
+    out = job.finish()
+    assert job.proc.returncode == 0, out[-3000:]
+    assert "".join(rank_lines(out, 0)).count("already finished") == 1 and "already finished" not in "".join(
+        rank_lines(out, 1))  # rank 0 speaks for the run
+    assert ((ref / "checkpoint" / "model.safetensors").read_bytes(), (ref / "log.jsonl").read_text()) == before
+    job = Torchrun(*command, "--out", str(ref), "train.seed=1")
+    out = job.finish()
+    assert job.proc.returncode != 0
+    for rank in (0, 1):
+        said = [line for line in rank_lines(out, rank) if line.startswith("wrn: error:")]
+        assert said and all("holds another run: its train.seed is 0, this command's is 1" in x for x in said), out[-3000:]
+    assert ((ref / "checkpoint" / "model.safetensors").read_bytes(), (ref / "log.jsonl").read_text()) == before
 
 
 def test_the_process_group_gets_accel_dist_timeout(monkeypatch):
