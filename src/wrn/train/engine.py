@@ -282,11 +282,12 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
 
 @dist.with_process_group
 def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool = False,
-        command: str | None = None, started: float | None = None) -> dict[str, Any]:
+        command: str | None = None, started: float | None = None, auto: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train per ``cfg`` into ``out_dir`` (config.yaml, log.jsonl, checkpoint/, summary.json).
 
     With ``resume=True`` it continues from the newest complete checkpoint in ``out_dir`` (or starts
-    over there if the run was killed before its first checkpoint). Returns summary.json's content.
+    over there if the run was killed before its first checkpoint); ``auto`` goes into its resume
+    record (``wrn train --out DIR`` run again: ``restart.plan``). Returns summary.json's content.
     The first SIGTERM/SIGINT checkpoints and raises ``preempt.Preempted`` (see wrn.train.preempt).
     A fresh run that fails before its first step leaves no run directory behind. ``command`` is
     the command line recorded as the run's provenance (default: this process's ``sys.argv``);
@@ -307,7 +308,7 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
     try:
         with preempt.Guard() as guard:
             run, state = build_run(cfg, out_dir, resume, quiet, t_fit, command)
-            run.guard = guard
+            run.guard, run.resume_info = guard, auto or {}
             start = start_run(run, state)
             training = True  # from here on a failure (NaN at step 3) keeps the log that explains it
             while True:
