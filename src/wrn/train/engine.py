@@ -139,7 +139,7 @@ def train_one_epoch(run: RunState, epoch: int, start_step: int = 0, sums: EpochS
 def _preempted(run: RunState, step: int) -> None:
     run.log.write({"kind": "preempted", "step": step, "signal": run.guard.name, "elapsed_s": run.elapsed()})
     raise preempt.Preempted(f"stopped by {run.guard.name or 'a signal'} after step {step}: a checkpoint was written; "
-                            f"continue with `wrn train --resume {run.out_dir}`")
+                            f"continue with `wrn train --resume {run.out_dir}`, or run the same command again (with --out)")
 
 
 @torch.no_grad()
