@@ -37,6 +37,7 @@ import torch.distributed as tdist
 import torch.nn as nn
 
 from wrn.errors import UserError
+from wrn.train.accel import resolve_device
 
 FitFn = TypeVar("FitFn", bound=Callable[..., Any])
 
@@ -91,8 +92,6 @@ def with_process_group(fit: FitFn) -> FitFn:
 
     @functools.wraps(fit)
     def wrapper(cfg, *args, **kwargs):
-        from wrn.train.accel import resolve_device
-
         started = init(local_device(resolve_device(cfg.accel.device))) if world()[1] > 1 else False
         try:
             result = fit(cfg, *args, **kwargs)
