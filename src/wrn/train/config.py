@@ -42,6 +42,9 @@ SWEEP_FIXED_KEYS = {"train.epochs": "use --epochs", "optim.milestones": "use --e
 EVAL_KEYS = ("accel.", "train.eval_batch_size", "data.cache_dir", "data.workers")
 # `wrn predict`: how a trained checkpoint runs; the checkpoint fixes the model and its data.
 INFERENCE_KEYS = ("accel.",)
+# `wrn import`: what another codebase's checkpoint leaves open (the rest is a `wrn eval` override).
+IMPORT_KEYS = ("model.name", "model.num_classes", "model.activation", "data.normalize", "data.mean", "data.std",
+               "data.name", "accel.precision")
 # `wrn bench`: the model, the speed switches and the augmentation the fast path times.
 BENCH_KEYS = ("model.", "accel.", "data.augment", "data.cutout", "data.policy", "data.policy_ops",
               "data.policy_magnitude")

@@ -51,6 +51,7 @@ import torch.distributed as tdist
 import torch.nn as nn
 
 from wrn.errors import UserError
+from wrn.train.accel import resolve_device
 
 FitFn = TypeVar("FitFn", bound=Callable[..., Any])
 
@@ -209,8 +210,6 @@ def with_process_group(fit: FitFn) -> FitFn:
 
     @functools.wraps(fit)
     def wrapper(cfg, *args, **kwargs):
-        from wrn.train.accel import resolve_device
-
         global _monitor
         device = local_device(resolve_device(cfg.accel.device)) if world()[1] > 1 else None
         started = init(device, cfg.accel.dist_timeout) if device is not None else False
