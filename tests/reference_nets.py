@@ -34,24 +34,35 @@ def plan(depth: int, width: int):
 
 # -- the xternalz / TRADES WideResNet and the semi-supervised ones (the same key names) --------------
 
-def xternalz_state(depth: int, width: int, classes: int, *, seed: int = 0, conv_bias: bool = False,
-                   stem_bias: bool = False, head: str = "fc", fc_bias: bool = True) -> dict:
+# A WRN's state dict in another codebase's key names: the same tensors, named per ``names``.
+XTERNALZ_NAMES = dict(stem="conv1", block="block{g1}.layer.{i}.", bn1="bn1.", conv1="conv1", bn2="bn2.",
+                      conv2="conv2", shortcut="convShortcut", bn="bn1.")
+DM_NAMES = dict(stem="init_conv", block="layer.{g}.block.{i}.", bn1="batchnorm_0.", conv1="conv_0",
+                bn2="batchnorm_1.", conv2="conv_1", shortcut="shortcut", bn="batchnorm.")
+
+
+def wrn_state(names: dict, depth: int, width: int, classes: int, *, seed: int = 0, conv_bias: bool = False,
+              stem_bias: bool = False, head: str = "fc", fc_bias: bool = True) -> dict:
     g = torch.Generator().manual_seed(seed)
     sd: dict = {}
-    _conv(sd, "conv1", 16, 3, 3, g, stem_bias)
+    _conv(sd, names["stem"], 16, 3, 3, g, stem_bias)
     for gi, i, cin, out, _ in plan(depth, width):
-        p = f"block{gi + 1}.layer.{i}."
-        _bn_stats(sd, p + "bn1.", cin, g)
-        _conv(sd, p + "conv1", out, cin, 3, g, conv_bias)
-        _bn_stats(sd, p + "bn2.", out, g)
-        _conv(sd, p + "conv2", out, out, 3, g, conv_bias)
+        p = names["block"].format(g=gi, g1=gi + 1, i=i)
+        _bn_stats(sd, p + names["bn1"], cin, g)
+        _conv(sd, p + names["conv1"], out, cin, 3, g, conv_bias)
+        _bn_stats(sd, p + names["bn2"], out, g)
+        _conv(sd, p + names["conv2"], out, out, 3, g, conv_bias)
         if cin != out:
-            _conv(sd, p + "convShortcut", out, cin, 1, g, conv_bias)
-    _bn_stats(sd, "bn1.", 64 * width, g)
+            _conv(sd, p + names["shortcut"], out, cin, 1, g, conv_bias)
+    _bn_stats(sd, names["bn"], 64 * width, g)
     sd[f"{head}.weight"] = 0.1 * torch.randn(classes, 64 * width, generator=g)
     if fc_bias:
         sd[f"{head}.bias"] = 0.1 * torch.randn(classes, generator=g)
     return sd
+
+
+def xternalz_state(depth: int, width: int, classes: int, **kw) -> dict:
+    return wrn_state(XTERNALZ_NAMES, depth, width, classes, **kw)
 
 
 def ssl_state(depth: int, width: int, classes: int, codebase: str = "usb", seed: int = 0) -> dict:
@@ -111,21 +122,7 @@ DM_STD = (0.2471, 0.2435, 0.2616)
 
 
 def dm_state(depth: int, width: int, classes: int, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    sd: dict = {}
-    _conv(sd, "init_conv", 16, 3, 3, g, False)
-    for gi, i, cin, out, _ in plan(depth, width):
-        p = f"layer.{gi}.block.{i}."
-        _bn_stats(sd, p + "batchnorm_0.", cin, g)
-        _conv(sd, p + "conv_0", out, cin, 3, g, False)
-        _bn_stats(sd, p + "batchnorm_1.", out, g)
-        _conv(sd, p + "conv_1", out, out, 3, g, False)
-        if cin != out:
-            _conv(sd, p + "shortcut", out, cin, 1, g, False)
-    _bn_stats(sd, "batchnorm.", 64 * width, g)
-    sd["logits.weight"] = 0.1 * torch.randn(classes, 64 * width, generator=g)
-    sd["logits.bias"] = 0.1 * torch.randn(classes, generator=g)
-    return sd
+    return wrn_state(DM_NAMES, depth, width, classes, seed=seed, head="logits")
 
 
 def dm_forward(sd: dict, x: torch.Tensor, depth: int, width: int, training: bool = False, *, act=F.relu,

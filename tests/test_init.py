@@ -96,6 +96,10 @@ def test_fine_tune_records_itself_and_a_replay_needs_the_same_weights(setup, tmp
                  *ARGS]) == 0
     err = capsys.readouterr().err
     assert f"fine-tuning from {copy}" in err and "new classifier: 4 classes in the source, 3 here" in err
+    # The same command again (a cluster's restart) finds its own run there, sha256 recorded and all.
+    assert main(["train", "--data", str(three), "--init", str(copy), "--out", str(out), f"data.cache_dir={cache}",
+                 *ARGS]) == 0
+    assert "already finished" in capsys.readouterr().out
     saved = yaml.safe_load((out / "config.yaml").read_text())["train"]
     digest = json.loads((copy / "checkpoint" / "state.json").read_text())["sha256"]["model.safetensors"]
     assert saved["init"] == str(copy) and saved["init_sha256"] == digest

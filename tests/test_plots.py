@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from test_report import PNG_MAGIC, hide_matplotlib, write_run
+from test_report import PNG_MAGIC, write_run
 
 from wrn.experiments import plots
 
@@ -23,7 +23,6 @@ def write_log(run_dir, records: list, tail: str = ""):
 
 
 def test_curves_of_a_finished_run(tmp_path):
-    pytest.importorskip("matplotlib")
     run_dir = tmp_path / "run"
     write_run(run_dir, model="wrn-10-1", test_error=20.0, epochs=3)
     curves = plots.run_curves(run_dir)
@@ -39,7 +38,6 @@ def test_curves_of_a_finished_run(tmp_path):
 def test_a_partial_log_plots_what_it_has(tmp_path):
     """A run killed mid-line, with a diverged (null) loss, no val split, a resumed epoch written
     twice and lines that are not epoch records at all."""
-    pytest.importorskip("matplotlib")
     run_dir = write_log(tmp_path / "run", [
         {"kind": "start", "step": 0},
         epoch(0, train_loss=2.0, train_acc=0.3, lr=0.1),
@@ -65,14 +63,6 @@ def test_no_finished_epoch_means_no_figure(tmp_path, log):
 
 def test_missing_log_means_no_figure(tmp_path):
     assert plots.plot_run_curves(tmp_path) is None
-
-
-def test_without_matplotlib_there_is_no_figure_and_no_error(tmp_path, monkeypatch):
-    run_dir = write_log(tmp_path / "run", [epoch(0, train_loss=1.0, train_acc=0.5, lr=0.1)])
-    hide_matplotlib(monkeypatch)
-    assert not plots.available()
-    assert plots.plot_run_curves(run_dir) is None
-    assert not (run_dir / "curves.png").exists()
 
 
 def test_number_rejects_what_json_lets_through():

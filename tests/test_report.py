@@ -21,7 +21,7 @@ FIXTURE_ERRORS = {"B(1,3,1)": 16.0, "B(3,1)": 13.0, "B(1,3)": 18.0, "B(3,1,1)": 
 
 def write_run(run_dir: Path, *, model: str, test_error: float, epochs: int = 3,
               finished: bool = True, params: int = 1_000_000, epoch_time: float = 10.0,
-              paused: float = 0.0, windows: bool = True) -> None:
+              paused: float = 0.0, windows: bool = True, test_images: int | None = None) -> None:
     """A run directory as `engine.fit` leaves it: config.yaml, log.jsonl, summary.json.
 
     Each epoch trains 1,000 images in ``epoch_time`` seconds, logged as three windows of steps;
@@ -50,13 +50,8 @@ def write_run(run_dir: Path, *, model: str, test_error: float, epochs: int = 3,
             "model": model, "model_args": {"name": model}, "dataset": "cifar10", "params": params,
             "epochs": epochs, "test_acc": 1 - test_error / 100, "test_loss": 0.5, "val_acc": 0.8,
             "train_acc": 0.9, "wall_time_s": sum(times), "epoch_time_s": sum(times) / epochs,
-            "img_per_s": 1000 * epochs / sum(times), "git_commit": "abc", "finished": True}))
-
-
-def hide_matplotlib(monkeypatch) -> None:
-    """As if matplotlib were not installed: importing it raises ImportError."""
-    for name in ("matplotlib", "matplotlib.figure"):
-        monkeypatch.setitem(sys.modules, name, None)
+            "img_per_s": 1000 * epochs / sum(times), "git_commit": "abc", "finished": True,
+            **({"test_images": test_images} if test_images else {})}))
 
 
 def table_rows(text: str, prefix: str) -> dict[str, list[str]]:
@@ -118,7 +113,6 @@ def test_rank_correlations():
 
 
 def test_plots_are_written_and_embedded(block_types_runs, tmp_path):
-    pytest.importorskip("matplotlib")
     out = tmp_path / "out"
     text = report.write_report(block_types_runs, out).read_text()
     pngs = sorted((out / "plots").glob("*.png"))
@@ -129,13 +123,6 @@ def test_plots_are_written_and_embedded(block_types_runs, tmp_path):
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, png
         assert f"](plots/{png.name})" in text
     assert len(list((out / "plots").iterdir())) == len(pngs)  # no temp files left behind
-
-
-def test_without_matplotlib_the_tables_still_come_with_a_clear_note(block_types_runs, tmp_path, monkeypatch):
-    hide_matplotlib(monkeypatch)
-    text = report.write_report(block_types_runs, tmp_path / "out").read_text()
-    assert "matplotlib is not installed" in text and 'pip install -e ".[plot]"' in text
-    assert "| B(3,3) |" in text
 
 
 def test_cli_report(block_types_runs, tmp_path, capsys):
@@ -258,13 +245,31 @@ def test_with_seeds_the_noise_counts_their_spread(tmp_path, spread, verdict, sig
     (section,) = records.sections(records.collect(tmp_path / "runs"))
     (found,) = stats.effects(section)
     assert found["ours"] == pytest.approx(-2.0)
-    test_set_noise = 2 * math.hypot(stats.standard_error(20.0, "cifar10"), stats.standard_error(18.0, "cifar10"))
+    a, b = section.rows
+    test_set_noise = 2 * math.hypot(stats.standard_error(20.0, a, "cifar10"), stats.standard_error(18.0, b, "cifar10"))
     assert test_set_noise < 2.0  # the test set alone would call the gap real
     assert found["noise"] == pytest.approx(max(test_set_noise, 2 * math.sqrt(2 * spread ** 2 / 3)))
     assert found["verdict"] == verdict
     assert (found["p"] < 0.01) == significant
     text = report.write_report(tmp_path / "runs", plots=False).read_text()
     assert f"| WRN-40-1 -> WRN-40-2 | -2.00 | {found['noise']:.2f} | {found['p']:.2f} | -1.52 | {verdict} |" in text
+
+
+def test_the_standard_error_counts_the_images_each_run_evaluated(tmp_path):
+    """A run evaluated on 200 test images has sqrt(10000/200) ~ 7x the noise of one on CIFAR-10's
+    10,000 (the summary says how many it evaluated). Control: a summary that does not say falls
+    back to the dataset's test split."""
+    for label, error in (("WRN-40-1", 20.0), ("WRN-40-2", 18.0)):
+        run = next(r for r in paper.get_table("width").runs if r.label == label and r.dataset == "cifar10")
+        write_run(tmp_path / "small" / "width" / "reduced-e3" / f"{run.id}-seed0", model=run.model,
+                  test_error=error, test_images=200)
+        write_run(tmp_path / "full" / "width" / "reduced-e3" / f"{run.id}-seed0", model=run.model, test_error=error)
+    (small,) = records.sections(records.collect(tmp_path / "small"))
+    (full,) = records.sections(records.collect(tmp_path / "full"))
+    assert stats.standard_error(20.0, small.rows[0], "cifar10") == pytest.approx(100 * math.sqrt(0.2 * 0.8 / 200))
+    assert stats.standard_error(20.0, full.rows[0], "cifar10") == pytest.approx(100 * math.sqrt(0.2 * 0.8 / 10000))
+    assert stats.effects(small)[0]["verdict"] == "within noise" != stats.effects(full)[0]["verdict"]
+    assert "test images per run `200`" in report.write_report(tmp_path / "small", plots=False).read_text()
 
 
 def test_effects_of_one_seed_have_no_p_value(tmp_path):
@@ -299,7 +304,6 @@ def test_time_ratio_needs_both_nets(tmp_path):
 
 
 def test_cli_report_on_one_run_writes_its_curves(tmp_path, capsys):
-    pytest.importorskip("matplotlib")
     run_dir = tmp_path / "run"
     write_run(run_dir, model="wrn-10-1", test_error=20.0)
     assert main(["report", str(run_dir)]) == 0
@@ -307,16 +311,12 @@ def test_cli_report_on_one_run_writes_its_curves(tmp_path, capsys):
     assert f"wrote {run_dir / 'curves.png'}" in capsys.readouterr().out
 
 
-def test_cli_report_on_a_run_without_a_finished_epoch(tmp_path, capsys, monkeypatch):
+def test_cli_report_on_a_run_without_a_finished_epoch(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text("model:\n  name: wrn-10-1\n")
     (run_dir / "log.jsonl").write_text('{"kind": "start", "step": 0}\n{"kind": "ep')
-    pytest.importorskip("matplotlib")
     assert main(["report", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert "has no finished epoch yet" in err and err.count("\n") == 1
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "log.jsonl"]  # nothing left behind
-    hide_matplotlib(monkeypatch)
-    assert main(["report", str(run_dir)]) == 2
-    assert 'matplotlib: pip install -e ".[plot]"' in capsys.readouterr().err

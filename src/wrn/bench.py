@@ -36,8 +36,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wrn.data import ArrayDataset
+from wrn.data.augment import Augment
 from wrn.data.catalog import get as dataset_info
+from wrn.data.loader import DeviceLoader
+from wrn.data.policies import build_policy
 from wrn.errors import UserError
+from wrn.models import create_model
+from wrn.models.flops import forward_flops
 from wrn.timing import PEAK_SECONDS, figures, matmul_peak_gflops, peak_memory_mb, reset_peak_memory, time_loop
 from wrn.train import accel, step
 from wrn.train.config import BENCH_KEYS, Config, allowed, load_config, parse_override
@@ -109,8 +115,6 @@ class BenchSettings:
 
 def random_cifar(n: int, size: int, num_classes: int, seed: int = 0):
     """A random uint8 dataset of CIFAR's shape (the speed of a step does not depend on pixels)."""
-    from wrn.data import ArrayDataset
-
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     labels = rng.integers(0, num_classes, n).astype(np.int64)
@@ -155,8 +159,6 @@ class PerImageDataset(torch.utils.data.Dataset):
 # -- the two modes -----------------------------------------------------------------------------------
 
 def _build(s: BenchSettings, device: torch.device) -> nn.Module:
-    from wrn.models import create_model
-
     torch.manual_seed(0)
     return create_model(s.model, **s.model_kwargs)
 
@@ -166,10 +168,6 @@ def _sgd(model: nn.Module) -> torch.optim.SGD:
 
 
 def bench_fast(s: BenchSettings, device: torch.device, precision: str, flops: int, peak: float) -> dict:
-    from wrn.data.augment import Augment
-    from wrn.data.loader import DeviceLoader
-    from wrn.data.policies import build_policy
-
     a = s.config.accel
     kept_memory = a.keep_memory and accel.keep_freed_memory(device)  # process-wide from here on
     model = accel.prepare_model(_build(s, device), device, a.channels_last)
@@ -221,8 +219,6 @@ def _time_augment(s: BenchSettings, augment, generator: torch.Generator, images:
     """The augmentation alone on one batch (uint8 in, model input out), timed like the step, and
     its share of the training step measured above (which includes it); with a policy or cutout,
     also the plain crop + flip, so that what they add is read off the same run."""
-    from wrn.data.augment import Augment
-
     def ms(aug) -> tuple[float, float]:
         _, blocks = time_loop(lambda: aug(images, generator), steps=s.steps, warmup=s.warmup, repeats=s.repeats,
                               device=device)
@@ -297,8 +293,6 @@ def machine() -> dict:
 
 def run_bench(s: BenchSettings) -> dict:
     """Measure the fast mode (and the reference mode unless ``s.reference`` is false)."""
-    from wrn.models.flops import forward_flops
-
     device = accel.resolve_device(s.config.accel.device)
     precision = accel.resolve_precision(s.config.accel.precision, device)  # "auto": from the device's ISA
     probe = _build(s, torch.device("cpu"))

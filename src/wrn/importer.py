@@ -35,14 +35,13 @@ import torch
 from wrn.data.catalog import DATASETS
 from wrn.errors import UserError
 from wrn.fsio import fsync_dir, write_synced
-from wrn.rundir import IMPORTED
 from wrn.models import create_model, layouts
 from wrn.models.variants import ROBUSTBENCH_CIFAR10_MEAN, ROBUSTBENCH_CIFAR10_STD, normalizes_inside
+from wrn.rundir import CONFIG, IMPORTED, LOG, log_line
+from wrn.train import checkpoint
+from wrn.train.config import IMPORT_KEYS, Config, apply_overrides, validate
 
 TORCH_SUFFIXES = (".pt", ".pth", ".tar", ".bin", ".ckpt")
-# The config keys an import takes; everything else about evaluation is an `wrn eval` override.
-IMPORT_KEYS = ("model.name", "model.num_classes", "model.activation", "data.normalize", "data.mean", "data.std",
-               "data.name", "accel.precision")
 _IMAGENET = (DATASETS["imagenet"].mean, DATASETS["imagenet"].std)
 _CIFAR100_SSL = (tuple(x / 255 for x in (129.3, 124.1, 112.4)), tuple(x / 255 for x in (68.2, 65.4, 70.4)))
 # Where each codebase's CIFAR pipeline normalises (its data code, not its checkpoints, holds these).
@@ -215,20 +214,15 @@ def import_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, layout:
     """Import ``src`` (laid out as ``layout``) into the new run directory ``out``; returns what was
     recorded in ``imported.json``. ``overrides``: config ``key=value`` (``IMPORT_KEYS``);
     ``model_kwargs``: more constructor arguments (e.g. dm-wrn's ``mean``/``std``)."""
-    from wrn.train.checkpoint import save_checkpoint
-    from wrn.train.config import Config, parse_override, set_value, validate
-
     say = log or (lambda _: None)
     out = Path(out)
     if out.exists():
         raise UserError(f"--out {out} already exists: choose a new directory (an import never overwrites)")
     if layout not in layouts.LAYOUTS:
         raise UserError(f"--layout {layout!r} is not one of {', '.join(layouts.LAYOUTS)}")
-    parsed = [parse_override(text) for text in overrides]
-    for key, _ in parsed:
-        if key not in IMPORT_KEYS:
-            raise UserError(f"{key} does not apply to an import: use {', '.join(IMPORT_KEYS)}")
-    given = {k for k, _ in parsed}
+    cfg = Config()
+    given = set(apply_overrides(cfg, overrides, IMPORT_KEYS, refuse=lambda key, _: (
+        f"{key} does not apply to an import: use {', '.join(IMPORT_KEYS)}")))
 
     start = time.perf_counter()
     state, notes = layouts.unwrap(read_source(src), state_key)
@@ -237,9 +231,6 @@ def import_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, layout:
     ours, map_notes, unmapped = layouts.to_ours(layout, state)
     notes += map_notes
 
-    cfg = Config()
-    for key, value in parsed:
-        set_value(cfg, key, value)
     missing = [k for k in layouts.SIGNATURES[layout] if k not in state]
     if unmapped or missing or (detected is not None and not layouts.same_layout(layout, detected)):
         raise _mismatch(layout, detected, missing, unmapped)
@@ -251,8 +242,7 @@ def import_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, layout:
     if class_note:
         notes.append(class_note)
     codebase = kwargs.get("codebase")
-    for text in _default_data(layout, codebase, num_classes, given):
-        set_value(cfg, *parse_override(text))
+    apply_overrides(cfg, _default_data(layout, codebase, num_classes, given))
     cfg.model.name, cfg.model.num_classes, cfg.model.dropout = name, num_classes, 0.0
     if layout == "torchvision":
         cfg.data.streaming = True
@@ -265,7 +255,7 @@ def import_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, layout:
               "notes": notes, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     _write_run(out, cfg, model, {"epoch": 0, "step": 0, "config": cfg.to_dict(), "model_args": model.model_args,
                                  "normalize": normalize, "classes": names, "input_size": [size, size],
-                                 "imported": record}, record, save_checkpoint)
+                                 "imported": record}, record)
     for note in notes:
         say(f"wrn import: {note}")
     params = sum(p.numel() for p in model.parameters())
@@ -282,7 +272,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_run(out: Path, cfg, model, state: dict, record: dict, save_checkpoint) -> None:
+def _write_run(out: Path, cfg, model, state: dict, record: dict) -> None:
     """DIR whole or not at all: written in a hidden sibling, then renamed into place."""
     parent = out.parent if str(out.parent) else Path(".")
     created = next((p for p in reversed([parent, *parent.parents]) if not p.exists()), None)
@@ -293,11 +283,11 @@ def _write_run(out: Path, cfg, model, state: dict, record: dict, save_checkpoint
     tmp = parent / f".{out.name}.import-{os.getpid()}"
     try:
         tmp.mkdir()
-        write_synced(tmp / "config.yaml", cfg.to_yaml().encode())
+        write_synced(tmp / CONFIG, cfg.to_yaml().encode())
         write_synced(tmp / IMPORTED, (json.dumps(record, indent=1) + "\n").encode())
-        write_synced(tmp / "log.jsonl", (json.dumps({"kind": "import", **{k: record[k] for k in
-                                                      ("source", "layout", "model", "time")}}) + "\n").encode())
-        save_checkpoint(tmp, model=model, optimizer=None, state=state)
+        write_synced(tmp / LOG, log_line({"kind": "import", **{k: record[k] for k in ("source", "layout", "model",
+                                                                                     "time")}}).encode())
+        checkpoint.save_checkpoint(tmp, model=model, optimizer=None, state=state)
         fsync_dir(tmp)
         os.rename(tmp, out)
         fsync_dir(parent)

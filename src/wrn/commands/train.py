@@ -18,14 +18,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (f"presets: {', '.join(list_presets())}. keys: {', '.join(valid_keys())}. "
                      f"With --resume only these may be overridden: {resume_keys}. "
                      f"The first SIGTERM/SIGINT checkpoints after the current step and exits {EXIT_PREEMPTED}; "
-                     "a second one exits at once.")
+                     "a second one exits at once. Run again, the same command with the same --out DIR continues "
+                     "the run there from its last checkpoint (a cluster's restart or requeue; another run there "
+                     "is an error naming the first differing key).")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", metavar="NAME", help="a recipe from wrn/train/recipes (default: paper-cifar)")
     source.add_argument("--config", metavar="FILE", help="a YAML config (may start from a preset with `preset: NAME`)")
     parser.add_argument("--data", metavar="PATH|NAME",
                         help="a dataset name (cifar10, cifar100, svhn) or a local archive/folder")
-    parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-<model>-<time>; runs/<preset>-<time> where "
-                                                        "a budget may choose the model)")
+    parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-<model>-<time>; "
+                        "runs/<preset>-<time> where a budget may choose the model); when DIR holds this same run, "
+                        "the same command continues it (a cluster's restart or requeue)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     parser.add_argument("--init", metavar="DIR",
                         help="fine-tune: start from the weights of a run or `wrn import` directory (train.init), with "
@@ -54,26 +57,17 @@ def _resume_config(out: Path, overrides: list[str]):
     what the run computes is refused (naming the key) before a single file is written."""
     from wrn.errors import UserError
     from wrn.train.config import RUN_NEUTRAL_KEYS, apply_overrides, load_config, validate
+    from wrn.train.restart import refuse_imported
 
     if not (out / "config.yaml").is_file():
         raise UserError(f"--resume {str(out)!r} is not a run directory (no config.yaml): give the --out of a run")
-    _refuse_imported(out)
+    refuse_imported(out)
     cfg = load_config(config_file=out / "config.yaml")
     apply_overrides(cfg, overrides, RUN_NEUTRAL_KEYS, unchanged_ok=True, refuse=lambda key, saved: (
         f"--resume cannot change {key} (the run has {list(saved) if isinstance(saved, tuple) else saved!r}): it would "
         "no longer be the same run; drop the override, or start a new run with --out"))
     validate(cfg)
     return cfg
-
-
-def _refuse_imported(out: Path) -> None:
-    # An imported run (wrn import) holds weights but no training state: nothing to continue.
-    from wrn.errors import UserError
-    from wrn.rundir import IMPORTED
-
-    if (out / IMPORTED).is_file():
-        raise UserError(f"{out} is an imported checkpoint, not a training run: it cannot be resumed; fine-tune from "
-                        f"it with wrn train --init {out} --out NEW_DIR")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,8 +80,10 @@ def run(args: argparse.Namespace) -> int:
     from wrn.train.engine import fit
     from wrn.train.finetune import with_init
     from wrn.train.preempt import Preempted
+    from wrn.train.restart import plan
 
     overrides = list(args.overrides) + data_overrides(args.data)
+    resume, auto = bool(args.resume), None
     if args.budget is not None:
         overrides.append(f"train.time_budget={args.budget}")
     if args.resume:
@@ -106,17 +102,16 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(preset=preset, config_file=args.config, overrides=with_init(overrides, args.init))
         if args.out:
             out = Path(args.out)
+            cfg, resume, auto = plan(out, cfg)  # the same run there: continue it
         else:
             out = Path("runs") / f"{default_run_name(preset or Path(args.config).stem, cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"
         # Under torchrun only rank 0 checks: it may already have written config.yaml when another starts.
-        if out.is_dir():
-            _refuse_imported(out)
-        if is_main() and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not args.out and is_main() and out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise UserError(f"--out {str(out)!r} is not empty: continue it with --resume {out}, or choose another --out")
     if is_main() and not args.quiet:
         print(f"wrn: run directory {out}", flush=True)  # before the data loads: where to look, what to resume
     try:
-        fit(cfg, out, resume=bool(args.resume), quiet=args.quiet, command=shlex.join(args.command_line),
+        fit(cfg, out, resume=resume, quiet=args.quiet, auto=auto, command=shlex.join(args.command_line),
             started=args.started)
     except Preempted as e:
         print(f"wrn: {e}", file=sys.stderr)
@@ -128,7 +123,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _plot_curves(out: Path) -> None:
     """curves.png beside the finished run's log (``wrn report RUN`` draws it again on demand)."""
-    from wrn.experiments.plots import available, plot_run_curves
+    from wrn.experiments.plots import plot_run_curves
 
-    if available():  # matplotlib: without it the curves are optional
-        plot_run_curves(out)
+    plot_run_curves(out)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from wrn.errors import UserError
+from wrn.fsio import write_atomic
 
 PAPER_EPSILON = 0.1  # pylearn2 ZCA filter_bias, added to every eigenvalue of the covariance
 PAPER_GCN = 55.0  # pylearn2 global contrast normalisation: each image scaled to this L2 norm
@@ -145,8 +146,6 @@ def to_bytes(whitening: Whitening) -> bytes:
 
 def save(whitening: Whitening, path: str | Path) -> None:
     """Write the fit as a safetensors file (atomic: the old file or the new one, never torn)."""
-    from wrn.fsio import write_atomic
-
     write_atomic(Path(path), to_bytes(whitening))
 
 

@@ -1,6 +1,6 @@
 """PNG figures: a sweep table's figures beside the paper's numbers, and one run's learning curves.
 
-matplotlib is the optional ``plot`` extra. It is imported on the first figure, not with this
+matplotlib (a core dependency: every run draws its curves) is imported on the first figure, not with this
 module: it takes over a second to import, which every ``wrn train`` would otherwise pay for a
 figure drawn once at the end. Figures are built with ``matplotlib.figure.Figure`` rather than
 pyplot: no global state and no backend switch, so a notebook that imports wrn keeps its own.
@@ -16,18 +16,6 @@ from pathlib import Path
 from wrn.experiments.records import Section
 from wrn.fsio import write_atomic
 from wrn.rundir import CURVES, SUMMARY, read_config, read_json, read_log
-
-INSTALL_HINT = 'pip install -e ".[plot]"'
-
-
-def available() -> bool:
-    """Whether matplotlib is installed (the ``plot`` extra)."""
-    try:
-        import matplotlib.figure  # noqa: F401 - see the module docstring
-    except ImportError:
-        return False
-    return True
-
 
 def _figure(**kwargs):
     from matplotlib.figure import Figure  # see the module docstring
@@ -89,12 +77,11 @@ def run_curves(run_dir: str | Path) -> dict[str, list[tuple[float, float]]]:
 def plot_run_curves(run_dir: str | Path, path: str | Path | None = None) -> Path | None:
     """``run_dir/curves.png``: train loss, train/val accuracy and lr per epoch, from log.jsonl.
 
-    Returns the PNG's path, or None when matplotlib is not installed or the log holds no finished
-    epoch yet. A partial log (a run still going, or killed mid-line) plots the epochs it has.
+    Returns the PNG's path, or None when the log holds no finished epoch yet. A partial log (a run still going, or killed mid-line) plots the epochs it has.
     """
     run_dir = Path(run_dir)
     curves = run_curves(run_dir)
-    if not any(curves.values()) or not available():
+    if not any(curves.values()):
         return None
     summary = read_json(run_dir / SUMMARY) or {}
     fig = _figure(figsize=(12, 3.4))

@@ -65,6 +65,13 @@ class Row:
     def median(self) -> float | None:
         return statistics.median(self.errors) if self.errors else None
 
+    @property
+    def test_images(self) -> int | None:
+        """Test images each run evaluated (the fewest, if they differ); None for records from
+        before summaries said (the dataset's test split is then assumed)."""
+        counts = [r.summary["test_images"] for r in self.records if r.finished and r.summary.get("test_images")]
+        return min(counts) if counts else None
+
     def _summary_median(self, key: str) -> float | None:
         values = [r.summary[key] for r in self.records if r.finished and r.summary.get(key) is not None]
         return statistics.median(values) if values else None

@@ -20,7 +20,7 @@ from pathlib import Path
 from wrn.errors import UserError
 from wrn.experiments import stats
 from wrn.experiments.paper import get_table
-from wrn.experiments.plots import INSTALL_HINT, available, plot_run_curves, plot_section
+from wrn.experiments.plots import plot_run_curves, plot_section
 from wrn.experiments.records import RunRecord, Section, collect, sections
 from wrn.fsio import write_atomic
 from wrn.rundir import is_run_dir
@@ -60,7 +60,7 @@ def markdown_table(section: Section, timing_note: str = "as measured") -> str:
         trained_as = row.model + (" " + ", ".join(f"{k}={_kw(v)}" for k, v in kwargs.items()) if kwargs else "")
         lines.append("| " + " | ".join([
             row.run.label, trained_as, f"{len(errs)}/{len(row.records)}", _f(row.median, ".2f"), spread,
-            _f(stats.standard_error(row.median, section.dataset), ".2f"), _f(row.run.paper_error, ".2f"),
+            _f(stats.standard_error(row.median, row, section.dataset), ".2f"), _f(row.run.paper_error, ".2f"),
             _f(our_rank.get(i), "g"), _f(paper_rank.get(i), "g"),
             "-" if row.params is None else f"{row.params / 1e6:.3f}M",
             _f(row.run.paper_params_m, "g") + ("M" if row.run.paper_params_m else ""),
@@ -110,8 +110,7 @@ def _time_ratio_line(section: Section, timing_note: str) -> str:
             f"**{t['ratio']:.1f}x** (paper: ~{t['paper_ratio']:g}x, on its GPU).")
 
 
-def render(root: Path, secs: list[Section], figures: dict[str, list[Path]], plot_note: str | None,
-           out: Path, timing_note: str = "as measured", csvs: dict[str, Path] | None = None) -> str:
+def render(root: Path, secs: list[Section], figures: dict[str, list[Path]], out: Path, timing_note: str = "as measured", csvs: dict[str, Path] | None = None) -> str:
     lines = ["# Paper reproduction report", "",
              "Test error = 100 - final-epoch test accuracy (never the best "
              "over epochs), median over seeds. Paper numbers: Zagoruyko & Komodakis 2016 (median "
@@ -120,8 +119,6 @@ def render(root: Path, secs: list[Section], figures: dict[str, list[Path]], plot
              "median logged window's img/s, so pauses or a busy machine during some windows do "
              "not count. ±1 s.e. is the binomial standard "
              "error of one run's test error: differences under ~2 s.e. are noise at one seed.", ""]
-    if plot_note:
-        lines += [f"> {plot_note}", ""]
     for s in secs:
         reduced = s.budget != "full"
         lines += [f"## {s.table.title} — {s.dataset}, {'REDUCED' if reduced else 'full'} budget `{s.budget}`", ""]
@@ -133,6 +130,9 @@ def render(root: Path, secs: list[Section], figures: dict[str, list[Path]], plot
             lines += [f"Command: `{command}`", ""]
         if s.table.notes:
             lines += [f"Notes: {s.table.notes}", ""]
+        data = _data_line(s)
+        if data:
+            lines += [data, ""]
         lines += [markdown_table(s, timing_note), "", _agreement_line(s), ""]
         for extra in (effects_table(s), _time_ratio_line(s, timing_note)):
             if extra:
@@ -145,6 +145,20 @@ def render(root: Path, secs: list[Section], figures: dict[str, list[Path]], plot
         for png in figures.get(s.slug, []):
             lines += [f"![{png.stem}]({os.path.relpath(png, out)})", ""]
     return "\n".join(lines)
+
+
+def _data_line(s: Section) -> str:
+    """What the runs trained and were tested on, from their summaries: the data, its
+    normalisation (the paper whitened some tables with ZCA) and the test images evaluated."""
+    summaries = [r.summary for row in s.rows for r in row.records if r.finished]
+
+    def values(key: str) -> str:
+        found = sorted({str(x.get(key)) for x in summaries if x.get(key) is not None})
+        return ", ".join(f"`{Path(v).name if key == 'data_source' else v}`" for v in found)
+
+    parts = [f"{label} {text}" for label, text in (("data", values("data_source")), ("normalisation", values("normalize")),
+                                                   ("test images per run", values("test_images"))) if text]
+    return ("Runs' records: " + "; ".join(parts) + ".") if parts else ""
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -196,14 +210,9 @@ def write_report(root: str | Path, out: str | Path | None = None, *, plots: bool
     secs = sections(records)
     out.mkdir(parents=True, exist_ok=True)
     csvs = write_csvs(records, out)
-    figures: dict[str, list[Path]] = {}
-    note = None
-    if plots and not available():
-        note = f"Plots skipped: matplotlib is not installed ({INSTALL_HINT})."
-    elif plots:
-        figures = {s.slug: plot_section(s, out / "plots") for s in secs}
+    figures = {s.slug: plot_section(s, out / "plots") for s in secs} if plots else {}
     path = out / "REPORT.md"
-    text = render(root, secs, figures, note, out, timing_note, csvs)
+    text = render(root, secs, figures, out, timing_note, csvs)
     if path.exists():
         text = merge_sections(path.read_text(), text)
     write_atomic(path, (text + "\n").encode())
@@ -228,8 +237,6 @@ def merge_sections(old: str, new: str) -> str:
 def report_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """``curves.png`` of one run directory (in ``out`` when given)."""
     run_dir = Path(run_dir)
-    if not available():
-        raise UserError(f"learning curves need matplotlib: {INSTALL_HINT}")
     path = plot_run_curves(run_dir, Path(out) / "curves.png" if out is not None else None)
     if path is None:
         raise UserError(f"{run_dir / 'log.jsonl'} has no finished epoch yet: wait for the first epoch to end")

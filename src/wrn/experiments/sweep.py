@@ -26,6 +26,8 @@ from wrn.data import catalog
 from wrn.errors import UserError
 from wrn.experiments.paper import NUM_CLASSES, Run, Table
 from wrn.fsio import write_atomic
+from wrn.models.flops import model_size
+from wrn.models.wide_resnet import WRN_NAME, parse_wrn
 from wrn.train import checkpoint
 from wrn.train.config import RUN_NEUTRAL_KEYS, SPEED_KEYS, SWEEP_FIXED_KEYS, allowed, load_config
 
@@ -102,8 +104,6 @@ class Budget:
 
 def scale_model(name: str, scale: float) -> str:
     """``wrn-40-2`` at scale 0.5 -> ``wrn-40-1``; nets without a width k are kept as they are."""
-    from wrn.models.wide_resnet import WRN_NAME, parse_wrn
-
     wrn = parse_wrn(name)
     if scale == 1.0 or wrn is None:
         return name
@@ -289,8 +289,6 @@ def plan(
 
 def _count(planned: list[PlannedRun]) -> None:
     """Params and forward FLOPs of each distinct network, built on the meta device (no memory)."""
-    from wrn.models.flops import model_size
-
     cache: dict[str, tuple[int, int]] = {}
     for p in planned:
         kwargs = {"num_classes": NUM_CLASSES[p.run.dataset], **p.run.model_kwargs}

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
+from wrn.models.registry import create_model
+
 
 def _conv_macs(m: nn.Conv2d, out: torch.Tensor) -> int:
     kh, kw = m.kernel_size
@@ -74,8 +76,6 @@ def model_size(name: str, input_size: int = 32, **kwargs) -> tuple[int, int]:
     """(parameters, forward FLOPs for one image) of ``create_model(name, **kwargs)``, counted on
     the meta device (no memory, no compute; a model whose counting needs real tensors is counted
     on a CPU copy)."""
-    from wrn.models import create_model
-
     with torch.device("meta"):
         model = create_model(name, **kwargs)
     params = sum(p.numel() for p in model.parameters())

@@ -37,6 +37,7 @@ from safetensors.torch import save_file as st_save_file
 
 from wrn.errors import UserError
 from wrn.fsio import file_digest, fsync_dir, fsync_path, write_synced
+from wrn.models import create_model
 from wrn.rundir import CHECKPOINT, KEPT, OLD  # noqa: F401 - the directory names, this module's API too
 
 FORMAT = 2  # 2: state.json records each file's sha256 (1: sizes only)
@@ -365,8 +366,6 @@ def restore(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer |
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """``wrn.load_checkpoint(run_dir_or_checkpoint) -> (model, state)``: the model rebuilt from the
     saved constructor arguments, weights loaded, in eval mode; state is the checkpoint's state.json."""
-    from wrn.models import create_model
-
     ckpt, state = _find(path)
     args = dict(state.get("model_args") or {})
     name = args.pop("name", None)

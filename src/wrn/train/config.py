@@ -27,8 +27,8 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 # -- the keys each command may override (``apply_overrides``); "section." stands for a section ------
 # `wrn train` takes every key. --resume: keys that change how a run executes or is stored, never
 # what it computes; a sweep also keeps a run's label under them.
-RUN_NEUTRAL_KEYS = ("accel.threads", "accel.keep_memory", "data.cache_dir", "data.workers", "log.",
-                    "train.checkpoint_every", "train.keep_every")
+RUN_NEUTRAL_KEYS = ("accel.threads", "accel.keep_memory", "accel.dist_timeout", "data.cache_dir", "data.workers",
+                    "log.", "train.checkpoint_every", "train.keep_every")
 # A sweep's label ignores these speed switches too: they change the arithmetic's rounding, not the
 # recipe (a resume may not change them: its weights must stay bit-identical).
 SPEED_KEYS = ("accel.device", "accel.compile", "accel.compile_mode", "accel.channels_last", "accel.cuda_graphs",
@@ -42,6 +42,9 @@ SWEEP_FIXED_KEYS = {"train.epochs": "use --epochs", "optim.milestones": "use --e
 EVAL_KEYS = ("accel.", "train.eval_batch_size", "data.cache_dir", "data.workers")
 # `wrn predict`: how a trained checkpoint runs; the checkpoint fixes the model and its data.
 INFERENCE_KEYS = ("accel.",)
+# `wrn import`: what another codebase's checkpoint leaves open (the rest is a `wrn eval` override).
+IMPORT_KEYS = ("model.name", "model.num_classes", "model.activation", "data.normalize", "data.mean", "data.std",
+               "data.name", "accel.precision")
 # `wrn bench`: the model, the speed switches and the augmentation the fast path times.
 BENCH_KEYS = ("model.", "accel.", "data.augment", "data.cutout", "data.policy", "data.policy_ops",
               "data.policy_magnitude")
@@ -168,6 +171,11 @@ class AccelConfig:
     # CPU: keep freed memory in the heap for reuse rather than page-faulting it back in every
     # step (accel.keep_freed_memory; ~15% of a compiled step here). The process stays at its peak size.
     keep_memory: bool = True
+    # torchrun: how long a collective waits for the other processes (seconds, or 90s / 5m) before
+    # this one fails, naming the collective, instead of hanging for PyTorch's 30 minutes on a
+    # process that stopped answering. Longer than any wait for one slow process (rank 0 writing a
+    # checkpoint, a first compile, one process's data download).
+    dist_timeout: Seconds = 300.0
 
 
 @dataclass

@@ -21,22 +21,37 @@ averaged over the processes before every evaluation and checkpoint (``average_bu
 running statistics are exponential moving averages, which are linear, so averaging them at any
 point equals keeping one average over all processes' batches: when and how often a run
 checkpoints does not change the result.
+
+A lost process: every collective waits at most ``accel.dist_timeout`` seconds (the process group's
+timeout), and a collective that fails - a peer died (gloo: at once, its connection is reset) or
+stopped answering (after the timeout) - ends this process with ``CollectiveFailed``: one line naming
+the collective and, where gloo's ``monitored_barrier`` can tell, the rank that did not answer. Such
+a process writes no checkpoint: rank 0 writes one only after the collectives of its step (and of a
+graceful stop, the all-reduced stop flag) succeeded on every process, so a checkpoint always holds a
+step that all of them finished, and a restarted job resumes from the last complete one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import functools
 import hashlib
 import os
+import re
+import signal
 import sys
+import threading
+import time
 import warnings
-from typing import Any, Callable, NoReturn, TypeVar
+from typing import Any, Callable, Iterator, NoReturn, TypeVar
 
 import torch
 import torch.distributed as tdist
 import torch.nn as nn
 
 from wrn.errors import UserError
+from wrn.train.accel import resolve_device
 
 FitFn = TypeVar("FitFn", bound=Callable[..., Any])
 
@@ -73,16 +88,120 @@ def local_device(device: torch.device) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def init(device: torch.device) -> bool:
-    """Start the default process group from the torchrun environment; False when there is
-    nothing to do (a single process, or a group the caller already started)."""
+class CollectiveFailed(UserError):
+    """A collective failed: another process died or stopped answering. No checkpoint was written
+    for the step; the same command run again (torchrun --max-restarts, a requeue) resumes."""
+
+
+# A second gloo group just for naming a rank that stopped answering: after a timeout the default
+# group's connections are broken. Set by ``init`` (the process group itself is global state too).
+_monitor: tuple[Any, float] | None = None  # (the group, accel.dist_timeout)
+# How long monitored_barrier waits for the others, after a collective failed: the processes that
+# timed out in the same collective meet there (capped at half of accel.dist_timeout).
+MONITOR_S = 5.0
+
+
+def init(device: torch.device, timeout_s: float = 300.0) -> bool:
+    """Start the default process group from the torchrun environment, its collectives waiting at
+    most ``timeout_s``; False when there is nothing to do (a single process, or a group the caller
+    already started)."""
+    global _monitor
     if world()[1] == 1 or (tdist.is_available() and tdist.is_initialized()):
         return False
     if not tdist.is_available():
         raise UserError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed: run one process")
     kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
-    tdist.init_process_group(backend=backend(device), **kwargs)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = _attempt_store(timeout)
+    if store is not None:
+        rank, world_size, _ = world()
+        kwargs.update(store=store, rank=rank, world_size=world_size)
+    tdist.init_process_group(backend=backend(device), timeout=timeout, **kwargs)
+    _monitor = tdist.new_group(backend="gloo", timeout=timeout), timeout_s
     return True
+
+
+def _attempt_store(timeout: datetime.timedelta) -> Any:
+    """torchrun's own store, its keys scoped to this attempt (TORCHELASTIC_RESTART_COUNT); None:
+    ``init_process_group`` builds its store from the environment as usual.
+
+    torchrun's agent keeps one store for all its attempts (TORCHELASTIC_USE_AGENT_STORE), and the
+    process group's keys carry no attempt: after a ``--max-restarts`` relaunch a process could read
+    the address a killed process of the last attempt published, and fail to connect ("Connection
+    refused") or wait out the timeout. With one agent (one node) its restart count is the job's;
+    several agents may count restarts differently (one restarting for a failure, another for the
+    new membership), so there PyTorch's default stays: set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for
+    torchrun, which gives every attempt a store of its own.
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or env.get("GROUP_WORLD_SIZE") != "1":
+        return None
+    store = tdist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timeout)
+    return tdist.PrefixStore(f"wrn/attempt-{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
+def _silent_ranks() -> str:
+    """Which ranks do not answer, from ``monitored_barrier`` (gloo; rank 0 collects the answers):
+    "rank 1 did not answer", or "" when it cannot tell (a dead peer's closed connection, not rank 0)."""
+    if _monitor is None or not active():
+        return ""
+    group, timeout_s = _monitor
+    limit = min(MONITOR_S, timeout_s / 2)
+    try:
+        tdist.monitored_barrier(group=group, timeout=datetime.timedelta(seconds=limit), wait_all_ranks=True)
+    except RuntimeError as e:
+        found = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", str(e))
+        if found:
+            ranks = found.group(1).strip().rstrip(",")
+            return f"rank {ranks} did not answer within {limit:.0f} s"
+    return ""
+
+
+def _cause(e: BaseException) -> str:
+    """gloo's/NCCL's message without its source path ("[.../pair.cc:537] ") and its sign-off."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", text)
+    return text.split(". This is typically caused")[0].rstrip(".")
+
+
+def _ignore_stop_signals() -> None:
+    """A process whose peer is gone is on its way out: torchrun's SIGTERM to the survivors (sent as
+    soon as one process ended) must not end it before it said why (torchrun SIGKILLs it after 30 s
+    if it hangs). Ignored, not deferred: the process group is broken, nothing is left to stop."""
+    if active() and threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, signal.SIG_IGN)
+
+
+def failed(what: str, e: BaseException, seconds: float | None = None) -> CollectiveFailed:
+    """The one-line error for a failed collective ``what``."""
+    _ignore_stop_signals()
+    rank = world()[0]
+    after = f" after {seconds:.0f} s" if seconds is not None else ""
+    silent = _silent_ranks()
+    return CollectiveFailed(
+        f"rank {rank}: {what} failed{after} ({_cause(e)}){'; ' + silent if silent else ''}: another process died "
+        "or stopped answering, so this one stops without writing a checkpoint; run the same command again "
+        "(torchrun --max-restarts, a requeue) to resume from the last complete checkpoint")
+
+
+def is_collective_error(e: BaseException) -> bool:
+    """An error raised by a collective (gloo or NCCL), e.g. inside DDP's backward."""
+    dist_error = getattr(tdist, "DistError", ())
+    return isinstance(e, dist_error) or (isinstance(e, RuntimeError) and re.search(r"gloo|NCCL|ProcessGroup", str(e))
+                                         is not None)
+
+
+@contextlib.contextmanager
+def collective(what: str) -> Iterator[None]:
+    """Name the collective(s) inside: a failure becomes ``CollectiveFailed`` saying ``what``."""
+    t0 = time.monotonic()
+    try:
+        yield
+    except RuntimeError as e:
+        if not is_collective_error(e):
+            raise
+        raise failed(what, e, time.monotonic() - t0) from None
 
 
 def with_process_group(fit: FitFn) -> FitFn:
@@ -91,19 +210,29 @@ def with_process_group(fit: FitFn) -> FitFn:
 
     @functools.wraps(fit)
     def wrapper(cfg, *args, **kwargs):
-        from wrn.train.accel import resolve_device
-
-        started = init(local_device(resolve_device(cfg.accel.device))) if world()[1] > 1 else False
+        global _monitor
+        device = local_device(resolve_device(cfg.accel.device)) if world()[1] > 1 else None
+        started = init(device, cfg.accel.dist_timeout) if device is not None else False
         try:
             result = fit(cfg, *args, **kwargs)
             if started:
                 # Leave together: rank 0 still writes the summary and plots the curves, and a rank
                 # that tears gloo down while another is still connected can abort at exit.
-                tdist.barrier()
+                with collective("the barrier at the end of the run"):
+                    tdist.barrier()
             return result
+        except CollectiveFailed:
+            _ignore_stop_signals()  # again: leaving fit's preemption guard restored the handlers
+            raise
+        except RuntimeError as e:
+            # Collectives inside DDP (the gradients' all-reduce in backward) are not ours to wrap.
+            if started and is_collective_error(e):
+                raise failed("a collective inside DDP (the gradients' all_reduce)", e) from None
+            raise
         finally:
             if started:
                 tdist.destroy_process_group()
+                _monitor = None
 
     return wrapper  # type: ignore[return-value]
 
@@ -159,7 +288,8 @@ def all_sum(*values: Any) -> tuple[Any, ...]:
         device = torch.device("cuda", torch.cuda.current_device())
     flat = torch.stack([v.detach().to(device, torch.float64).reshape(()) if isinstance(v, torch.Tensor)
                         else torch.tensor(float(v), dtype=torch.float64, device=device) for v in values])
-    tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
+    with collective("the all_reduce of the metric sums"):
+        tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
     out: list[Any] = []
     for v, s in zip(values, flat):
         if isinstance(v, torch.Tensor):
@@ -179,7 +309,8 @@ def any_true(flag: bool, device: torch.device) -> bool:
     if device.type == "cpu" and tdist.get_backend() == "nccl":
         device = torch.device("cuda", torch.cuda.current_device())
     t = torch.tensor([int(flag)], dtype=torch.int32, device=device)
-    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    with collective("the all_reduce of the stop flag after a step"):
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
     return bool(t.item())
 
 
@@ -190,7 +321,8 @@ def broadcast_int(value: int, device: torch.device) -> int:
     if device.type == "cpu" and tdist.get_backend() == "nccl":
         device = torch.device("cuda", torch.cuda.current_device())
     t = torch.tensor([value], dtype=torch.int64, device=device)
-    tdist.broadcast(t, src=0)
+    with collective("the broadcast of rank 0's decision"):
+        tdist.broadcast(t, src=0)
     return int(t.item())
 
 
@@ -201,7 +333,8 @@ def first_bad_step(bad_step: torch.Tensor) -> int:
         return int(bad_step.item())
     none = torch.iinfo(torch.int64).max
     t = torch.where(bad_step < 0, none, bad_step).to(torch.int64).reshape(1).clone()
-    tdist.all_reduce(t, op=tdist.ReduceOp.MIN)
+    with collective("the all_reduce of the first non-finite step"):
+        tdist.all_reduce(t, op=tdist.ReduceOp.MIN)
     step = int(t.item())
     return -1 if step == none else step
 
@@ -219,7 +352,8 @@ def average_buffers(model: nn.Module) -> None:
     if not buffers:
         return
     flat = torch.cat([b.reshape(-1).to(torch.float64) for b in buffers])
-    tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
+    with collective("the all_reduce of the BN running statistics"):
+        tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
     flat /= tdist.get_world_size()
     offset = 0
     for b in buffers:
@@ -244,7 +378,8 @@ def replica_report(checksum: str) -> dict[str, Any]:
     if not active():
         return {}
     sums: list[Any] = [None] * tdist.get_world_size()
-    tdist.all_gather_object(sums, checksum)
+    with collective("the all_gather of the weight checksums"):
+        tdist.all_gather_object(sums, checksum)
     identical = len(set(sums)) == 1
     if not identical and is_main():
         print("wrn: warning: the processes ended with different weights (checksums in log.jsonl)", file=sys.stderr)

@@ -139,7 +139,7 @@ def train_one_epoch(run: RunState, epoch: int, start_step: int = 0, sums: EpochS
 def _preempted(run: RunState, step: int) -> None:
     run.log.write({"kind": "preempted", "step": step, "signal": run.guard.name, "elapsed_s": run.elapsed()})
     raise preempt.Preempted(f"stopped by {run.guard.name or 'a signal'} after step {step}: a checkpoint was written; "
-                            f"continue with `wrn train --resume {run.out_dir}`")
+                            f"continue with `wrn train --resume {run.out_dir}`, or run the same command again (with --out)")
 
 
 @torch.no_grad()
@@ -254,11 +254,11 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
     epoch_time_s, img_per_s = rundir.epoch_means(out_dir) if run.is_main else (None, None)
     spe = len(run.loaders["train"])
     summary = {"model": cfg.model.name, "model_args": _model_summary_args(run.model), "dataset": cfg.data.name,
-               "data_source": cfg.source(), "params": sum(p.numel() for p in run.model.parameters()),
+               "data_source": cfg.source(), "normalize": cfg.data.normalize, "params": sum(p.numel() for p in run.model.parameters()),
                "epochs": round(run.total_steps / spe, 4), "steps": run.total_steps,
                "time_budget_s": cfg.train.time_budget or None, "budget_steps": run.decisions.get("budget_steps"),
                "configured_model": run.decisions.get("configured_model"),
-               "test_acc": test_acc, "test_loss": test_loss, "eval_tta": cfg.train.eval_tta, "val_acc": metrics.get("val_acc"),
+               "test_acc": test_acc, "test_loss": test_loss, "test_images": num_images(run.loaders["test"]), "eval_tta": cfg.train.eval_tta, "val_acc": metrics.get("val_acc"),
                "val_loss": metrics.get("val_loss"), "train_acc": metrics.get("train_acc"),
                "train_loss": metrics.get("train_loss"), "wall_time_s": run.elapsed(),
                "epoch_time_s": epoch_time_s, "img_per_s": img_per_s, "device": str(run.device),
@@ -282,11 +282,12 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
 
 @dist.with_process_group
 def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool = False,
-        command: str | None = None, started: float | None = None) -> dict[str, Any]:
+        command: str | None = None, started: float | None = None, auto: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train per ``cfg`` into ``out_dir`` (config.yaml, log.jsonl, checkpoint/, summary.json).
 
     With ``resume=True`` it continues from the newest complete checkpoint in ``out_dir`` (or starts
-    over there if the run was killed before its first checkpoint). Returns summary.json's content.
+    over there if the run was killed before its first checkpoint); ``auto`` goes into its resume
+    record (``wrn train --out DIR`` run again: ``restart.plan``). Returns summary.json's content.
     The first SIGTERM/SIGINT checkpoints and raises ``preempt.Preempted`` (see wrn.train.preempt).
     A fresh run that fails before its first step leaves no run directory behind. ``command`` is
     the command line recorded as the run's provenance (default: this process's ``sys.argv``);
@@ -307,7 +308,7 @@ def fit(cfg: Config, out_dir: str | Path, *, resume: bool = False, quiet: bool =
     try:
         with preempt.Guard() as guard:
             run, state = build_run(cfg, out_dir, resume, quiet, t_fit, command)
-            run.guard = guard
+            run.guard, run.resume_info = guard, auto or {}
             start = start_run(run, state)
             training = True  # from here on a failure (NaN at step 3) keeps the log that explains it
             while True:

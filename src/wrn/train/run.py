@@ -63,6 +63,7 @@ class RunState:
     start_time: float = field(default_factory=time.perf_counter)
     elapsed_before: float = 0.0  # seconds spent before a resume
     command: str | None = None  # the command line recorded as provenance (None: sys.argv)
+    resume_info: dict[str, Any] = field(default_factory=dict)  # in the resume record, e.g. {"auto": True}
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start_time
@@ -220,7 +221,7 @@ def start_run(run: RunState, state: dict | None) -> int:
                    "lr": run.schedule.hyper.lr, "weight_decay": run.schedule.hyper.weight_decay,
                    "warmup_epochs": run.schedule.hyper.warmup_epochs, "compile": run.decisions["compile"],
                    "compile_reason": run.decisions["compile_reason"], "time_budget_s": cfg.train.time_budget,
-                   "keep_memory": kept_memory, "elapsed_s": run.elapsed(),
+                   "keep_memory": kept_memory, "elapsed_s": run.elapsed(), **(run.resume_info if state else {}),
                    "provenance": provenance(run.command)})  # a resumed part may run on another machine
     init = run.extra_state.get("init")
     if init and state is None:  # fine-tuning: where the weights came from (a resume keeps this line)

@@ -192,6 +192,7 @@ def validate(cfg) -> None:
            f"unknown compile mode {a.compile_mode!r}: use {' | '.join(COMPILE_MODES)}")
     _check(a.threads == "auto" or a.threads.isdigit(), "accel.threads",
            f"accel.threads={a.threads!r}: use auto, 0 (torch's default) or a number of threads")
+    _check(a.dist_timeout >= 1, "accel.dist_timeout", f"{a.dist_timeout} must be at least 1 second (e.g. 300 or 5m)")
     _check(lg.every_steps >= 1, "log.every_steps", f"{lg.every_steps} must be >= 1")
     if lg.tensorboard:
         summary_writer_class()  # a missing TensorBoard is one line now, not after the data is loaded
