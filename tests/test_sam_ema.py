@@ -45,7 +45,8 @@ def _by_hand(model: nn.Linear, x, y, steps: int, rho: float, adaptive: bool) -> 
     for _ in range(steps):
         gw, gb = _gradient(w, b, x, y)
         if rho:
-            tw, tb = (np.abs(w), np.abs(b)) if adaptive else (1.0, 1.0)
+            # ASAM (Kwon et al.'s code): T = |w| + 0.01 for weights, 1 for biases.
+            tw, tb = (np.abs(w) + 0.01, 1.0) if adaptive else (1.0, 1.0)
             norm = np.sqrt(((tw * gw) ** 2).sum() + ((tb * gb) ** 2).sum())
             ew, eb = rho * tw ** 2 * gw / norm, rho * tb ** 2 * gb / norm  # e = rho T^2 g / ||T g||
             gw, gb = _gradient(w + ew, b + eb, x, y)

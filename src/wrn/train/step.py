@@ -13,7 +13,10 @@ a step.
 SAM (``sam_rho`` > 0; Foret et al. 2021) takes two forward/backward passes per step. With g the
 gradient of the batch loss at the weights w, the first pass moves the weights to w + e(w),
 
-    e(w) = rho * T(w)^2 g / ||T(w) g||_2      T(w) = 1 (SAM), T(w) = |w| element-wise (ASAM, Kwon et al. 2021)
+    e(w) = rho * T(w)^2 g / ||T(w) g||_2      T(w) = 1 (SAM), T(w) = |w| + eta element-wise (ASAM)
+
+(ASAM, Kwon et al. 2021, as their code computes it: eta = 0.01, and T = 1 for biases, whose
+parameter names do not end in "weight")
 
 the second takes the gradient there, and the weights go back to w (a saved copy, not w + e - e)
 before the optimizer's own step applies that gradient with its momentum, Nesterov and weight
@@ -118,8 +121,13 @@ class SharpnessAware:
     moves the weights to w + e(w) and keeps w and the BN buffers; ``restore`` after the second
     puts both back, so the optimizer steps from w with the gradient taken at w + e(w)."""
 
+    ETA = 0.01  # ASAM's offset of |w| (Kwon et al.'s code): a zero weight still moves
+
     def __init__(self, model: nn.Module, optimizer, rho: float, adaptive: bool):
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        names = {id(p): name for name, p in model.named_parameters()}
+        # ASAM scales the weights (conv, linear, BN's gamma), not the biases, as its authors' code does.
+        self.scaled = {id(p) for p in self.params if names.get(id(p), "").endswith("weight")}
         self.buffers = list(model.buffers())  # BN running mean/var and batch counts
         self.rho, self.adaptive = rho, adaptive
         self.moved: list[torch.Tensor] = []
@@ -135,7 +143,8 @@ class SharpnessAware:
         if not self.moved:
             return
         if self.adaptive:
-            magnitude = torch._foreach_abs(self.moved)
+            magnitude = [p.detach().abs().add_(self.ETA) if id(p) in self.scaled else torch.ones_like(p)
+                         for p in self.moved]
             scaled = torch._foreach_mul(grads, magnitude)  # T(w) g
         else:
             scaled = grads
