@@ -97,3 +97,29 @@ def test_export_takes_the_average(runs, tmp_path, capsys):
     assert main(["export", str(run), "--onnx", str(tmp_path / "raw.onnx"), "--no-verify", "--weights", "raw"]) == 0
     assert "moving average" not in capsys.readouterr().out
     assert (tmp_path / "ema.onnx").read_bytes() != (tmp_path / "raw.onnx").read_bytes()
+
+
+def test_timing_an_evaluation_leaves_the_average_alone(runs, tmp_path):
+    """A budget times one evaluation batch of the evaluated network (the average): that must not
+    move the average's BN statistics. Control: the same batch through the average in training
+    mode would have."""
+    import time
+
+    from wrn.train import pace
+    from wrn.train.config import load_config
+    from wrn.train.run import build_run
+
+    _, _, data = runs
+    cfg = load_config(overrides=["model.name=wrn-10-1", "model.dropout=0", "train.epochs=1", "train.batch_size=32",
+                                 "train.eval_batch_size=16", "accel.device=cpu", "train.ema=0.9", f"data.path={data}",
+                                 f"data.cache_dir={tmp_path / 'cache'}"])
+    run, _ = build_run(cfg, tmp_path / "run", False, True, time.perf_counter())
+    average = run.ema.module
+    before = {k: v.clone() for k, v in average.state_dict().items()}
+    assert pace._eval_image_s(run) > 0 and not average.training
+    assert all(torch.equal(v, before[k]) for k, v in average.state_dict().items())
+    average.train()  # control
+    images, _ = next(iter(run.loaders["test"].epoch(0)))
+    with torch.no_grad():
+        average(run.augment.normalize(images))
+    assert not torch.equal(average.state_dict()["bn.running_mean"], before["bn.running_mean"])

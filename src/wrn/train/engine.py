@@ -153,6 +153,7 @@ def evaluate(model: nn.Module, eval_step: Callable, loader, augment) -> tuple[fl
     torchrun), without training's augmentation (``eval_step`` may average over a flip: accel's
     ``flip``); one host sync at the end."""
     dist.average_buffers(model)
+    was_training = model.training
     model.eval()
     loss = torch.zeros((), dtype=torch.float64)
     correct = torch.zeros((), dtype=torch.int64)
@@ -163,7 +164,7 @@ def evaluate(model: nn.Module, eval_step: Callable, loader, augment) -> tuple[fl
         correct = correct.to(logits.device) + (logits.argmax(1) == labels).sum()
         n += labels.numel()
     loss, correct, n = dist.all_sum(loss, correct, n)
-    model.train()
+    model.train(was_training)
     if n == 0:
         return float("nan"), float("nan")
     return loss.item() / n, correct.item() / n

@@ -70,6 +70,11 @@ class RunState:
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start_time
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The network ``eval_step`` evaluates: the moving average when the run keeps one."""
+        return self.ema.module if self.ema is not None else self.model
+
 
 def _model_and_optimizer(cfg: Config, device: torch.device, num_classes: int):
     """The model (seeded: the same initial weights on every rank and every replay), its training

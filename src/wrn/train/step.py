@@ -178,7 +178,9 @@ def make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
         else:  # BN's num_batches_tracked: a count, not a quantity to average
             torch._foreach_copy_(averaged, current)
 
-    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+    averaged = AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+    averaged.eval()  # only ever evaluated: a forward in training mode would move its BN statistics
+    return averaged
 
 
 def make_eval_step(model: nn.Module, *, precision: str, device: torch.device, compile: bool = False,
