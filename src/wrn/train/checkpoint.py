@@ -4,8 +4,9 @@
     RUN/checkpoint/ema.safetensors         with train.ema: the moving average's state_dict (same keys)
     RUN/checkpoint/optimizer.safetensors   optimizer tensors (momentum buffers), keyed state.<i>.<name>
     RUN/checkpoint/optimizer.json          the rest of the optimizer state (param groups)
-    RUN/checkpoint/state.json              epoch, step, config, model_args, RNG, metrics, and the
-                                           size and sha256 of each file above
+    RUN/checkpoint/state.json              epoch, step, config, model_args, RNG, metrics, the moving
+                                           average's update count (ema_updates), and the size and
+                                           sha256 of each file above
 
 A checkpoint is written into a fresh directory (each file fsynced, state.json last), then swapped
 in by two renames: ``checkpoint`` -> ``.checkpoint.old``, new -> ``checkpoint``. A kill at any
