@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     file = export_onnx(model, args.onnx, args.input, opset)
     size = getattr(model, "default_input_size", 32) if args.input is None else args.input
     name = getattr(model, "model_args", {}).get("name", type(model).__name__)
-    averaged = ", the moving average of its weights" if state["weights"] == "ema" else ""
+    averaged = ", the moving average of its weights" if state.get("weights") == "ema" else ""
     print(f"wrote {file} ({os.path.getsize(file) / 1e6:.1f} MB): {name}{averaged}, opset {opset}, "
           f"input images [batch, {getattr(model, 'in_channels', 3)}, {size}, {size}] -> logits [batch, {model.num_classes}]")
     if not args.no_verify:
