@@ -4,9 +4,8 @@
     RUN/checkpoint/ema.safetensors         with train.ema: the moving average's state_dict (same keys)
     RUN/checkpoint/optimizer.safetensors   optimizer tensors (momentum buffers), keyed state.<i>.<name>
     RUN/checkpoint/optimizer.json          the rest of the optimizer state (param groups)
-    RUN/checkpoint/state.json              epoch, step, config, model_args, RNG, metrics, the moving
-                                           average's update count (ema_updates), and the size and
-                                           sha256 of each file above
+    RUN/checkpoint/state.json              epoch, step, config, model_args, RNG, metrics, ema_updates,
+                                           and the size and sha256 of each file above
 
 A checkpoint is written into a fresh directory (each file fsynced, state.json last), then swapped
 in by two renames: ``checkpoint`` -> ``.checkpoint.old``, new -> ``checkpoint``. A kill at any
@@ -332,8 +331,7 @@ def load_weights(model: nn.Module, ckpt_dir: Path, file: str = MODEL_FILE) -> No
 
 
 def weights_file(ckpt_dir: Path, state: dict[str, Any], weights: str | None = None) -> tuple[str, str]:
-    """(file, "ema" | "raw"): the weights a reader takes from a checkpoint. ``weights`` None: the
-    moving average when the run kept one (train.ema), else the trained weights."""
+    """(file, "ema" | "raw"): the weights a reader takes; ``weights`` None: the average if kept."""
     has_ema = EMA_FILE in (state.get("files") or {})
     if weights is None:
         weights = "ema" if has_ema else "raw"
@@ -378,9 +376,8 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
                     weights: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """``wrn.load_checkpoint(run_dir_or_checkpoint) -> (model, state)``: the model rebuilt from the
     saved constructor arguments, weights loaded, in eval mode; state is the checkpoint's state.json,
-    with ``state["weights"]`` saying which were loaded. ``weights``: ``"ema"`` (the moving average
-    of a run trained with train.ema), ``"raw"`` (the trained weights), or None: the moving average
-    when the run has one, else the trained weights."""
+    ``state["weights"]`` saying which weights: ``weights`` ``"ema"`` (the moving average, train.ema),
+    ``"raw"`` (the trained ones) or None (the average when the run has one)."""
     from wrn.models import create_model
 
     ckpt, state = _find(path)
