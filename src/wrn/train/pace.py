@@ -179,7 +179,8 @@ def _checkpoint_s(run: RunState) -> float:
         return 0.0
     scratch = run.out_dir / ".budget-probe"
     t0 = time.perf_counter()
-    checkpoint.save_checkpoint(scratch, model=run.model, optimizer=run.optimizer, state={"probe": True})
+    checkpoint.save_checkpoint(scratch, model=run.model, optimizer=run.optimizer, state={"probe": True},
+                               averaged=run.ema.module if run.ema is not None else None)
     seconds = time.perf_counter() - t0
     shutil.rmtree(scratch, ignore_errors=True)
     return seconds
