@@ -22,5 +22,16 @@ r = bench([m, "accel.device=cuda", "--batch-size", "128", "--steps", "50", "--wa
 print("\n".join(rows(r)), flush=True)
 PY
 done
+# The trivialaugment-cifar preset's training step: WRN-28-10 b128 with TrivialAugment-Wide + cutout 16,
+# batched on the GPU (the JSON's "augment" holds the augmentation's share of the step). No reference
+# and no eval: those are the first row's (~1 more minute: a second WRN-28-10 compile).
+python - "$@" <<'PY'
+import sys
+from common import bench, rows
+r = bench(["wrn-28-10", "accel.device=cuda", "--batch-size", "128", "--steps", "50", "--warmup", "20", "--repeats", "5",
+           "--no-reference", "--no-eval", "--peak-size", "8192", "data.policy=trivialaugment", "data.cutout=16",
+           *sys.argv[1:]], "gpu-wrn-28-10-b128-trivialaugment")
+print("\n".join(rows(r, "trivialaugment-cifar")), flush=True)
+PY
 # Eager: compiling pre-act ResNet-1001 (1,000 layers) alone could take the whole GPU budget.
 python paper_speed.py --device cuda --batch-size 128 --steps 20 --repeats 3 --no-compile "$@"

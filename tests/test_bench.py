@@ -147,3 +147,20 @@ def test_auto_precision_is_resolved_for_the_device_and_an_explicit_one_is_kept(c
     assert f"{hardware.auto_precision(torch.device('cpu'))} (accel.precision=auto)" in out
     assert main(["bench", *TINY, "--no-reference", "--no-eval", "accel.precision=bf16", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["modes"][0]["precision"] == "bf16"  # control: asked, not resolved
+
+
+def test_sam_step_is_timed_when_asked_and_the_command_says_so(monkeypatch, capsys):
+    made = []
+    real = train_steps.make_train_step
+    monkeypatch.setattr(train_steps, "make_train_step", lambda *a, **kw: made.append(kw) or real(*a, **kw))
+    assert main(["bench", *TINY, "--no-reference", "--no-eval", "optim.sam_rho=0.05", "optim.sam_adaptive=true",
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (made[-1]["sam_rho"], made[-1]["sam_adaptive"]) == (0.05, True)
+    assert r["modes"][0]["sam"] == "asam" and r["settings"]["optim"] == {"sam_rho": 0.05, "sam_adaptive": True}
+    assert {"optim.sam_rho=0.05", "optim.sam_adaptive=true"} <= set(r["command"].split())
+    # Control: without the keys the step is plain SGD and the command names no optim key.
+    assert main(["bench", *TINY, "--no-reference", "--no-eval", "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert made[-1]["sam_rho"] == 0.0 and plain["modes"][0]["sam"] is None
+    assert not any(word.startswith("optim.") for word in plain["command"].split())

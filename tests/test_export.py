@@ -61,15 +61,15 @@ def test_wrn_export_command_writes_and_verifies(tmp_path, monkeypatch, capsys):
     model = create_model("wrn-10-1", num_classes=4)
     seen = []
 
-    def load_checkpoint(path):  # the checkpoint contract: path -> (model, state)
-        seen.append(path)
-        return model, {"step": 0}
+    def load_checkpoint(path, weights=None):  # the checkpoint contract: path -> (model, state)
+        seen.append((path, weights))
+        return model, {"step": 0, "weights": "raw"}
 
     monkeypatch.setattr(wrn, "load_checkpoint", load_checkpoint, raising=False)
     out = tmp_path / "exported.onnx"
     assert main(["export", str(tmp_path / "run"), "--onnx", str(out), "--input", "24"]) == 0
     printed = capsys.readouterr().out
-    assert seen == [str(tmp_path / "run")] and out.is_file()
+    assert seen == [(str(tmp_path / "run"), None)] and out.is_file()
     assert "input images [batch, 3, 24, 24] -> logits [batch, 4]" in printed
     assert "max abs difference" in printed
     assert main(["export", "run", "--onnx", str(tmp_path / "no" / "such" / "dir.onnx")]) == 2

@@ -80,3 +80,49 @@ def test_the_dropout_table_takes_its_rate_from_the_recipes(monkeypatch):
         assert {r.model_kwargs.get("dropout") for r in paper.get_table("dropout").runs} == {None, 0.25}
     finally:
         paper.recipe_dropout.cache_clear()
+
+
+# The published recipes of the papers that took WRN-28-10 past the paper's numbers (docs/recipes.md):
+# dropout, cutout, policy, schedule, milestones, gamma, epochs, batch, lr, wd, nesterov, sam_rho.
+PUBLISHED = {
+    # DeVries & Taylor 2017 (uoguelph-mlrg/Cutout): the WRN recipe + cutout 16 (CIFAR-10).
+    "cutout-cifar": (0.3, 16, "none", "step", (60, 120, 160), 0.2, 200, 128, 0.1, 5e-4, True, 0.0),
+    # Cubuk et al. 2019: AutoAugment + cutout 16, cosine, no dropout.
+    "autoaugment-cifar": (0.0, 16, "autoaugment", "cosine", None, None, 200, 128, 0.1, 5e-4, True, 0.0),
+    # Mueller & Hutter 2021 (automl/trivialaugment confs): TrivialAugment-Wide + cutout 16, cosine.
+    "trivialaugment-cifar": (0.0, 16, "trivialaugment", "cosine", None, None, 200, 128, 0.1, 5e-4, True, 0.0),
+    # Foret et al. 2021 (google-research/sam): rho 0.05, batch 256, cosine, basic augmentation.
+    "sam-cifar": (0.0, 0, "none", "cosine", None, None, 200, 256, 0.1, 5e-4, True, 0.05),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PUBLISHED))
+def test_published_wrn_presets_hold_their_papers_values(preset):
+    cfg = load_config(preset)
+    d, o, t = cfg.data, cfg.optim, cfg.train
+    dropout, cutout, policy, sched, milestones, gamma, epochs, batch, lr, wd, nesterov, rho = PUBLISHED[preset]
+    assert (cfg.model.name, cfg.model.dropout, d.cutout, d.policy, d.augment) == ("wrn-28-10", dropout, cutout, policy, True)
+    assert (o.schedule, t.epochs, t.batch_size, o.lr, o.weight_decay, o.nesterov, o.momentum) == \
+        (sched, epochs, batch, lr, wd, nesterov, 0.9)
+    if milestones is not None:
+        assert (o.milestones, o.gamma) == (milestones, gamma)
+    assert (o.sam_rho, o.sam_adaptive, o.warmup_epochs, o.label_smoothing, t.ema) == (rho, False, 0.0, 0.0, 0.0)
+    # Like the paper presets: the whole training set, nothing tuned; every parameter decayed.
+    assert (d.name, d.val_size, d.subset, o.wd_on_bn_bias, o.scale_with_batch) == ("cifar10", 0, 0, True, False)
+
+
+def test_cutout_preset_takes_the_cifar100_square_as_an_override():
+    cfg = load_config("cutout-cifar", overrides=["data.name=cifar100", "data.cutout=8"])
+    assert (cfg.data.name, cfg.data.cutout, cfg.model.dropout) == ("cifar100", 8, 0.3)
+    assert load_config("cutout-cifar", overrides=["data.name=cifar100"]).data.cutout == 16  # control: explicit
+
+
+def test_sam_and_ema_keys_are_validated():
+    with pytest.raises(UserError, match=r"optim.sam_rho: -0.1 must be >= 0"):
+        load_config("sam-cifar", overrides=["optim.sam_rho=-0.1"])
+    with pytest.raises(UserError, match=r"optim.sam_adaptive: needs optim.sam_rho > 0"):
+        load_config("paper-cifar", overrides=["optim.sam_adaptive=true"])
+    with pytest.raises(UserError, match=r"train.ema: 1.0 is out of range"):
+        load_config("paper-cifar", overrides=["train.ema=1"])
+    cfg = load_config("sam-cifar", overrides=["optim.sam_adaptive=true", "optim.sam_rho=1.0", "train.ema=0.999"])
+    assert (cfg.optim.sam_adaptive, cfg.optim.sam_rho, cfg.train.ema) == (True, 1.0, 0.999)

@@ -1,5 +1,6 @@
 """Exact resume: a run SIGKILLed at random moments and resumed ends bit-identical to an
-uninterrupted run (CPU, fixed seed). Real `wrn train` subprocesses, a tiny WRN, tiny images."""
+uninterrupted run (CPU, fixed seed), its moving average of the weights included, with SAM, EMA
+and an augmentation policy on. Real `wrn train` subprocesses, a tiny WRN, tiny images."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ ARGS = ["model.name=wrn-10-1", "model.dropout=0.3", f"train.epochs={EPOCHS}", "t
         "optim.lr=0.05", "accel.precision=fp32", "accel.channels_last=false",
         "accel.compile=false", "log.every_steps=4", "train.eval_batch_size=64",
         # The augmentation policy and cutout draw per step from (seed, step, rank) like the crop.
-        "data.policy=trivialaugment", "data.cutout=4"]
+        "data.policy=trivialaugment", "data.cutout=4",
+        # SAM's two passes and the moving average (its weights and update count are in the checkpoint).
+        "optim.sam_rho=0.05", "train.ema=0.9"]
 
 
 def train_cmd(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
@@ -60,6 +63,8 @@ def setup(tmp_path_factory):
 def test_kill_and_resume_is_bit_identical(setup):
     root, data, cache, ref = setup
     reference = load_file(ref / "checkpoint" / "model.safetensors")
+    reference_ema = load_file(ref / "checkpoint" / "ema.safetensors")
+    assert any(not torch.equal(reference_ema[k], reference[k]) for k in reference)  # a real average
     ref_summary = json.loads((ref / "summary.json").read_text())
     total = EPOCHS * STEPS_PER_EPOCH
     rng = random.Random(1234)
@@ -85,8 +90,13 @@ def test_kill_and_resume_is_bit_identical(setup):
         assert resumed.keys() == reference.keys()
         for name, tensor in reference.items():
             assert torch.equal(resumed[name], tensor), f"trial {trial}: {name} differs after resume"
+        resumed_ema = load_file(run / "checkpoint" / "ema.safetensors")
+        for name, tensor in reference_ema.items():
+            assert torch.equal(resumed_ema[name], tensor), f"trial {trial}: the average's {name} differs after resume"
         summary = json.loads((run / "summary.json").read_text())
+        assert summary["ema_sha256"] == ref_summary["ema_sha256"]
         assert summary["test_acc"] == ref_summary["test_acc"]
+        assert summary["test_acc_raw"] == ref_summary["test_acc_raw"]
         assert summary["train_loss"] == ref_summary["train_loss"]
         # The resumed log reads like the uninterrupted one: one line per epoch, in order.
         epochs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -101,3 +111,27 @@ def test_resume_of_a_finished_run_changes_nothing(setup):
                          capture_output=True, text=True, timeout=60, env=ENV)
     assert out.returncode == 0
     assert (ref / "checkpoint" / "model.safetensors").read_bytes() == before
+
+
+def test_control_a_resume_that_loses_the_average_ends_elsewhere(setup):
+    """Control for the EMA half of the bit-identity: a checkpoint whose average is forgotten (its
+    update count reset, so the next update restarts it from the weights) resumes into the same
+    trained weights but another average, which the comparison above would catch."""
+    root, data, cache, ref = setup
+    run = root / "forgetful"
+    proc = subprocess.Popen(train_cmd(data, run, cache), env=ENV)
+    deadline = time.monotonic() + 90
+    while proc.poll() is None and last_step(run) < 40 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)  # checkpoints after the current step, exits 75
+    assert proc.wait() == 75
+    state_file = run / "checkpoint" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["ema_updates"] == state["step"] > 0
+    state_file.write_text(json.dumps({**state, "ema_updates": 0}))
+    subprocess.run([sys.executable, "-m", "wrn", "train", "--quiet", "--resume", str(run)], check=True, timeout=120,
+                   env=ENV)
+    raw, reference = load_file(run / "checkpoint" / "model.safetensors"), load_file(ref / "checkpoint" / "model.safetensors")
+    assert all(torch.equal(raw[k], reference[k]) for k in reference)
+    ema, reference_ema = load_file(run / "checkpoint" / "ema.safetensors"), load_file(ref / "checkpoint" / "ema.safetensors")
+    assert any(not torch.equal(ema[k], reference_ema[k]) for k in reference_ema)

@@ -19,8 +19,8 @@ speed-up is a ratio taken side by side:
 Timing: warm-up steps first (their time is reported: for a compiled step it is the compile
 warm-up), the device synchronized around every timed block, then ``repeats`` blocks of ``steps``
 steps; figures are mean ± std over the blocks. GFLOP/s counts 3 x forward FLOPs per trained
-image (forward + backward) and 1 x per evaluated image; "% of peak" divides by a bf16 (or fp32)
-matmul measured in the same run (``matmul_peak_gflops``: the largest n up to ``peak_size`` that
+image (forward + backward; 6 x with SAM's two passes, ``optim.sam_rho``) and 1 x per evaluated
+image; "% of peak" divides by a bf16 (or fp32) matmul measured in the same run (``matmul_peak_gflops``: the largest n up to ``peak_size`` that
 the time bound allows). A bf16 mode's peak is the faster of the bf16 and the fp32 matmul: where
 bf16 is not native (an AVX2 CPU), oneDNN computes it in fp32, at best at the fp32 rate.
 """
@@ -64,7 +64,8 @@ def bench_config(model: str, overrides: Iterable[str] = ()) -> Config:
         raise UserError("model.name: give the model as wrn bench's first argument, e.g. wrn bench wrn-16-4")
     return load_config(FAST_PRESET, overrides=[f"model.name={model}", *overrides], keys=BENCH_KEYS,
                        refuse=lambda key, _: (f"{key}: wrn bench takes only model.* and accel.* keys, and "
-                                              "data.augment, data.cutout, data.policy* (the rest is wrn train's)"))
+                                              "data.augment, data.cutout, data.policy*, optim.sam_rho, optim.sam_adaptive (the rest is "
+                                              "wrn train's)"))
 
 
 @dataclass
@@ -101,7 +102,8 @@ class BenchSettings:
         """The settings as the JSON records them: the bench's knobs, the model.*/accel.* sections."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "config"}
         data = {k: v for k, v in asdict(self.config.data).items() if allowed(BENCH_KEYS, f"data.{k}")}
-        return {**out, **{s: asdict(getattr(self.config, s)) for s in ("model", "accel")}, "data": data}
+        optim = {k: v for k, v in asdict(self.config.optim).items() if allowed(BENCH_KEYS, f"optim.{k}")}
+        return {**out, **{s: asdict(getattr(self.config, s)) for s in ("model", "accel")}, "data": data, "optim": optim}
 
     def augmentation(self) -> str:
         """The fast mode's training augmentation in words, e.g. crop+flip+trivialaugment+cutout16."""
@@ -168,13 +170,15 @@ def _sgd(model: nn.Module) -> torch.optim.SGD:
 
 
 def bench_fast(s: BenchSettings, device: torch.device, precision: str, flops: int, peak: float) -> dict:
-    a = s.config.accel
+    a, o = s.config.accel, s.config.optim
     kept_memory = a.keep_memory and accel.keep_freed_memory(device)  # process-wide from here on
     model = accel.prepare_model(_build(s, device), device, a.channels_last)
     optimizer = _sgd(model)
     train_step = step.make_train_step(model, optimizer, precision=precision, device=device, compile=a.compile,
                                  compile_mode=a.compile_mode, cuda_graphs=a.cuda_graphs,
-                                 fused_optimizer=a.fused_optimizer, threads=a.threads)
+                                 fused_optimizer=a.fused_optimizer, threads=a.threads, sam_rho=o.sam_rho,
+                                 sam_adaptive=o.sam_adaptive)
+    passes = 2 if o.sam_rho > 0 else 1  # SAM: two forward/backward passes per step
     ds = random_cifar(s.batch_size * 8, s.input_size, s.num_classes)
     loader = DeviceLoader(ds, s.batch_size, device=device, shuffle=True, drop_last=True, seed=0)
     # Augment returns the memory format the model was prepared with (NCHW or channels_last).
@@ -196,7 +200,8 @@ def bench_fast(s: BenchSettings, device: torch.device, precision: str, flops: in
     out = {"mode": "fast", "precision": precision, "compile": a.compile, "channels_last": a.channels_last,
            "threads": a.threads if a.threads == "auto" else torch.get_num_threads(),
            "keep_memory": kept_memory, "pipeline": "DeviceLoader + batched Augment on the device",
-           "train": figures(blocks, s.steps, s.batch_size, 3 * flops, peak), "train_warmup_s": warm}
+           "sam": ("asam" if o.sam_adaptive else "sam") if passes == 2 else None,
+           "train": figures(blocks, s.steps, s.batch_size, 3 * passes * flops, peak), "train_warmup_s": warm}
     out["augment"] = _time_augment(s, augment, generator, next(batches)[0], device, out["train"]["ms_per_step"])
     if s.eval:
         eval_step = step.make_eval_step(model, precision=precision, device=device, compile=a.compile,
@@ -342,8 +347,9 @@ def format_result(r: dict) -> str:
                          f"{mode['peak_memory_mb']:>10.0f}")
         asked = r["settings"]["accel"]["precision"] if mode["mode"] == "fast" else mode["precision"]
         how = f" (accel.precision={asked})" if asked != mode["precision"] else ""
+        sam = f", {mode['sam'].upper()} (two passes a step)" if mode.get("sam") else ""
         lines.append(f"{'':<10} {mode['precision']}{how}, compile={mode['compile']}, "
-                     f"channels_last={mode['channels_last']}; {mode['pipeline']}")
+                     f"channels_last={mode['channels_last']}{sam}; {mode['pipeline']}")
         if "augment" in mode:
             a = mode["augment"]
             added = (f" (crop+flip alone {a['crop_flip_ms_per_step']:.2f} ms: the rest adds "

@@ -95,19 +95,24 @@ def input_size(model: nn.Module, state: dict[str, Any]) -> tuple[int, bool]:
 def load_predictor(model_or_run: Any, *, device: str | None = None, precision: str | None = None,
                    batch_size: int | None = None, mean: Sequence[float] | None = None,
                    std: Sequence[float] | None = None, classes: Sequence[str] | None = None,
-                   image_size: int | None = None, tta: bool = False, overrides: Sequence[str] = ()) -> Predictor:
+                   image_size: int | None = None, tta: bool = False, overrides: Sequence[str] = (),
+                   weights: str | None = None) -> Predictor:
     """From a run directory / checkpoint path, a ``(model, state)`` pair as ``wrn.load_checkpoint``
     returns, or a bare model with its ``mean``/``std`` (and optionally ``classes``, ``image_size``).
     ``tta``: each prediction averages the image's and its horizontal mirror's. ``overrides``:
-    ``accel.*`` ``key=value`` texts, as `wrn eval` takes them (``device``/``precision`` win)."""
+    ``accel.*`` ``key=value`` texts, as `wrn eval` takes them (``device``/``precision`` win).
+    ``weights``: a run's ``ema`` or ``raw`` weights (default: the moving average where it has one)."""
     ckpt = None
+    if weights is not None and not isinstance(model_or_run, (str, os.PathLike)):
+        raise UserError("weights= picks a run's ema or raw weights: pass the run directory, or load the model "
+                        "with wrn.load_checkpoint(run, weights=...)")
     if isinstance(model_or_run, (str, os.PathLike)):
         run = Path(model_or_run)
         if (run / "config.yaml").is_file() and not any((run / d).exists() for d in (CHECKPOINT, OLD, KEPT)):
             raise UserError(f"{run}: the run has saved no checkpoint yet: train it further "
                             f"(wrn train --resume {run}) or give another run")
         ckpt = find_checkpoint(run)
-        model_or_run = load_checkpoint(ckpt)
+        model_or_run = load_checkpoint(ckpt, weights=weights)
     if isinstance(model_or_run, tuple) and len(model_or_run) == 2 and isinstance(model_or_run[0], nn.Module):
         model, state = model_or_run
     elif isinstance(model_or_run, nn.Module):
@@ -280,7 +285,7 @@ def _probabilities(p: Predictor, batch: np.ndarray) -> np.ndarray:
 def predict(model_or_run: Any, images: Any, *, tta: bool = False, strict: bool = False,
             device: str | None = None, batch_size: int | None = None, precision: str | None = None,
             overrides: Sequence[str] = (), on_skip: Callable[[str, str], None] | None = None,
-            **model_info: Any) -> Predictions:
+            weights: str | None = None, **model_info: Any) -> Predictions:
     """Class probabilities of ``images`` under a trained model.
 
     ``model_or_run``: a run directory or checkpoint, ``wrn.load_checkpoint(...)``'s (model, state),
@@ -290,12 +295,14 @@ def predict(model_or_run: Any, images: Any, *, tta: bool = False, strict: bool =
     [N, H, W, 3] array or tensor, or a list of these. ``tta`` averages the softmax of each image
     and its horizontal flip. ``overrides``: ``accel.*`` ``key=value`` texts (e.g.
     ``accel.precision=fp32``); ``device`` and ``precision`` win over them. Unreadable files are skipped (``on_skip(name, why)`` is called, and
-    they are listed in ``skipped``), or raise a ``UserError`` with ``strict``.
+    they are listed in ``skipped``), or raise a ``UserError`` with ``strict``. ``weights``: a run's
+    ``"ema"`` (moving average, train.ema) or ``"raw"`` weights; default: the moving average where
+    the run has one.
     """
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     _check_paths(items)
     p = load_predictor(model_or_run, device=device, precision=precision, batch_size=batch_size, tta=tta,
-                       overrides=overrides, **model_info)
+                       overrides=overrides, weights=weights, **model_info)
     was_training = p.model.training
     p.model.eval()
     names: list[str] = []

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model.num_classes=100; defaults: the quick preset's (precision auto: bf16 where "
                              "native, else fp32; channels_last, compile, freed memory kept); and the training "
                              "augmentation's data.policy, data.policy_ops, data.policy_magnitude, data.cutout "
-                             "(default: crop + flip alone)")
+                             "(default: crop + flip alone); optim.sam_rho, optim.sam_adaptive time a SAM/ASAM step")
     parser.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat (default 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
@@ -70,7 +70,7 @@ def command_line(s, as_json: bool = False) -> str:
     if s.peak_size != 2048:
         parts += ["--peak-size", str(s.peak_size)]
     default = bench_config(s.model)
-    for section in ("model", "accel", "data"):
+    for section in ("model", "accel", "data", "optim"):
         for name, value in vars(getattr(s.config, section)).items():
             key = f"{section}.{name}"
             if key == "model.name" or not allowed(BENCH_KEYS, key):

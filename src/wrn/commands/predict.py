@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", action="store_true", help="average over each image and its horizontal flip")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first unreadable file instead of skipping it")
+    parser.add_argument("--weights", choices=("ema", "raw"), default=None,
+                        help="a run trained with train.ema: its moving average (ema, the default) or the trained "
+                             "weights (raw)")
     parser.add_argument("--batch-size", type=int, metavar="B", help="default: the run's train.eval_batch_size")
 
 
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         raise UserError("no images given: wrn predict RUN PATH... (files, folders or archives)")
     preds = predict(args.run, paths, tta=args.tta, strict=args.strict, overrides=overrides, batch_size=args.batch_size,
-                    on_skip=lambda name, why: print(f"wrn: skipped {name}: {why}", file=sys.stderr))
+                    weights=args.weights, on_skip=lambda name, why: print(f"wrn: skipped {name}: {why}", file=sys.stderr))
     k = min(args.top, len(preds.classes))
     if out is not None:
         text = _csv(preds, k) if out.suffix.lower() == ".csv" else _json(preds, k, args.run)

@@ -1,10 +1,11 @@
 """Checkpoints without pickle: safetensors for tensors, JSON for everything else.
 
-    RUN/checkpoint/model.safetensors       the model's state_dict
+    RUN/checkpoint/model.safetensors       the model's state_dict (the raw, trained weights)
+    RUN/checkpoint/ema.safetensors         with train.ema: the moving average's state_dict (same keys)
     RUN/checkpoint/optimizer.safetensors   optimizer tensors (momentum buffers), keyed state.<i>.<name>
     RUN/checkpoint/optimizer.json          the rest of the optimizer state (param groups)
-    RUN/checkpoint/state.json              epoch, step, config, model_args, RNG, metrics, and the
-                                           size and sha256 of each file above
+    RUN/checkpoint/state.json              epoch, step, config, model_args, RNG, metrics, ema_updates,
+                                           and the size and sha256 of each file above
 
 A checkpoint is written into a fresh directory (each file fsynced, state.json last), then swapped
 in by two renames: ``checkpoint`` -> ``.checkpoint.old``, new -> ``checkpoint``. A kill at any
@@ -41,6 +42,8 @@ from wrn.models import create_model
 from wrn.rundir import CHECKPOINT, KEPT, OLD  # noqa: F401 - the directory names, this module's API too
 
 FORMAT = 2  # 2: state.json records each file's sha256 (1: sizes only)
+MODEL_FILE, EMA_FILE = "model.safetensors", "ema.safetensors"
+WEIGHTS = ("ema", "raw")  # which weights a reader takes: the moving average's or the trained ones
 
 
 def check_writable(run_dir: Path) -> None:
@@ -118,8 +121,9 @@ def _optimizer_parts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
 
 
 def save_checkpoint(run_dir: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    state: dict[str, Any]) -> Path:
-    """Write a complete checkpoint for ``run_dir`` and swap it in atomically; returns its path."""
+                    state: dict[str, Any], averaged: nn.Module | None = None) -> Path:
+    """Write a complete checkpoint for ``run_dir`` and swap it in atomically; returns its path.
+    ``averaged``: the moving average's network (train.ema), written to ema.safetensors."""
     run_dir = Path(run_dir)
     tmp = run_dir / f".checkpoint.tmp-{os.getpid()}"
     try:
@@ -146,6 +150,8 @@ def save_checkpoint(run_dir: Path, *, model: nn.Module, optimizer: torch.optim.O
 
         put_tensors("model.safetensors", _cpu(unwrap(model).state_dict()))
         _test_pause()
+        if averaged is not None:
+            put_tensors(EMA_FILE, _cpu(averaged.state_dict()))
         if optimizer is not None:
             tensors, rest = _optimizer_parts(optimizer)
             put_tensors("optimizer.safetensors", tensors)
@@ -318,25 +324,34 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path} is not a readable safetensors file ({e}): the checkpoint is damaged") from None
 
 
-def load_weights(model: nn.Module, ckpt_dir: Path) -> None:
+def load_weights(model: nn.Module, ckpt_dir: Path, file: str = MODEL_FILE) -> None:
     target = unwrap(model)
-    tensors = _read_tensors(Path(ckpt_dir) / "model.safetensors")
-    _check_shapes(target.state_dict(), tensors, str(Path(ckpt_dir) / "model.safetensors"))
+    tensors = _read_tensors(Path(ckpt_dir) / file)
+    _check_shapes(target.state_dict(), tensors, str(Path(ckpt_dir) / file))
     target.load_state_dict(tensors)
 
 
-# The weights a checkpoint offers to a new run that starts from it (``wrn train --init``), in order
-# of preference: the first file the checkpoint holds is taken (its name is in the new run's log).
-START_WEIGHTS = ("model.safetensors",)
+def weights_file(ckpt_dir: Path, state: dict[str, Any], weights: str | None = None) -> tuple[str, str]:
+    """(file, "ema" | "raw"): the weights a reader takes; ``weights`` None: the average if kept."""
+    has_ema = EMA_FILE in (state.get("files") or {})
+    if weights is None:
+        weights = "ema" if has_ema else "raw"
+    if weights not in WEIGHTS:
+        raise UserError(f"weights={weights!r}: use ema (the moving average, train.ema) or raw (the trained weights)")
+    if weights == "ema" and not has_ema:
+        raise UserError(f"{ckpt_dir}: the run kept no moving average of its weights (train.ema=0): use the raw "
+                        "weights (--weights raw)")
+    return (EMA_FILE if weights == "ema" else MODEL_FILE), weights
 
 
 def start_weights(ckpt_dir: Path, state: dict[str, Any]) -> tuple[str, dict[str, torch.Tensor], str]:
-    """(file name, tensors, sha256) of the weights a new run starts from: the first of
-    ``START_WEIGHTS`` that the complete checkpoint ``ckpt_dir`` (``state``: its state.json) holds."""
+    """(file name, tensors, sha256) of the weights a new run starts from (``wrn train --init``):
+    the moving average where the run kept one (``weights_file``), else its trained weights, from
+    the complete checkpoint ``ckpt_dir`` (``state``: its state.json)."""
     ckpt_dir = Path(ckpt_dir)
-    name = next((n for n in START_WEIGHTS if n in state.get("files", {})), None)
-    if name is None:
-        raise UserError(f"{ckpt_dir} holds no weights ({' or '.join(START_WEIGHTS)}): give a run's directory")
+    name, _ = weights_file(ckpt_dir, state)
+    if name not in state.get("files", {}):
+        raise UserError(f"{ckpt_dir} holds no weights ({name}): give a run's directory")
     digest = state.get("sha256", {}).get(name) or _sha256(ckpt_dir / name)  # format 1 records sizes only
     return name, _read_tensors(ckpt_dir / name), digest
 
@@ -351,21 +366,31 @@ def load_optimizer(optimizer: torch.optim.Optimizer, ckpt_dir: Path) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
 
 
-def restore(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
-    """Load weights, optimizer state and RNG state for a resume; returns state.json."""
+def restore(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+            averaged: nn.Module | None = None) -> dict[str, Any]:
+    """Load weights, optimizer state and RNG state for a resume (and the moving average's
+    network into ``averaged``); returns state.json."""
     state, why = check(ckpt_dir)
     if state is None:
         raise UserError(f"cannot resume from {ckpt_dir}: {why}: resume from another checkpoint")
     load_weights(model, ckpt_dir)
+    if averaged is not None:
+        if EMA_FILE not in state["files"]:
+            raise UserError(f"cannot resume from {ckpt_dir}: it holds no {EMA_FILE} but the run averages its "
+                            "weights (train.ema): resume with the run's own config.yaml")
+        load_weights(averaged, ckpt_dir, EMA_FILE)
     if optimizer is not None and "optimizer.safetensors" in state["files"]:
         load_optimizer(optimizer, ckpt_dir)
     set_rng_state(state.get("rng", {}))
     return state
 
 
-def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
+                    weights: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """``wrn.load_checkpoint(run_dir_or_checkpoint) -> (model, state)``: the model rebuilt from the
-    saved constructor arguments, weights loaded, in eval mode; state is the checkpoint's state.json."""
+    saved constructor arguments, weights loaded, in eval mode; state is the checkpoint's state.json,
+    ``state["weights"]`` saying which weights: ``weights`` ``"ema"`` (the moving average, train.ema),
+    ``"raw"`` (the trained ones) or None (the average when the run has one)."""
     ckpt, state = _find(path)
     args = dict(state.get("model_args") or {})
     name = args.pop("name", None)
@@ -378,5 +403,6 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     except (TypeError, ValueError) as e:  # state.json edited or from another version
         raise UserError(f"{ckpt / 'state.json'}: its model_args {state.get('model_args')} do not build a model "
                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    load_weights(model, ckpt)
+    file, state["weights"] = weights_file(ckpt, state, weights)
+    load_weights(model, ckpt, file)
     return model.to(device).eval(), state

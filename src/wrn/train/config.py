@@ -47,7 +47,7 @@ IMPORT_KEYS = ("model.name", "model.num_classes", "model.activation", "data.norm
                "data.name", "accel.precision")
 # `wrn bench`: the model, the speed switches and the augmentation the fast path times.
 BENCH_KEYS = ("model.", "accel.", "data.augment", "data.cutout", "data.policy", "data.policy_ops",
-              "data.policy_magnitude")
+              "data.policy_magnitude", "optim.sam_rho", "optim.sam_adaptive")
 
 
 @dataclass
@@ -127,6 +127,10 @@ class TrainConfig:
     # The sha256 of the weights train.init gave: the run writes it into config.yaml when it takes
     # them, and a replay of that config.yaml refuses a DIR whose weights have changed since.
     init_sha256: Optional[str] = None
+    # Exponential moving average of the weights and BN buffers (wrn.train.step.make_ema): the
+    # decay d of ema = d * ema + (1 - d) * weights after every step; 0 = off. Evaluation, the
+    # summary, eval, predict and export use the averaged weights when a run has them.
+    ema: float = 0.0
 
 
 @dataclass
@@ -152,6 +156,10 @@ class OptimConfig:
     # Scale lr linearly with train.batch_size / base_batch_size (Goyal et al. 2017); wd is kept.
     scale_with_batch: bool = False
     base_batch_size: int = 128
+    # Sharpness-aware minimisation (Foret et al. 2021): the radius rho of the ascent step; 0 = off.
+    # Two forward/backward passes a step (wrn.train.step).
+    sam_rho: float = 0.0
+    sam_adaptive: bool = False  # ASAM (Kwon et al. 2021): the ascent scaled by |w| element-wise
 
 
 @dataclass

@@ -55,6 +55,8 @@ def _save(run: RunState, step: int, sums: EpochSums | None, metrics: dict[str, A
     # Collectives before rank 0 alone writes: all processes' sums and averaged BN statistics.
     sums = _all_ranks(sums) if sums is not None else None
     dist.average_buffers(run.model)
+    if run.ema is not None:  # each process averaged its own BN statistics: linear, so average those too
+        dist.average_buffers(run.ema.module)
     spe = len(run.loaders["train"])
     # An inf/NaN gradient can leave the loss finite for one more step but the weights broken:
     # never let such weights replace the last good checkpoint (one host sync per checkpoint;
@@ -71,7 +73,10 @@ def _save(run: RunState, step: int, sums: EpochSums | None, metrics: dict[str, A
     state = {"epoch": step // spe, "step": step, "steps_per_epoch": spe, "config": run.cfg.to_dict(),
              "model_args": checkpoint.unwrap(run.model).model_args, "partial": sums.to_json() if sums else None,
              "metrics": metrics, "elapsed_s": run.elapsed(), "decisions": run.decisions, **run.extra_state}
-    checkpoint.save_checkpoint(run.out_dir, model=run.model, optimizer=run.optimizer, state=state)
+    if run.ema is not None:
+        state["ema_updates"] = int(run.ema.n_averaged)  # 0: the next update copies the weights
+    checkpoint.save_checkpoint(run.out_dir, model=run.model, optimizer=run.optimizer, state=state,
+                               averaged=run.ema.module if run.ema is not None else None)
 
 
 def train_one_epoch(run: RunState, epoch: int, start_step: int = 0, sums: EpochSums | None = None,
@@ -148,6 +153,7 @@ def evaluate(model: nn.Module, eval_step: Callable, loader, augment) -> tuple[fl
     torchrun), without training's augmentation (``eval_step`` may average over a flip: accel's
     ``flip``); one host sync at the end."""
     dist.average_buffers(model)
+    was_training = model.training
     model.eval()
     loss = torch.zeros((), dtype=torch.float64)
     correct = torch.zeros((), dtype=torch.int64)
@@ -158,21 +164,24 @@ def evaluate(model: nn.Module, eval_step: Callable, loader, augment) -> tuple[fl
         correct = correct.to(logits.device) + (logits.argmax(1) == labels).sum()
         n += labels.numel()
     loss, correct, n = dist.all_sum(loss, correct, n)
-    model.train()
+    model.train(was_training)
     if n == 0:
         return float("nan"), float("nan")
     return loss.item() / n, correct.item() / n
 
 
 def evaluate_checkpoint(checkpoint_path: str | Path, *, data: str | None = None, split: str = "test",
-                        overrides: list[str] | tuple[str, ...] = (), tta: bool | None = None) -> dict:
+                        overrides: list[str] | tuple[str, ...] = (), tta: bool | None = None,
+                        weights: str | None = None) -> dict:
     """Rebuild the model from the checkpoint and evaluate it the way training did (same
     normalisation statistics and precision unless overridden). On the run's own data the split
     is the run's own (its val split is carved again from the same seed); ``data`` evaluates
     another dataset with the run's classes, where training-only settings (subset, val split) do
-    not apply. ``tta`` (flip test-time augmentation) defaults to the run's train.eval_tta."""
+    not apply. ``tta`` (flip test-time augmentation) defaults to the run's train.eval_tta.
+    ``weights``: ema | raw (``checkpoint.load_checkpoint``; default: the moving average where the
+    run kept one)."""
     ckpt = checkpoint.find_checkpoint(checkpoint_path)
-    model, state = checkpoint.load_checkpoint(ckpt)
+    model, state = checkpoint.load_checkpoint(ckpt, weights=weights)
     cfg = config_from_dict(state["config"])
     apply_overrides(cfg, overrides, EVAL_KEYS, refuse=lambda key, _: (
         f"{key} does not apply to evaluation (the checkpoint fixes it): use accel.* or train.eval_batch_size"))
@@ -193,11 +202,15 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, data: str | None = None,
     loss, acc = evaluate(model, eval_step, loader, augment)
     return {"checkpoint": str(ckpt), "data": data or cfg.source(), "split": split, "images": num_images(loader),
             "accuracy": acc, "loss": loss, "step": state.get("step"), "model": state["model_args"]["name"],
-            "precision": precision, "tta": cfg.train.eval_tta, "device": str(device)}
+            "precision": precision, "tta": cfg.train.eval_tta, "device": str(device), "weights": state["weights"]}
 
 
-def _evaluate(run: RunState, split: str) -> tuple[float, float]:
-    return evaluate(run.model, run.eval_step, run.loaders[split], run.augment)
+def _evaluate(run: RunState, split: str, raw: bool = False) -> tuple[float, float]:
+    """Loss and accuracy of the evaluated weights (the moving average when the run keeps one;
+    ``raw``: the trained weights themselves)."""
+    if run.ema is None or raw:
+        return evaluate(run.model, run.eval_step_raw or run.eval_step, run.loaders[split], run.augment)
+    return evaluate(run.ema.module, run.eval_step, run.loaders[split], run.augment)
 
 
 # -- fit -------------------------------------------------------------------------------------------
@@ -251,6 +264,8 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
     """Final-epoch test accuracy (never the best epoch's) -> log, summary.json."""
     cfg, out_dir = run.cfg, run.out_dir
     test_loss, test_acc = _evaluate(run, "test")
+    # With train.ema the summary's accuracy is the moving average's; the trained weights' beside it.
+    raw_loss, raw_acc = _evaluate(run, "test", raw=True) if run.ema is not None else (test_loss, test_acc)
     epoch_time_s, img_per_s = rundir.epoch_means(out_dir) if run.is_main else (None, None)
     spe = len(run.loaders["train"])
     summary = {"model": cfg.model.name, "model_args": _model_summary_args(run.model), "dataset": cfg.data.name,
@@ -266,6 +281,8 @@ def _finish(run: RunState, metrics: dict[str, Any]) -> dict[str, Any]:
                # Equal only for bit-identical final weights: two runs (another machine, a resume)
                # can be compared from their summaries, without keeping checkpoints.
                "weights_sha256": dist.state_checksum(run.model), "finished": True,
+               "weights": "ema" if run.ema is not None else "raw", "test_acc_raw": raw_acc, "test_loss_raw": raw_loss,
+               "ema_sha256": dist.state_checksum(run.ema.module) if run.ema is not None else None,
                # where it ran: CPU/ISA, threads, torch, wrn, git commit, command line
                "provenance": provenance(run.command)}
     replicas = dist.replica_report(summary["weights_sha256"])  # torchrun: every process's checksum

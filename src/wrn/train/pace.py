@@ -123,9 +123,10 @@ class Pace:
         world_size = dist.world()[1]
         costs = budget.Costs(step_s, _eval_image_s(run), _checkpoint_s(run))
         per_epoch = num_images(run.loaders["val"]) // world_size if "val" in run.loaders else 0
+        # With train.ema the final test evaluates the average and the trained weights.
+        final = num_images(run.loaders["test"]) // world_size * (2 if run.ema is not None else 1)
         steps = budget.choose_steps(cfg.train.time_budget, run.elapsed(), costs, done=done, steps_per_epoch=spe,
-                                    eval_images_per_epoch=per_epoch,
-                                    final_eval_images=num_images(run.loaders["test"]) // world_size,
+                                    eval_images_per_epoch=per_epoch, final_eval_images=final,
                                     checkpoint_every=cfg.train.checkpoint_every)
         steps = dist.broadcast_int(steps, run.device)
         schedule = Schedule(cfg.optim, scaled(cfg.optim, cfg.train.batch_size, cfg.train.epochs), spe,
@@ -145,15 +146,15 @@ class Pace:
                        "elapsed_s": run.elapsed()})
         run.log.info(f"budget {format_duration(cfg.train.time_budget)}: {step_s:.3g} s a step over "
                      f"{done - self.mark} steps -> train.steps={steps} ({steps / spe:.3g} epochs)")
-        log_estimate(run, run.elapsed() + budget.cost_s(costs, done, steps, spe, per_epoch,
-                                                        num_images(run.loaders["test"]) // world_size,
+        log_estimate(run, run.elapsed() + budget.cost_s(costs, done, steps, spe, per_epoch, final,
                                                         cfg.train.checkpoint_every), step_s)
 
 
 def _eval_image_s(run: RunState) -> float:
     """Seconds to evaluate one test image as the run evaluates (flip TTA included): one batch to
     warm up (a compiled eval step compiles here), one timed. Evaluation changes no state."""
-    model = run.model
+    model = run.eval_model
+    was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
@@ -168,7 +169,7 @@ def _eval_image_s(run: RunState) -> float:
                 run.eval_step(run.augment.normalize(images)).sum().item()
                 times.append((time.perf_counter() - t0) / len(images))
     finally:
-        model.train()
+        model.train(was_training)
     return times[-1] if times else 0.0
 
 
@@ -178,7 +179,8 @@ def _checkpoint_s(run: RunState) -> float:
         return 0.0
     scratch = run.out_dir / ".budget-probe"
     t0 = time.perf_counter()
-    checkpoint.save_checkpoint(scratch, model=run.model, optimizer=run.optimizer, state={"probe": True})
+    checkpoint.save_checkpoint(scratch, model=run.model, optimizer=run.optimizer, state={"probe": True},
+                               averaged=run.ema.module if run.ema is not None else None)
     seconds = time.perf_counter() - t0
     shutil.rmtree(scratch, ignore_errors=True)
     return seconds

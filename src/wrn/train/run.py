@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+from torch.optim.swa_utils import AveragedModel
 
 from wrn import rundir
 from wrn.data import zca
@@ -41,7 +42,7 @@ class RunState:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     train_step: Callable
-    eval_step: Callable
+    eval_step: Callable  # evaluates the moving average when the run keeps one (train.ema), else the model
     schedule: Schedule
     augment: Any
     loaders: dict[str, Any]
@@ -64,9 +65,16 @@ class RunState:
     elapsed_before: float = 0.0  # seconds spent before a resume
     command: str | None = None  # the command line recorded as provenance (None: sys.argv)
     resume_info: dict[str, Any] = field(default_factory=dict)  # in the resume record, e.g. {"auto": True}
+    ema: AveragedModel | None = None  # train.ema: the moving average of the weights (ema.module)
+    eval_step_raw: Callable | None = None  # with ema: evaluates the trained weights themselves
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start_time
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The network ``eval_step`` evaluates: the moving average when the run keeps one."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 def _model_and_optimizer(cfg: Config, device: torch.device, num_classes: int, inherited: dict | None = None):
@@ -83,17 +91,23 @@ def _model_and_optimizer(cfg: Config, device: torch.device, num_classes: int, in
 
 
 def _steps(cfg: Config, model: nn.Module, train_model: nn.Module, optimizer, device: torch.device,
-           decisions: dict[str, Any]) -> tuple[Callable, Callable]:
-    """The training and evaluation steps, compiled and in the precision the decisions say."""
-    a = cfg.accel
+           decisions: dict[str, Any], ema: AveragedModel | None) -> tuple[Callable, Callable, Callable | None]:
+    """The training step and the evaluation steps (of the moving average when there is one, and
+    of the trained weights), compiled and in the precision the decisions say."""
+    a, o = cfg.accel, cfg.optim
     train_step = step.make_train_step(train_model, optimizer, precision=decisions["precision"], device=device,
-                                       compile=decisions["compile"], label_smoothing=cfg.optim.label_smoothing,
+                                       compile=decisions["compile"], label_smoothing=o.label_smoothing,
                                        compile_mode=a.compile_mode, cuda_graphs=a.cuda_graphs,
-                                       fused_optimizer=a.fused_optimizer, threads=a.threads)
-    eval_step = step.make_eval_step(model, precision=decisions["precision"], device=device,
-                                     compile=decisions["compile"], compile_mode=a.compile_mode,
-                                     cuda_graphs=a.cuda_graphs, flip=cfg.train.eval_tta)
-    return train_step, eval_step
+                                       fused_optimizer=a.fused_optimizer, threads=a.threads, sam_rho=o.sam_rho,
+                                       sam_adaptive=o.sam_adaptive, ema=ema)
+
+    def eval_step(net: nn.Module) -> Callable:
+        return step.make_eval_step(net, precision=decisions["precision"], device=device, compile=decisions["compile"],
+                                   compile_mode=a.compile_mode, cuda_graphs=a.cuda_graphs, flip=cfg.train.eval_tta)
+
+    if ema is None:
+        return train_step, eval_step(model), None
+    return train_step, eval_step(ema.module), eval_step(model)
 
 
 def _switch_model(run: RunState, name: str) -> None:
@@ -102,8 +116,9 @@ def _switch_model(run: RunState, name: str) -> None:
     cfg = dataclasses.replace(run.cfg, model=dataclasses.replace(run.cfg.model, name=name))
     num_classes = cfg.model.num_classes or len(run.extra_state["classes"])
     run.model, train_model, run.optimizer, run.skipper = _model_and_optimizer(cfg, run.device, num_classes)
-    run.train_step, run.eval_step = _steps(cfg, run.model, train_model, run.skipper or run.optimizer,
-                                           run.device, run.decisions)
+    run.ema = step.make_ema(run.model, cfg.train.ema)
+    run.train_step, run.eval_step, run.eval_step_raw = _steps(cfg, run.model, train_model, run.skipper or run.optimizer,
+                                                              run.device, run.decisions, run.ema)
     run.cfg = cfg
 
 
@@ -158,8 +173,11 @@ def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: floa
     init = None
     if source is not None:  # after the seeded init: a new classifier is the same in every replay
         cfg, init = finetune.start_from(source, model, cfg)
+    ema = step.make_ema(model, cfg.train.ema)  # from the weights training starts from (--init's too)
     if ckpt_dir is not None:
-        state = checkpoint.restore(ckpt_dir, model, optimizer)
+        state = checkpoint.restore(ckpt_dir, model, optimizer, ema.module if ema is not None else None)
+        if ema is not None:
+            ema.n_averaged.fill_(state.get("ema_updates", 0))
         if state["steps_per_epoch"] != spe:
             raise UserError(f"{ckpt_dir}: the checkpoint has {state['steps_per_epoch']} steps per epoch but this "
                             f"config gives {spe}: resume with the run's own data and train.batch_size")
@@ -176,7 +194,7 @@ def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: floa
     if "compile" not in decisions:
         decisions["compile"], decisions["compile_reason"] = accel.should_compile(
             cfg.accel.compile, planned, device.type, decisions["precision"])
-    train_step, eval_step = _steps(cfg, model, train_model, skipper or optimizer, device, decisions)
+    train_step, eval_step, eval_step_raw = _steps(cfg, model, train_model, skipper or optimizer, device, decisions, ema)
     run = RunState(cfg=cfg, out_dir=out_dir, device=device, model=model, optimizer=optimizer, train_step=train_step,
                    eval_step=eval_step, schedule=Schedule(cfg.optim, hyper, spe, cfg.train.epochs, total_steps=planned),
                    augment=data.augment, loaders=data.loaders, log=None, rank=rank, is_main=is_main,
@@ -187,7 +205,7 @@ def build_run(cfg: Config, out_dir: Path, resume: bool, quiet: bool, t_fit: floa
                                 "classes": data.classes, "input_size": data.input_size,
                                 **({"init": init or state.get("init")} if cfg.train.init else {})},
                    train_images=data.train_images, quiet=quiet, start_time=t_fit, command=command,
-                   elapsed_before=state["elapsed_s"] if state else 0.0)
+                   elapsed_before=state["elapsed_s"] if state else 0.0, ema=ema, eval_step_raw=eval_step_raw)
     return run, state
 
 

@@ -161,6 +161,8 @@ def validate(cfg) -> None:
     _check(math.isfinite(t.budget_min_epochs) and t.budget_min_epochs >= 0, "train.budget_min_epochs",
            f"{t.budget_min_epochs} must be >= 0 (0 = keep the configured model whatever the budget)")
     _check_init(cfg)
+    _check(math.isfinite(t.ema) and 0.0 <= t.ema < 1.0, "train.ema",
+           f"{t.ema} is out of range: use a decay 0 <= ema < 1, e.g. 0.999 (0 = off)")
 
     _check(math.isfinite(o.lr) and o.lr > 0, "optim.lr", f"{o.lr} must be a positive number")
     _check(0.0 <= o.momentum < 1.0, "optim.momentum", f"{o.momentum} is out of range: use 0 <= momentum < 1")
@@ -181,6 +183,10 @@ def validate(cfg) -> None:
     _check(o.warmup_lr == 0 or o.warmup_epochs > 0 or o.warmup_steps > 0, "optim.warmup_lr",
            f"{o.warmup_lr} needs optim.warmup_epochs > 0 (how long to hold it)")
     _check(0.0 <= o.label_smoothing < 1.0, "optim.label_smoothing", f"{o.label_smoothing} is out of range: use 0 <= x < 1")
+    _check(math.isfinite(o.sam_rho) and o.sam_rho >= 0, "optim.sam_rho",
+           f"{o.sam_rho} must be >= 0 (0 = plain SGD; Foret et al. use 0.05)")
+    _check(not (o.sam_adaptive and o.sam_rho == 0), "optim.sam_adaptive",
+           "needs optim.sam_rho > 0 (ASAM takes a larger radius than SAM, e.g. 0.5 to 2)")
     _check(o.base_batch_size >= 1, "optim.base_batch_size", f"{o.base_batch_size} must be >= 1")
 
     dev = a.device
