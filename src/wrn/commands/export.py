@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-HELP = "export a trained checkpoint to ONNX (dynamic batch), verified with onnxruntime"
+HELP = ("export a trained checkpoint to ONNX (dynamic batch, fp32, traced on the CPU: no accel.* keys apply), "
+        "verified with onnxruntime")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
