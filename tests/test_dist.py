@@ -149,7 +149,7 @@ def test_resume_on_a_different_number_of_processes(runs):
 
 
 def test_a_budget_under_torchrun_decides_once_for_both_processes(runs):
-    """--budget under torchrun: rank 0's probe decides the steps and both ranks follow, the
+    """--budget under torchrun: rank 0's timing decides the steps and both ranks follow, the
     narrowing to a smaller WRN included (a rank that built another net would hang DDP or differ)."""
     root, common, _ = runs
     run = root / "budget"
