@@ -163,6 +163,7 @@ def test_a_budgeted_run_times_its_warm_up_records_its_choice_and_replays_exactly
     resumes without deciding again; a replay of config.yaml gives the same weights bit for bit."""
     run = tmp_path / "budgeted"
     decided = fixed_pace(monkeypatch)
+    monkeypatch.setattr(pace, "FIRST_ESTIMATE_S", 0.0)  # an unbudgeted run would estimate after every few steps
     with monkeypatch.context() as m:
         stop_at(m, WARMUP + 10)
         with pytest.raises(preempt.Preempted):
@@ -173,6 +174,7 @@ def test_a_budgeted_run_times_its_warm_up_records_its_choice_and_replays_exactly
     assert recorded.optim.warmup_steps == WARMUP and WARMUP + 10 < steps <= WARMUP + 300 / STEP_S
     (choice,) = records(run, "budget")
     assert choice["step"] == WARMUP and choice["steps"] == steps and choice["step_s"] == STEP_S
+    assert len(records(run, "estimate")) == 1  # the choice's own; no unbudgeted estimates after it
 
     def decide_again(*a, **k):
         raise AssertionError("a resumed budgeted run that has decided must not decide again")

@@ -67,6 +67,7 @@ class Pace:
         cfg = run.cfg
         self.run, self.clock = run, time.perf_counter
         self.deciding = bool(cfg.train.time_budget) and not cfg.train.steps
+        self.estimating = not cfg.train.time_budget  # a budgeted run's estimate is its budget's choice
         self.limit = window_limit(run) if self.deciding else run.total_steps
         # A resume close to the window's end times from its first step (compile included: slower,
         # so the choice errs short) rather than not at all.
@@ -101,7 +102,7 @@ class Pace:
             if dist.any_true(window_ends, self.run.device):
                 loss.item()
                 self._decide(done, self.step_s(done, self.clock()))
-        elif self.run.total_steps > done and now - self.train_start >= self.next_estimate_s:
+        elif self.estimating and self.run.total_steps > done and now - self.train_start >= self.next_estimate_s:
             loss.item()
             now = self.clock()
             step_s = self.step_s(done, now)
