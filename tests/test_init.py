@@ -127,12 +127,18 @@ def test_fine_tune_records_itself_and_a_replay_needs_the_same_weights(setup, tmp
     assert not (tmp_path / "missing").exists()
 
 
-def test_kill_and_resume_of_a_fine_tuning_run_is_bit_identical_without_its_source(setup, tmp_path, monkeypatch):
+def reference_fine_tune(setup, tmp_path):
+    """A private copy of the source run (a test may delete it) and an uninterrupted fine-tune from it."""
     root, four, three, cache, source = setup
     copy = tmp_path / "source"
     shutil.copytree(source, copy)
     cfg = fine_tune_config(three, cache, copy)
     fit(cfg, tmp_path / "reference", quiet=True)
+    return copy, cfg
+
+
+def test_kill_and_resume_of_a_fine_tuning_run_is_bit_identical_without_its_source(setup, tmp_path, monkeypatch):
+    copy, cfg = reference_fine_tune(setup, tmp_path)
     with monkeypatch.context() as m:
         stop_at(m, 5)  # mid-epoch 1, after the checkpoint at step 4
         with pytest.raises(preempt.Preempted):
@@ -147,11 +153,7 @@ def test_kill_and_resume_of_a_fine_tuning_run_is_bit_identical_without_its_sourc
 
 def test_a_run_stopped_before_its_first_checkpoint_starts_over_from_the_same_weights(setup, tmp_path, monkeypatch):
     """With no checkpoint of its own, a resume starts over and reads DIR again, checked by sha256."""
-    root, four, three, cache, source = setup
-    copy = tmp_path / "source"
-    shutil.copytree(source, copy)
-    cfg = fine_tune_config(three, cache, copy)
-    fit(cfg, tmp_path / "reference", quiet=True)
+    copy, cfg = reference_fine_tune(setup, tmp_path)
     killed = tmp_path / "killed"
     with monkeypatch.context() as m:
         break_at_step(m, 2, "interrupt")  # Ctrl-C at step 2, before the first checkpoint (step 4)
