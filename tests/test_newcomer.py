@@ -60,6 +60,8 @@ def test_runs_lists_it_finished(quick_run):
     rows = json.loads(wrn(home, "runs", "--json").stdout)
     (info,) = rows if isinstance(rows, list) else rows.values()
     assert info["status"] == "finished" and info["preset"] == "quick"
+    summary = json.loads((run / "summary.json").read_text())
+    assert info["epochs_total"] == pytest.approx(summary["epochs"], abs=1e-3)  # the budget's steps, not the recipe's
 
 
 def test_eval_gives_the_runs_own_test_accuracy(quick_run):

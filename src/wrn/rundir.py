@@ -203,7 +203,9 @@ def run_info(run: Path, root: Path) -> dict[str, Any]:
     state = newest_state(run)
     start = next((r for r in reversed(records) if r.get("kind") in ("start", "resume")), {})
     spe = start.get("steps_per_epoch") or (state or {}).get("steps_per_epoch")
-    total_steps = start.get("total_steps")
+    # A budget fixes the steps after the start record (its warm-up timed): its "budget" record says how many.
+    chosen = next((r.get("steps") for r in reversed(records) if r.get("kind") == "budget"), None)
+    total_steps = chosen or start.get("total_steps")
     epochs = section("train").get("epochs")
     if spe and total_steps:  # a budget or train.steps may end training before train.epochs
         epochs = total_steps / spe
