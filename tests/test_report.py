@@ -320,3 +320,21 @@ def test_cli_report_on_a_run_without_a_finished_epoch(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "has no finished epoch yet" in err and err.count("\n") == 1
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "log.jsonl"]  # nothing left behind
+
+
+def test_levers_compare_each_lever_with_the_papers_recipe(tmp_path):
+    """Every lever is paired with the baseline row, not with its neighbour (control: the width
+    table, without a baseline, pairs neighbours)."""
+    errors = {"paper recipe": 20.0, "+cutout 16": 22.0, "+AutoAugment": 24.0, "+EMA 0.9999": 19.0}
+    write_table(tmp_path / "runs", "levers", errors)
+    (section,) = records.sections(records.collect(tmp_path / "runs"))
+    found = stats.effects(section)
+    assert [(e["from"], e["to"]) for e in found] == [("paper recipe", label) for label in list(errors)[1:]]
+    assert [e["ours"] for e in found] == pytest.approx([2.0, 4.0, -1.0])
+    assert found[0]["paper"] == pytest.approx(3.08 - 4.00) and found[2]["paper"] is None
+    assert [e["verdict"] for e in found] == ["opposite", "opposite", "-"]
+    text = report.write_report(tmp_path / "runs", plots=False).read_text()
+    assert "| paper recipe -> +AutoAugment | +4.00 |" in text
+    write_table(tmp_path / "width", "width", {"WRN-40-1": 20.0, "WRN-40-2": 18.0, "WRN-40-4": 17.0})
+    (width,) = records.sections(records.collect(tmp_path / "width"))
+    assert [(e["from"], e["to"]) for e in stats.effects(width)] == [("WRN-40-1", "WRN-40-2"), ("WRN-40-2", "WRN-40-4")]

@@ -286,3 +286,57 @@ def test_control_without_logged_windows_the_pauses_count(tmp_path):
     _finish_at(planned[0], 100.0, windows=False)
     steady = planned[0].train_flops / (planned[0].train_images / 100.0 * planned[0].epochs) / 1e12
     assert dryrun.cpu_tflops(planned)[0] < 0.9 * steady
+
+
+def test_depth_budget_trains_every_wrn_at_one_depth_and_says_so(tmp_path):
+    assert sweep.scale_model("wrn-28-10", 0.1, 16) == "wrn-16-1"
+    assert sweep.scale_model("wrn-28-10", 1.0, 16) == "wrn-16-10"
+    assert sweep.scale_model("resnet-110", 0.5, 16) == "resnet-110"  # no WRN depth to change
+    budget = sweep.Budget(epochs=6, model_scale=0.1, depth=16)
+    assert budget.label == "reduced-e6-k0.1-d16" and "depth 16" in budget.describe()
+    with pytest.raises(UserError, match="6N \\+ 4"):
+        sweep.Budget(depth=17)
+    # The depth table at one depth would train one net three times: refused, like a width.
+    with pytest.raises(UserError, match="--depth 16 trains wrn-16-8 for each of"):
+        sweep.plan(paper.get_table("depth"), out=tmp_path, budget=sweep.Budget(depth=16), count=False)
+
+
+def test_levers_table_adds_each_lever_alone_to_the_papers_recipe(tmp_path):
+    table = paper.get_table("levers")
+    budget = sweep.Budget(epochs=6, model_scale=0.1, depth=16)
+    planned = sweep.plan(table, out=tmp_path, budget=budget, seeds=2, overrides=("accel.precision=bf16",))
+    assert len({p.run_dir for p in planned}) == len(planned) == 2 * len(paper.LEVERS)
+    assert all(p.model == "wrn-16-1" and p.preset == "paper-cifar" for p in planned)
+    configs = {p.run.label: load_config(preset=p.preset, overrides=p.overrides) for p in planned if p.seed == 0}
+    base = configs["paper recipe"]
+    assert base.model.dropout == 0 and base.data.val_size == 0 and base.train.epochs == 6
+    assert (base.data.cutout, base.data.policy, base.train.ema, base.optim.sam_rho) == (0, "none", 0, 0)
+    assert configs["+cutout 16"].data.cutout == 16
+    assert configs["+AutoAugment"].data.policy == "autoaugment"
+    ra = configs["+RandAugment N3 M15"].data
+    assert (ra.policy, ra.policy_ops, ra.policy_magnitude) == ("randaugment", 3, 15)
+    assert configs["+TrivialAugment"].data.policy == "trivialaugment"
+    assert configs["+SAM rho 0.05"].optim.sam_rho == 0.05
+    # EMA's horizon (10,000 steps of 200 epochs) keeps its fraction of 6 epochs: 300 steps.
+    assert configs["+EMA 0.9999"].train.ema == pytest.approx(1 - 1 / 300, abs=1e-6)
+    # Each row differs from the recipe by its lever alone (and every row by the budget).
+    for label, cfg in configs.items():
+        changed = {(section, key) for section, values in cfg.to_dict().items()
+                   for key, value in values.items() if base.to_dict()[section][key] != value}
+        assert len(changed) == (0 if label == "paper recipe" else 3 if "RandAugment" in label else 1), label
+    # SAM's two passes a step double its cost estimate.
+    sam = next(p for p in planned if p.run.label.startswith("+SAM"))
+    assert sam.passes == 2 and sam.train_flops == 2 * planned[0].train_flops
+    # Control: at the full budget EMA's decay is the recipe's own.
+    full = sweep.plan(table, out=tmp_path, count=False)
+    assert "train.ema=0.9999" in next(p for p in full if p.run.label.startswith("+EMA")).overrides
+    assert sweep.scale_ema(0.0, 200, 6) == 0.0
+
+
+def test_an_override_of_a_rows_lever_is_refused(tmp_path, capsys):
+    """`wrn sweep levers data.cutout=8` would give every row cutout: the rows' labels would lie."""
+    assert main(["sweep", "levers", "--dry-run", "--out", str(tmp_path), "data.cutout=8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "data.cutout is what the rows of table levers change" in err
+    # Control: a key no row changes is allowed (and labelled).
+    assert main(["sweep", "levers", "--dry-run", "--out", str(tmp_path), "optim.lr=0.05"]) == 0

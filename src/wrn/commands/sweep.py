@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subset", type=int, default=0, help="REDUCED budget: train on K training images (data.subset)")
     parser.add_argument("--model-scale", type=float, default=1.0,
                         help="REDUCED budget: multiply each WRN's width k (0.5: k=2 -> 1)")
+    parser.add_argument("--depth", type=int, default=None,
+                        help="REDUCED budget: train every WRN at this depth (16: WRN-28-10 -> WRN-16-10)")
     parser.add_argument("--tflops", type=float, default=None,
                         help="sustained training TFLOP/s assumed for the CPU time estimate")
     cluster = parser.add_argument_group(
@@ -58,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     options = dict(cpus=args.cpus, gpus=args.gpus, partition=args.partition, account=args.account,
                    address=args.address, max_retries=args.max_retries)
     launch.check_options(args.launcher, **options)
-    budget = sweep.Budget(epochs=args.epochs, subset=args.subset, model_scale=args.model_scale)
+    budget = sweep.Budget(epochs=args.epochs, subset=args.subset, model_scale=args.model_scale,
+                          depth=args.depth)
     planned = sweep.plan(table, out=args.out, seeds=args.seeds, budget=budget, data=args.data,
                          dataset=args.dataset, overrides=tuple(args.overrides))
     budget = planned[0].budget  # plan() adds an lr schedule override to the label
@@ -86,7 +89,8 @@ def _command(args: argparse.Namespace) -> list[str]:
     cmd = ["wrn", "sweep", args.table, "--seeds", str(args.seeds), "--out", args.out]
     for flag, value in (("--data", args.data), ("--dataset", args.dataset), ("--epochs", args.epochs),
                         ("--subset", args.subset or None),
-                        ("--model-scale", None if args.model_scale == 1.0 else args.model_scale)):
+                        ("--model-scale", None if args.model_scale == 1.0 else args.model_scale),
+                        ("--depth", args.depth)):
         if value is not None:
             cmd += [flag, str(value)]
     return cmd + list(args.overrides)

@@ -52,7 +52,7 @@ def format_plan(table: Table, planned: list[PlannedRun], budget: Budget, *, tflo
         f"paper's claim: {table.claim}",
         f"budget: {budget.describe()}",
         f"seeds: {len(seeds)}   runs: {len(planned)}   out: {planned[0].run_dir.parent}",
-        f"cost: train FLOPs = {TRAIN_FLOPS_PER_FORWARD} x forward FLOPs x images x epochs; time at "
+        f"cost: train FLOPs = {TRAIN_FLOPS_PER_FORWARD} x forward FLOPs x images x epochs (x 2 with SAM); time at "
         f"{tflops:.2g} TFLOP/s sustained on the CPU ({tflops_source}) and at {H100_TFLOPS:g} TFLOP/s (one H100, bf16; "
         "a lower bound for small nets, which do not fill the GPU)",
         "",

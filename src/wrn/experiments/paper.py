@@ -2,7 +2,9 @@
 
 Source: Zagoruyko & Komodakis, "Wide Residual Networks" (BMVC 2016, arXiv 1605.07146 v4).
 Errors are test error in percent (median of 5 runs for CIFAR, at the end of training), params in
-millions, time in seconds per training epoch (block-types table only). Nothing here builds a model
+millions, time in seconds per training epoch (block-types table only). One table beyond the
+paper, ``levers``, adds each later paper's training lever alone to the paper's recipe, with the
+WRN-28-10 error that lever's own paper published. Nothing here builds a model
 or trains; `wrn.experiments.sweep` turns a table into runs, each with its run's recipe (preset).
 """
 
@@ -36,6 +38,10 @@ def recipe_dropout(preset: str) -> float:
     return load_config(preset).model.dropout
 
 
+# How a row's override names its run directory: the key's last part, or this short form.
+OVERRIDE_NAMES = {"policy": "", "policy_ops": "n", "policy_magnitude": "m", "sam_rho": "sam"}
+
+
 @dataclass(frozen=True)
 class Run:
     """One network of a table trained on one dataset, with what the paper reports for it."""
@@ -49,6 +55,9 @@ class Run:
     paper_time_s: float | None = None  # s per epoch (block types) ...
     paper_rel_time: float | None = None  # ... or time relative to the table's reference net
     recipe: str = ""  # the preset it trains with; "" = recipe_for(model, dataset)
+    # Config overrides that make this row (the levers table: "data.cutout=16"); a sweep adds them
+    # to every seed's command, and they name the run (``id``).
+    overrides: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.recipe:
@@ -64,6 +73,10 @@ class Run:
             parts.append(f"n{self.model_kwargs['blocks_per_group']}")
         if self.model_kwargs.get("dropout"):
             parts.append(f"drop{self.model_kwargs['dropout']}")
+        for override in self.overrides:  # "data.policy=autoaugment" -> "autoaugment", "optim.sam_rho=0.05" -> "sam0.05"
+            key, _, value = override.partition("=")
+            name = key.rsplit(".", 1)[-1]
+            parts.append(OVERRIDE_NAMES.get(name, name.replace("_", "")) + value)
         return "_".join(parts)
 
 
@@ -74,6 +87,9 @@ class Table:
     claim: str  # the paper's conclusion the table supports, checked by the report
     runs: tuple[Run, ...]
     notes: str = ""
+    # The label of the row every other row is compared with (the levers table's "paper recipe");
+    # None: rows of one network pair up, else neighbours (``stats.effect_pairs``).
+    baseline: str | None = None
 
     def datasets(self) -> list[str]:
         return list(dict.fromkeys(r.dataset for r in self.runs))
@@ -238,10 +254,46 @@ def _speed() -> Table:
     )
 
 
+# The later papers' levers, each alone on the paper's recipe (no dropout, as in the paper's
+# Table 4): (label, overrides, the WRN-28-10 CIFAR-10 error the lever's own paper published with
+# its full recipe). Sources: docs/recipes.md (cutout: DeVries & Taylor 2017 Table 1; AutoAugment:
+# Cubuk et al. 2019 Table 2; RandAugment: Cubuk et al. 2020 Table 2, N = 3, M = 5 on their 0..10
+# scale = 15 on ours; TrivialAugment-Wide: Mueller & Hutter 2021 Table 2; SAM: Foret et al. 2021
+# Table 1, basic augmentation). No paper publishes an average of WRN-28-10's weights alone.
+# EMA's decay 0.9999 at 200 epochs averages over ~10,000 steps (13% of training); a sweep with
+# --epochs keeps that fraction (``sweep.scale_ema``), as it keeps the lr drops'.
+LEVERS = (
+    ("paper recipe", (), 4.00),
+    ("+cutout 16", ("data.cutout=16",), 3.08),
+    ("+AutoAugment", ("data.policy=autoaugment",), 2.6),
+    ("+RandAugment N3 M15", ("data.policy=randaugment", "data.policy_ops=3", "data.policy_magnitude=15"), 2.7),
+    ("+TrivialAugment", ("data.policy=trivialaugment",), 2.54),
+    ("+EMA 0.9999", ("train.ema=0.9999",), None),
+    ("+SAM rho 0.05", ("optim.sam_rho=0.05",), 2.7),
+)
+
+
+def _levers() -> Table:
+    return Table(
+        "levers",
+        "Each later recipe's lever alone on the paper's recipe, WRN-28-10, CIFAR-10",
+        "Each lever lowers WRN-28-10's error at the full 200-epoch budget (its paper's number); "
+        "heavy augmentation is expected to help least, or hurt, at short budgets.",
+        tuple(Run(label, "wrn-28-10", "cifar10", {}, err, 36.5, overrides=ov, recipe="paper-cifar")
+              for label, ov, err in LEVERS),
+        notes="paper error = the WRN-28-10 error each lever's own paper published (200 epochs, its own "
+        "code and baseline: 3.5-4.0), the paper recipe's = this paper's WRN-28-10 without dropout; "
+        "the published augmentation recipes also change the schedule and dropout (docs/recipes.md), "
+        "here only the lever changes. SAM costs two passes a step. A run shortened by --epochs keeps EMA's "
+        "horizon, 1 / (1 - decay) steps, at its fraction of training (6 of 200 epochs: decay 0.99667).",
+        baseline="paper recipe",
+    )
+
+
 def tables() -> dict[str, Table]:
     """Every table by CLI name (built fresh: callers may not mutate shared state)."""
     return {t.name: t for t in (_block_types(), _deepening(), _depth_width(), _width(), _depth(), _dropout(),
-                                _thin_vs_wide(), _speed())}
+                                _thin_vs_wide(), _speed(), _levers())}
 
 
 def get_table(name: str) -> Table:

@@ -48,6 +48,7 @@ class Budget:
     epochs: int | None = None  # None = the recipe's (200 for CIFAR); lr milestones scale with it
     subset: int = 0  # a seeded, stratified sample of K training images; 0 = all
     model_scale: float = 1.0  # width k -> max(1, round(k * scale)) for WRNs
+    depth: int | None = None  # every WRN at this depth (WRN-28-10 -> WRN-16-10); None = the table's
     # An lr schedule other than the recipe's (set by plan() from an optim.schedule override), so
     # e.g. a one-cycle run is labelled as such and never passes for the paper's step schedule.
     schedule: str | None = None
@@ -62,11 +63,13 @@ class Budget:
             raise UserError(f"--subset {self.subset} must be >= 0 (0 = all images)")
         if not 0 < self.model_scale <= 1:
             raise UserError(f"--model-scale {self.model_scale} must be in (0, 1]: e.g. 0.5 halves k")
+        if self.depth is not None and (self.depth < 10 or (self.depth - 4) % 6):
+            raise UserError(f"--depth {self.depth} is not a WRN depth: it must be 6N + 4 >= 10, e.g. 16")
 
     @property
     def full(self) -> bool:
-        return (self.epochs is None and self.subset == 0 and self.model_scale == 1.0 and self.schedule is None
-                and not self.changes)
+        return (self.epochs is None and self.subset == 0 and self.model_scale == 1.0 and self.depth is None
+                and self.schedule is None and not self.changes)
 
     @property
     def label(self) -> str:
@@ -79,6 +82,8 @@ class Budget:
             parts.append(f"sub{self.subset}")
         if self.model_scale != 1.0:
             parts.append(f"k{self.model_scale:g}")
+        if self.depth is not None:
+            parts.append(f"d{self.depth}")
         if self.schedule:
             parts.append(self.schedule)
         for change in self.changes:  # "optim.lr=0.2" -> "lr0.2"
@@ -96,32 +101,47 @@ class Budget:
             parts.append(f"a seeded stratified sample of {self.subset} training images")
         if self.model_scale != 1.0:
             parts.append(f"width k x {self.model_scale:g}")
+        if self.depth is not None:
+            parts.append(f"depth {self.depth}")
         if self.schedule:
             parts.append(f"{self.schedule} lr schedule instead of the recipe's")
         parts += [f"{c} instead of the recipe's" for c in self.changes]
         return "REDUCED budget, not the paper's: " + ", ".join(parts)
 
 
-def scale_model(name: str, scale: float) -> str:
-    """``wrn-40-2`` at scale 0.5 -> ``wrn-40-1``; nets without a width k are kept as they are."""
+def scale_model(name: str, scale: float, depth: int | None = None) -> str:
+    """``wrn-40-2`` at scale 0.5 -> ``wrn-40-1``, at depth 16 -> ``wrn-16-2``; nets without a width
+    k are kept as they are."""
     wrn = parse_wrn(name)
-    if scale == 1.0 or wrn is None:
+    if (scale == 1.0 and depth is None) or wrn is None:
         return name
-    depth, width = wrn
-    return WRN_NAME.format(depth=depth, width=max(1, round(width * scale)))
+    own_depth, width = wrn
+    return WRN_NAME.format(depth=depth or own_depth, width=max(1, round(width * scale)))
 
 
-def _check_distinct(runs: list[Run], scale: float) -> None:
-    """Refuse a scale that makes two of a table's nets one (a width cannot go below 1): their
-    "difference" would be seed noise, reported as the paper's effect."""
+def _check_distinct(runs: list[Run], budget: Budget) -> None:
+    """Refuse a scale or depth that makes two of a table's nets one (a width cannot go below 1):
+    their "difference" would be seed noise, reported as the paper's effect."""
     nets: dict[tuple, list[str]] = {}
     for r in runs:
-        key = (r.dataset, r.recipe, json.dumps(r.model_kwargs, sort_keys=True), scale_model(r.model, scale))
+        key = (r.dataset, r.recipe, json.dumps(r.model_kwargs, sort_keys=True), r.overrides,
+               scale_model(r.model, budget.model_scale, budget.depth))
         nets.setdefault(key, []).append(r.model)
     for key, models in nets.items():
         if len(set(models)) > 1:
-            raise UserError(f"--model-scale {scale:g} trains {key[-1]} for each of {', '.join(sorted(set(models)))} "
-                            "(a width cannot go below 1): use a larger --model-scale, or fewer --epochs instead")
+            flag = f"--model-scale {budget.model_scale:g}" if budget.depth is None else f"--depth {budget.depth}"
+            raise UserError(f"{flag} trains {key[-1]} for each of {', '.join(sorted(set(models)))}: their "
+                            "difference would be seed noise; use a larger --model-scale, no --depth, or fewer "
+                            "--epochs instead")
+
+
+def scale_ema(decay: float, recipe_epochs: int, epochs: int) -> float:
+    """The moving average's decay that keeps its horizon, 1 / (1 - decay) steps, the same fraction
+    of training when a run is shortened from ``recipe_epochs`` to ``epochs`` (like the lr drops)."""
+    if not decay:
+        return decay
+    horizon = max(1.0, 1 / (1 - decay) * epochs / recipe_epochs)
+    return 1 - 1 / horizon
 
 
 def scale_milestones(milestones: list[int], recipe_epochs: int, epochs: int) -> list[int]:
@@ -156,6 +176,7 @@ class PlannedRun:
     params: int | None = None
     forward_flops: int | None = None
     budget: Budget = Budget()  # as labelled in run_dir (plan() adds a changed lr schedule)
+    passes: int = 1  # forward/backward passes a step: 2 with SAM (its ascent, then its descent)
 
     @property
     def name(self) -> str:
@@ -165,7 +186,7 @@ class PlannedRun:
     def train_flops(self) -> int | None:
         if self.forward_flops is None:
             return None
-        return TRAIN_FLOPS_PER_FORWARD * self.forward_flops * self.train_images * self.epochs
+        return TRAIN_FLOPS_PER_FORWARD * self.passes * self.forward_flops * self.train_images * self.epochs
 
     @property
     def has_checkpoint(self) -> bool:
@@ -240,7 +261,11 @@ def plan(
             f"--data {data} would feed every dataset of table {table.name} "
             f"({', '.join(table.datasets())}): pick one with --dataset"
         )
-    _check_distinct(runs, budget.model_scale)
+    _check_distinct(runs, budget)
+    row_keys = {o.split("=", 1)[0] for r in runs for o in r.overrides}
+    clash = sorted(row_keys & {o.split("=", 1)[0].strip() for o in overrides})
+    if clash:
+        raise UserError(f"override {clash[0]} is what the rows of table {table.name} change: leave it out")
     recipes: dict[str, tuple] = {}
     planned = []
     for run in runs:
@@ -253,7 +278,7 @@ def plan(
         epochs = budget.epochs or recipe_epochs
         # Milestones only mean something to the step schedule.
         milestones = [] if schedule else scale_milestones(recipe_milestones, recipe_epochs, epochs)
-        model = scale_model(run.model, budget.model_scale)
+        model = scale_model(run.model, budget.model_scale, budget.depth)
         train_images = _train_images(run.dataset, recipe)
         if budget.subset:
             train_images = min(budget.subset, train_images)
@@ -278,10 +303,16 @@ def plan(
                     ov.append(f"optim.warmup_epochs={recipe.optim.warmup_epochs * epochs / recipe_epochs:.6g}")
             if budget.subset:
                 ov.append(f"data.subset={budget.subset}")
+            for o in run.overrides:
+                key, _, value = o.partition("=")
+                if key == "train.ema" and budget.epochs is not None:
+                    o = f"{key}={scale_ema(float(value), recipe_epochs, epochs):.6g}"
+                ov.append(o)
             ov += list(overrides)
+            sam = dict(o.split("=", 1) for o in ov).get("optim.sam_rho", recipe.optim.sam_rho)
             planned.append(PlannedRun(table.name, run, seed, model, run.recipe, ov,
                                       base / f"{run.id}-seed{seed}", epochs, milestones, train_images,
-                                      budget=run_budget))
+                                      budget=run_budget, passes=2 if float(sam) else 1))
     if count:
         _count(planned)
     return planned
@@ -310,6 +341,7 @@ def write_manifest(table: Table, planned: list[PlannedRun], budget: Budget, comm
         "title": table.title,
         "budget": {"label": budget.label, "full": budget.full, "description": budget.describe(),
                    "epochs": budget.epochs, "subset": budget.subset, "model_scale": budget.model_scale,
+                   "depth": budget.depth,
                    "schedule": budget.schedule, "changes": list(budget.changes)},
         "command": command,
         "runs": [
