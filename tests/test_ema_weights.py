@@ -123,3 +123,31 @@ def test_timing_an_evaluation_leaves_the_average_alone(runs, tmp_path):
     with torch.no_grad():
         average(run.augment.normalize(images))
     assert not torch.equal(average.state_dict()["bn.running_mean"], before["bn.running_mean"])
+
+
+def test_init_takes_the_average_unless_told_to_take_the_raw_weights(runs, tmp_path, capsys):
+    """`wrn train --init RUN` starts from RUN's moving average (the weights eval and predict use);
+    train.init_weights=raw from its trained weights (control: the two starts differ, each equal to
+    its file); on a run without an average, ema is one line naming the fix."""
+    run, plain, data = runs
+    checkpoint = run / "checkpoint"
+    sha = json.loads((checkpoint / "state.json").read_text())["sha256"]
+    started = {}
+    for choice in (None, "ema", "raw"):
+        out = tmp_path / f"from-{choice}"
+        extra = [f"train.init_weights={choice}"] if choice else []
+        assert main(["train", "--init", str(run), "--data", str(data), "--out", str(out), "--quiet", "train.epochs=1",
+                     "train.batch_size=32", "train.eval_batch_size=64", "accel.device=cpu",
+                     f"data.cache_dir={tmp_path / 'cache'}", *extra]) == 0
+        config = (out / "config.yaml").read_text()
+        started[choice] = next(line.split(": ")[1] for line in config.splitlines() if "init_sha256" in line)
+    assert started[None] == started["ema"] == sha["ema.safetensors"]
+    assert started["raw"] == sha["model.safetensors"] != started["ema"]
+    assert main(["train", "--init", str(plain), "--data", str(data), "--out", str(tmp_path / "bad"), "--quiet",
+                 "accel.device=cpu", "train.init_weights=ema"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "kept no moving average" in err and "train.init_weights=raw" in err
+    assert not (tmp_path / "bad").exists()
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "bad"), "accel.device=cpu",
+                 "train.init_weights=raw"]) == 2
+    assert "train.init_weights: is set without train.init" in capsys.readouterr().err

@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fine-tune: start from the weights of a run or `wrn import` directory (train.init), with "
                              "its architecture (model.*) and input normalisation (data.*) unless key=value says "
                              "otherwise; a new classifier where the class count differs; optimizer, schedule and "
-                             "step start fresh")
+                             "step start fresh; DIR's moving average of the weights where it kept one "
+                             "(train.init_weights=raw: its trained weights)")
     parser.add_argument("--budget", metavar="TIME",
                         help="wall-clock budget from the command's start, e.g. 90s, 15m, 2h (train.time_budget): the "
                              "run times its own warm-up, then fixes its steps so that training and the final "

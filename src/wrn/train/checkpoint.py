@@ -331,8 +331,10 @@ def load_weights(model: nn.Module, ckpt_dir: Path, file: str = MODEL_FILE) -> No
     target.load_state_dict(tensors)
 
 
-def weights_file(ckpt_dir: Path, state: dict[str, Any], weights: str | None = None) -> tuple[str, str]:
-    """(file, "ema" | "raw"): the weights a reader takes; ``weights`` None: the average if kept."""
+def weights_file(ckpt_dir: Path, state: dict[str, Any], weights: str | None = None,
+                 raw_hint: str = "--weights raw") -> tuple[str, str]:
+    """(file, "ema" | "raw"): the weights a reader takes; ``weights`` None: the average if kept.
+    ``raw_hint``: how the reader's user asks for the raw weights (said when there is no average)."""
     has_ema = EMA_FILE in (state.get("files") or {})
     if weights is None:
         weights = "ema" if has_ema else "raw"
@@ -340,16 +342,18 @@ def weights_file(ckpt_dir: Path, state: dict[str, Any], weights: str | None = No
         raise UserError(f"weights={weights!r}: use ema (the moving average, train.ema) or raw (the trained weights)")
     if weights == "ema" and not has_ema:
         raise UserError(f"{ckpt_dir}: the run kept no moving average of its weights (train.ema=0): use the raw "
-                        "weights (--weights raw)")
+                        f"weights ({raw_hint})")
     return (EMA_FILE if weights == "ema" else MODEL_FILE), weights
 
 
-def start_weights(ckpt_dir: Path, state: dict[str, Any]) -> tuple[str, dict[str, torch.Tensor], str]:
+def start_weights(ckpt_dir: Path, state: dict[str, Any],
+                  weights: str | None = None) -> tuple[str, dict[str, torch.Tensor], str]:
     """(file name, tensors, sha256) of the weights a new run starts from (``wrn train --init``):
-    the moving average where the run kept one (``weights_file``), else its trained weights, from
-    the complete checkpoint ``ckpt_dir`` (``state``: its state.json)."""
+    ``weights`` (train.init_weights: ema | raw), unset the moving average where the run kept one
+    (``weights_file``), else its trained weights, from the complete checkpoint ``ckpt_dir``
+    (``state``: its state.json)."""
     ckpt_dir = Path(ckpt_dir)
-    name, _ = weights_file(ckpt_dir, state)
+    name, _ = weights_file(ckpt_dir, state, weights, raw_hint="train.init_weights=raw")
     if name not in state.get("files", {}):
         raise UserError(f"{ckpt_dir} holds no weights ({name}): give a run's directory")
     digest = state.get("sha256", {}).get(name) or _sha256(ckpt_dir / name)  # format 1 records sizes only

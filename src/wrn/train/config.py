@@ -127,6 +127,9 @@ class TrainConfig:
     # The sha256 of the weights train.init gave: the run writes it into config.yaml when it takes
     # them, and a replay of that config.yaml refuses a DIR whose weights have changed since.
     init_sha256: Optional[str] = None
+    # Which of train.init's weights to start from: ema (its moving average) or raw (its trained
+    # weights); unset: the average where the source kept one, as eval and predict choose.
+    init_weights: Optional[str] = None
     # Exponential moving average of the weights and BN buffers (wrn.train.step.make_ema): the
     # decay d of ema = d * ema + (1 - d) * weights after every step; 0 = off. Evaluation, the
     # summary, eval, predict and export use the averaged weights when a run has them.

@@ -206,7 +206,7 @@ def start_from(source: Source, model: nn.Module, cfg: Config) -> tuple[Config, d
     the classifier where the class count differs. Returns the config with ``train.init_sha256`` set
     and the record the log and the checkpoints keep. One-line errors before anything trains."""
     target = checkpoint.unwrap(model)
-    weights, tensors, digest = checkpoint.start_weights(source.ckpt_dir, source.state)
+    weights, tensors, digest = checkpoint.start_weights(source.ckpt_dir, source.state, cfg.train.init_weights)
     recorded = cfg.train.init_sha256
     if recorded and digest != recorded:
         raise _fail(source, f"its weights ({source.ckpt_dir / weights}) have sha256 {digest[:16]}..., not the "

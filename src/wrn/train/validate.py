@@ -19,6 +19,7 @@ from wrn.errors import UserError
 from wrn.models import create_model
 from wrn.models.variants import normalizes_inside
 from wrn.train.accel import COMPILE_MODES, CONFIG_PRECISIONS
+from wrn.train.checkpoint import WEIGHTS
 from wrn.train.log import summary_writer_class
 
 MAX_MODEL_NUMBER = 2000
@@ -97,6 +98,9 @@ def _check_init(cfg) -> None:
     _check(t.init_sha256 is None or re.fullmatch(r"[0-9a-f]{64}", t.init_sha256) is not None, "train.init_sha256",
            f"{t.init_sha256!r} is not a sha256 (64 hex digits): leave it unset, the run records it")
     _check(t.init_sha256 is None or t.init is not None, "train.init_sha256", "is set without train.init: drop it")
+    _check(t.init_weights in (None, *WEIGHTS), "train.init_weights",
+           f"{t.init_weights!r}: use {' or '.join(WEIGHTS)}, or leave it unset (the average where the run kept one)")
+    _check(t.init_weights is None or t.init is not None, "train.init_weights", "is set without train.init: drop it")
     if t.init is None:
         return
     _check(not (t.budget_min_epochs and t.time_budget and not t.steps), "train.budget_min_epochs",
