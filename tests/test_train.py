@@ -259,3 +259,22 @@ def test_the_default_run_directory_names_only_a_model_it_will_hold():
     assert default_run_name("quick", load_config("quick")) == "quick"
     assert default_run_name("quick", load_config("quick", overrides=["train.time_budget=0"])) == "quick-wrn-16-4"
     assert default_run_name("paper-cifar", load_config("paper-cifar")) == "paper-cifar-wrn-28-10"
+
+
+def test_provenance_names_the_checkout_the_process_started_from(monkeypatch):
+    """A commit made while a long run trains is not the code the run ran: the summary's provenance
+    repeats the start's. Control: a new process (the cache cleared) reads the new commit."""
+    from wrn.train import provenance
+
+    state = {"rev-parse": "a" * 40, "status": " M src/x.py"}
+    monkeypatch.setattr(provenance, "_git", lambda *args: state[args[0]])
+    provenance.checkout.cache_clear()
+    try:
+        start = provenance.provenance("wrn train")
+        state.update({"rev-parse": "b" * 40, "status": ""})
+        end = provenance.provenance("wrn train")
+        assert (start["git_commit"], start["git_dirty"]) == (end["git_commit"], end["git_dirty"]) == ("a" * 40, True)
+        provenance.checkout.cache_clear()
+        assert (provenance.provenance()["git_commit"], provenance.provenance()["git_dirty"]) == ("b" * 40, False)
+    finally:
+        provenance.checkout.cache_clear()

@@ -4,6 +4,7 @@ that a results table can name the CPU and the code of each number from the recor
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
@@ -18,19 +19,16 @@ import torch
 from wrn.train import hardware
 
 
-def git_commit() -> str | None:
-    """The commit of the code that ran, when the package sits in a git checkout."""
-    out = _git("rev-parse", "HEAD")
-    return out if out and len(out) == 40 else None
-
-
-def git_dirty() -> bool | None:
-    """Whether the checkout had uncommitted changes to tracked files (None outside a checkout):
-    a commit alone does not name the code that ran when it was edited."""
-    if git_commit() is None:
-        return None
-    out = _git("status", "--porcelain", "--untracked-files=no")
-    return None if out is None else bool(out)
+@functools.cache
+def checkout() -> tuple[str | None, bool | None]:
+    """(the git commit, whether tracked files had uncommitted changes) of the code this process
+    runs, None outside a checkout. Read once, at the process's first record (a run's start): a
+    checkout changed while a long run trains must not be credited with its summary."""
+    commit = _git("rev-parse", "HEAD")
+    if not commit or len(commit) != 40:
+        return None, None
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return commit, None if status is None else bool(status)
 
 
 def _git(*args: str) -> str | None:
@@ -70,4 +68,5 @@ def machine() -> dict[str, Any]:
 def provenance(command: str | None = None) -> dict[str, Any]:
     """``machine()`` plus the code (git commit, uncommitted changes) and the command line
     (``command``, else this process's own)."""
-    return {**machine(), "git_commit": git_commit(), "git_dirty": git_dirty(), "command": command or command_line()}
+    commit, dirty = checkout()
+    return {**machine(), "git_commit": commit, "git_dirty": dirty, "command": command or command_line()}
