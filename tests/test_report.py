@@ -67,10 +67,10 @@ def block_types_runs(tmp_path) -> Path:
     root = tmp_path / "runs"
     table = paper.get_table("block-types")
     budget_dir = root / "block-types" / "reduced-e3-k0.5"
-    for run in table.runs:
+    for i, run in enumerate(table.runs):
         for seed, extra in ((0, 0.0), (1, 2.0)):
             write_run(budget_dir / f"{run.id}-seed{seed}", model=run.model,
-                      test_error=FIXTURE_ERRORS[run.label] + extra)
+                      test_error=FIXTURE_ERRORS[run.label] + extra, params=1_000_000 + 100_000 * i)
     write_run(budget_dir / f"{table.runs[4].id}-seed2", model="wrn-28-1", test_error=50, finished=False)
     return root
 
@@ -123,6 +123,10 @@ def test_plots_are_written_and_embedded(block_types_runs, tmp_path):
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, png
         assert f"](plots/{png.name})" in text
     assert len(list((out / "plots").iterdir())) == len(pngs)  # no temp files left behind
+    # One network trained differently (the levers) has no params axis to plot against.
+    write_table(tmp_path / "levers", "levers", {"paper recipe": 20.0, "+cutout 16": 22.0})
+    report.write_report(tmp_path / "levers", tmp_path / "levers-out")
+    assert {p.stem.rsplit("_", 1)[1] for p in (tmp_path / "levers-out" / "plots").glob("*.png")} == kinds - {"error-vs-params"}
 
 
 def test_cli_report(block_types_runs, tmp_path, capsys):
@@ -333,8 +337,14 @@ def test_levers_compare_each_lever_with_the_papers_recipe(tmp_path):
     assert [e["ours"] for e in found] == pytest.approx([2.0, 4.0, -1.0])
     assert found[0]["paper"] == pytest.approx(3.08 - 4.00) and found[2]["paper"] is None
     assert [e["verdict"] for e in found] == ["opposite", "opposite", "-"]
+    # "trained as" names each lever with the value its run's config.yaml holds (a sweep scales EMA's).
+    ema = next(p for p in (tmp_path / "runs").rglob("config.yaml") if "ema" in p.parent.name)
+    ema.write_text(ema.read_text() + "  ema: 0.996667\n")
     text = report.write_report(tmp_path / "runs", plots=False).read_text()
     assert "| paper recipe -> +AutoAugment | +4.00 |" in text
+    rows = table_rows(text, "| ")
+    assert rows["+EMA 0.9999"][1] == "wrn-28-10 train.ema=0.996667" and rows["paper recipe"][1] == "wrn-28-10"
+    assert rows["+cutout 16"][1] == "wrn-28-10 data.cutout=16"
     write_table(tmp_path / "width", "width", {"WRN-40-1": 20.0, "WRN-40-2": 18.0, "WRN-40-4": 17.0})
     (width,) = records.sections(records.collect(tmp_path / "width"))
     assert [(e["from"], e["to"]) for e in stats.effects(width)] == [("WRN-40-1", "WRN-40-2"), ("WRN-40-2", "WRN-40-4")]

@@ -261,9 +261,8 @@ def plot_vs_paper(section: Section, path: Path) -> Path:
 
 def plot_section(section: Section, out_dir: Path) -> list[Path]:
     """All figures of one section, in the order REPORT.md shows them."""
-    return [
-        plot_vs_paper(section, out_dir / f"{section.slug}_vs-paper.png"),
-        plot_learning_curves(section, out_dir / f"{section.slug}_curves.png"),
-        plot_error_vs(section, out_dir / f"{section.slug}_error-vs-params.png", "params"),
-        plot_error_vs(section, out_dir / f"{section.slug}_error-vs-time.png", "time"),
-    ]
+    figures = [plot_vs_paper(section, out_dir / f"{section.slug}_vs-paper.png"),
+               plot_learning_curves(section, out_dir / f"{section.slug}_curves.png")]
+    if len({row.params for row in section.rows}) > 1:  # one network trained differently: no x-axis
+        figures.append(plot_error_vs(section, out_dir / f"{section.slug}_error-vs-params.png", "params"))
+    return figures + [plot_error_vs(section, out_dir / f"{section.slug}_error-vs-time.png", "time")]

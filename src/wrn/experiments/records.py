@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wrn.errors import UserError
-from wrn.rundir import LOG, SUMMARY, epoch_time, read_epochs, read_json
+from wrn.rundir import LOG, SUMMARY, epoch_time, read_config, read_epochs, read_json
 from wrn.experiments.paper import Run, Table, tables
 
 
@@ -90,6 +90,18 @@ class Row:
     @property
     def wall_time(self) -> float | None:
         return self._summary_median("wall_time_s")
+
+    @property
+    def settings(self) -> dict[str, object]:
+        """The values of the row's own config overrides (the levers table's) as its first run's
+        config.yaml holds them: a sweep may have scaled them (EMA's decay with --epochs)."""
+        config = read_config(self.records[0].path) if self.run.overrides else {}
+        out = {}
+        for override in self.run.overrides:
+            key, _, given = override.partition("=")
+            section, _, name = key.partition(".")
+            out[key] = (config.get(section) or {}).get(name, given)
+        return out
 
 
 @dataclass

@@ -56,7 +56,7 @@ def markdown_table(section: Section, timing_note: str = "as measured") -> str:
     for i, row in enumerate(section.rows):
         errs = row.errors
         spread = f"{min(errs):.2f}-{max(errs):.2f}" if len(errs) > 1 else "-"
-        kwargs = row.run.model_kwargs
+        kwargs = {**row.run.model_kwargs, **row.settings}
         trained_as = row.model + (" " + ", ".join(f"{k}={_kw(v)}" for k, v in kwargs.items()) if kwargs else "")
         lines.append("| " + " | ".join([
             row.run.label, trained_as, f"{len(errs)}/{len(row.records)}", _f(row.median, ".2f"), spread,
