@@ -65,7 +65,8 @@ def standard_error(error: float | None, row: Row, dataset: str) -> float | None:
 def effect_pairs(section: Section) -> list[tuple[Row, Row]]:
     """The comparisons a table makes: each net with and without a change of one factor.
 
-    A table with a baseline row pairs it with every other row. Rows that share a network (the dropout table: a net, then the same net +dropout) pair with each
+    A table with a baseline row (the levers: the paper's recipe) pairs it with every other row.
+    Rows that share a network (the dropout table: a net, then the same net +dropout) pair with each
     other; otherwise adjacent rows pair (width 1 -> 2 -> 4, depth 16 -> 22 -> 40, l = 1 -> 2 -> ...).
     """
     def net(row: Row) -> tuple:
@@ -73,7 +74,7 @@ def effect_pairs(section: Section) -> list[tuple[Row, Row]]:
 
     rows = section.rows
     base = next((r for r in rows if r.run.label == section.table.baseline), None)
-    if base is not None:  # each row against the table's baseline (the levers: the paper's recipe)
+    if base is not None:
         return [(base, r) for r in rows if r is not base]
     same_net = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:] if net(a) == net(b)]
     return same_net or list(zip(rows, rows[1:]))
