@@ -12,23 +12,14 @@ RECORDS=results/scale/runs
 # and width only: 4 epochs (lr drops scaled to epochs 1, 2, 3), width k x 0.125 (8 -> 1, 2 -> 1).
 BUDGET="--epochs 4 --model-scale 0.125"
 
-keep_records() {
-  local dir
-  for summary in $(cd "$OUT" && find . -name summary.json | sort); do
-    dir=$(dirname "$summary")
-    mkdir -p "$RECORDS/$dir"
-    for f in "$dir"/config.yaml "$dir"/log.jsonl "$dir"/summary.json "$(dirname "$dir")"/sweep.json; do
-      sed "s|$(realpath "$DATA")|$DATA|g" "$OUT/$f" > "$RECORDS/$f"
-    done
-  done
-}
+. results/keep_records.sh
 
 run_table() {  # TABLE [OPTIONS]: print the plan and cost, then one seed of every net first (a
   # partial table is still a table), then the next seed
   wrn sweep "$@" --dry-run --seeds 3 --out "$OUT" --data "$DATA"
   for seeds in 1 2 3; do
     nice -n 19 wrn sweep "$@" --seeds $seeds --out "$OUT" --data "$DATA"
-    keep_records
+    keep_records "$OUT" "$RECORDS" "$DATA"
   done
 }
 
