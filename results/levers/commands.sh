@@ -12,21 +12,12 @@ RECORDS=results/levers/runs
 # WRN-16-1 (width x 0.1, depth 16), bf16 + compile + channels_last (the CPU's fast path).
 BUDGET="--epochs 6 --model-scale 0.1 --depth 16 accel.precision=bf16 accel.compile=true accel.channels_last=true"
 
-keep_records() {
-  local dir
-  for summary in $(cd "$OUT" && find . -name summary.json | sort); do
-    dir=$(dirname "$summary")
-    mkdir -p "$RECORDS/$dir"
-    for f in "$dir"/config.yaml "$dir"/log.jsonl "$dir"/summary.json "$(dirname "$dir")"/sweep.json; do
-      sed "s|$(realpath "$DATA")|$DATA|g" "$OUT/$f" > "$RECORDS/$f"
-    done
-  done
-}
+. results/keep_records.sh
 
 mkdir -p "$OUT" && cp -rn "$RECORDS"/. "$OUT"/ 2>/dev/null || true
 wrn sweep levers --dry-run --seeds 3 --out "$OUT" --data "$DATA" $BUDGET
 for seeds in 1 2 3; do  # one seed of every lever first: a partial table is still a table
   nice -n 19 wrn sweep levers --seeds $seeds --out "$OUT" --data "$DATA" $BUDGET
-  keep_records
+  keep_records "$OUT" "$RECORDS" "$DATA"
 done
 wrn report "$RECORDS" --out results/levers --timing-note "a 2-core AMD EPYC Zen 4 (AVX-512 with bf16), shared with development work"
