@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The quick preset's 15-minute budget on this session's machine, and the two levers tried on it
-# (issue "recipes": the moving average of the weights, TrivialAugment), each alone, one seed,
+# The quick preset's 15-minute budget on this session's machine, and the three levers tried on it
+# (issue "recipes": the moving average of the weights, TrivialAugment, AutoAugment), each alone, one seed,
 # chosen on the preset's own 5,000-image validation split. Run from the repository root, one run
 # at a time on an otherwise idle machine (flock: one measurement at a time). The data cache is
 # warmed first, so each wall time is the run's own (a first run ever also decodes the archive).
@@ -21,3 +21,4 @@ mkdir -p runs/quick
 run preset
 run ema train.ema=0.999
 run trivialaugment data.policy=trivialaugment
+run autoaugment data.policy=autoaugment
